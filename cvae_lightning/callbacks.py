@@ -1,0 +1,82 @@
+"""What is logged to TensorBoard as training goes (images, from rank zero only)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.utils import make_grid
+
+from cvae_lightning.data import NUM_CLASSES
+
+
+def _tensorboard(trainer: L.Trainer):
+    """The SummaryWriter of the trainer's TensorBoard logger, or None when there is none."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class _EpochImageLogger(L.Callback):
+    """Logs one image grid at the end of every validation epoch (never during the sanity check)."""
+
+    tag = ""
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = _tensorboard(trainer)
+        if writer is None or trainer.sanity_checking:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        grid = make_grid(self.images(trainer, pl_module).float().cpu(), nrow=self.nrow, pad_value=1.0)
+        pl_module.train(was_training)
+        writer.add_image(self.tag, grid, global_step=trainer.global_step)
+
+    def images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GeneratedDigits(_EpochImageLogger):
+    """Digits decoded from the same fixed noise every epoch: scroll the step slider to watch them form.
+
+    CVAE: one row per digit 0-9, one column per noise vector (a column keeps its "handwriting").
+    VAE: `n_per_digit` x 10 samples.
+    """
+
+    tag = "samples/generated"
+
+    def __init__(self, n_per_digit: int = 10, seed: int = 0):
+        self.nrow = n_per_digit
+        self.seed = seed
+
+    def images(self, trainer, pl_module):
+        latent_dim = pl_module.hparams.latent_dim
+        generator = torch.Generator().manual_seed(self.seed)
+        if pl_module.n_classes:
+            z = torch.randn(self.nrow, latent_dim, generator=generator).repeat(NUM_CLASSES, 1)
+            labels = torch.arange(NUM_CLASSES).repeat_interleave(self.nrow)
+            return pl_module.sample(labels, z=z)
+        z = torch.randn(self.nrow * NUM_CLASSES, latent_dim, generator=generator)
+        return pl_module.sample(len(z), z=z)
+
+
+class Reconstructions(_EpochImageLogger):
+    """A fixed batch of validation images (top row) above their reconstructions (bottom row)."""
+
+    tag = "samples/reconstructions"
+
+    def __init__(self, n_images: int = 16):
+        self.nrow = n_images
+
+    def images(self, trainer, pl_module):
+        loader = trainer.val_dataloaders
+        x, y = next(iter(loader))
+        x, y = x[: self.nrow], y[: self.nrow]
+        if pl_module.n_classes:
+            recon = pl_module.reconstruct(x, y.argmax(dim=1))
+        else:
+            recon = pl_module.reconstruct(x)
+        return torch.cat([x.to(recon.device), recon])

@@ -1,0 +1,84 @@
+"""Checks every user-facing config value before any work starts, with a one-line message per failure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
+
+
+def _positive_number() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0), "a number > 0"
+
+
+def _int_list_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    ok = lambda v: isinstance(v, list | tuple) and all(_is_int(h) and h >= low for h in v)  # noqa: E731
+    return ok, f"a list of integers >= {low}, e.g. [512,256]"
+
+
+# key -> (check, what is allowed); keys that are absent from the config are skipped
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.latent_dim": _int_at_least(1),
+    "model.hidden_dims": _int_list_at_least(1),
+    "model.lr": _positive_number(),
+    "data.batch_size": _int_at_least(1),
+    "data.val_size": _int_at_least(1),
+    "trainer.max_epochs": _int_at_least(1),
+    "trainer.num_nodes": _int_at_least(1),
+}
+
+TRAIN_IMAGES = 60_000
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raises ConfigError on the first value that cannot work."""
+    for key, (ok, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+    val_size = OmegaConf.select(cfg, "data.val_size", default=None)
+    if val_size is not None and val_size >= TRAIN_IMAGES:
+        raise ConfigError(
+            f"data.val_size={val_size} is not allowed: expected fewer than the {TRAIN_IMAGES} training images"
+        )
+
+
+def check_group_choices(overrides: list[str], conf_dir: Path) -> None:
+    """Refuses `group=name` overrides (sweeps too) naming no config in `conf_dir/group/`.
+
+    Hydra would also refuse them, but with a multi-line composition report; this says it in one line.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    for override in parsed:
+        group = conf_dir / override.key_or_group
+        if override.is_delete() or not group.is_dir() or override.key_or_group == "hydra":
+            continue
+        values = (
+            list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        )
+        choices = sorted(p.stem for p in group.glob("*.yaml"))
+        for value in values:
+            if value is not None and str(value) not in choices:
+                raise ConfigError(
+                    f"{override.key_or_group}={value} is not allowed: expected one of {', '.join(choices)}"
+                )

@@ -1,0 +1,53 @@
+import re
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cvae_lightning.config import ConfigError, validate
+from tests.conftest import ROOT, run_train
+
+
+def composed(*overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_default_config_is_valid_and_builds_the_cvae():
+    cfg = composed()
+    validate(cfg)
+    assert cfg.model._target_.endswith("CVAE") and cfg.trainer.accelerator == "cpu"
+    assert cfg.data.shuffle_seed == cfg.seed
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.latent_dim=0", "model.latent_dim=0 is not allowed: expected an integer >= 1"),
+        ("model.latent_dim=2.5", "model.latent_dim=2.5 is not allowed: expected an integer >= 1"),
+        ("model.hidden_dims=[512,0]", "model.hidden_dims=[512, 0] is not allowed"),
+        ("model.lr=0", "model.lr=0 is not allowed: expected a number > 0"),
+        ("model.lr=-1e-3", "model.lr=-0.001 is not allowed"),
+        ("data.batch_size=-1", "data.batch_size=-1 is not allowed: expected an integer >= 1"),
+        ("data.val_size=60000", "data.val_size=60000 is not allowed"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
+    ],
+)
+def test_bad_values_are_refused(override, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        validate(composed(override))
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.latent_dim=0", "error: model.latent_dim=0 is not allowed: expected an integer >= 1"),
+        ("data.batch_size=-1", "error: data.batch_size=-1 is not allowed: expected an integer >= 1"),
+        ("model=gan", "error: model=gan is not allowed: expected one of cvae, vae"),
+        ("trainer=tpu", "error: trainer=tpu is not allowed: expected one of cpu, ddp, default, gpu"),
+    ],
+)
+def test_cli_prints_one_line_and_fails(override, expected):
+    result = run_train(override, "hydra.run.dir=/tmp/cvae-never-used", timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == expected
+    assert "Traceback" not in result.stderr
