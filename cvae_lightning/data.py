@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
@@ -104,9 +105,14 @@ def load_split(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
 class InMemoryLoader:
     """Batches of (x float in [0,1] (B,1,28,28), y one-hot (B,10)) sliced from tensors held in memory.
 
-    Replaces DataLoader + per-item transforms: one index op per batch. The shuffle of epoch e is
-    `randperm` seeded by (seed, e), so it is the same for the same seed and differs between epochs.
+    Replaces DataLoader + per-item transforms with one index op per batch. The order comes from a
+    DistributedSampler (also with one process): Lightning calls its `set_epoch`, so the shuffle of epoch e
+    is seeded by (seed, e), and each rank reads its own shard. The loader is stateful (Lightning saves
+    `state_dict` in checkpoints), so a run resumed mid-epoch continues the same shuffle at the next batch.
+    `binarize=True` samples Bernoulli pixels afresh for every batch (dynamic binarization).
     """
+
+    batch_sampler = None  # read by Lightning's loader checks: batches are sliced here, not sampled
 
     def __init__(
         self,
@@ -115,28 +121,38 @@ class InMemoryLoader:
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
-        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        binarize: bool = False,
     ):
         self.images, self.onehot = images, F.one_hot(labels, NUM_CLASSES).float()
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.epoch = 0
+        self.batch_size, self.binarize = batch_size, binarize
+        self.sampler = DistributedSampler(
+            range(len(images)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+        )
+        self.batches_done = 0  # within the current epoch
+        self._resume_at: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        n = len(self.images)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
-        order = self.order(self.epoch).to(self.images.device)
-        self.epoch += 1
-        for i in range(len(self)):
+        order = torch.tensor(list(self.sampler), device=self.images.device)
+        start = 0
+        if self._resume_at is not None and self._resume_at["epoch"] == self.sampler.epoch:
+            start = self._resume_at["batches_done"]
+        self._resume_at = None
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.images[idx].float().div_(255.0), self.onehot[idx]
+            x = self.images[idx].float().div_(255.0)
+            self.batches_done = i + 1
+            yield (torch.bernoulli(x) if self.binarize else x), self.onehot[idx]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = dict(state)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -150,6 +166,7 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 42,
         shuffle_seed: int = 0,
         download: bool = False,
+        binarize: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -177,17 +194,24 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_images, self.val_labels = images[val], labels[val]
         self.test_images, self.test_labels = load_split(self.data_dir, train=False)
 
-    def train_dataloader(self) -> InMemoryLoader:
+    def _loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> InMemoryLoader:
+        trainer = self.trainer
         return InMemoryLoader(
-            self.train_images,
-            self.train_labels,
+            images,
+            labels,
             self.hparams.batch_size,
-            shuffle=True,
+            shuffle=train,
             seed=self.hparams.shuffle_seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+            binarize=self.hparams.binarize,
         )
 
+    def train_dataloader(self) -> InMemoryLoader:
+        return self._loader(self.train_images, self.train_labels, train=True)
+
     def val_dataloader(self) -> InMemoryLoader:
-        return InMemoryLoader(self.val_images, self.val_labels, self.hparams.batch_size)
+        return self._loader(self.val_images, self.val_labels)
 
     def test_dataloader(self) -> InMemoryLoader:
-        return InMemoryLoader(self.test_images, self.test_labels, self.hparams.batch_size)
+        return self._loader(self.test_images, self.test_labels)

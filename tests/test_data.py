@@ -95,20 +95,59 @@ def test_batches_are_images_in_unit_range_with_one_hot_labels(data_dir):
     assert torch.equal(y.argmax(1), dm.val_labels[:64])
 
 
+def _ids(batches) -> torch.Tensor:
+    return torch.cat([x.flatten() * 255 for x, _ in batches]).round().long()
+
+
+N = 1000
+IMAGES = torch.arange(N).float().view(N, 1, 1, 1)  # pixel value = image id (the loader divides by 255)
+LABELS = torch.arange(N) % 10
+
+
 def test_loader_yields_every_image_once_per_epoch_shuffled_by_seed():
-    n = 1000
-    images = torch.arange(n).float().view(n, 1, 1, 1)  # pixel value = image id (the loader divides by 255)
-    labels = torch.arange(n) % 10
+    def epoch_order(loader, epoch):
+        loader.sampler.set_epoch(epoch)  # as Lightning's fit loop does at every epoch start
+        return _ids(loader)
 
-    def epoch_order(loader):
-        return torch.cat([x.flatten() * 255 for x, _ in loader]).round().long()
-
-    loader = InMemoryLoader(images, labels, batch_size=64, shuffle=True, seed=7)
-    first, second = epoch_order(loader), epoch_order(loader)
-    assert sorted(first.tolist()) == list(range(n)) and sorted(second.tolist()) == list(range(n))
+    loader = InMemoryLoader(IMAGES, LABELS, batch_size=64, shuffle=True, seed=7)
+    first, second = epoch_order(loader, 0), epoch_order(loader, 1)
+    assert sorted(first.tolist()) == list(range(N)) and sorted(second.tolist()) == list(range(N))
     assert not torch.equal(first, second)  # a new shuffle each epoch
-    assert torch.equal(epoch_order(InMemoryLoader(images, labels, 64, shuffle=True, seed=7)), first)
-    assert not torch.equal(epoch_order(InMemoryLoader(images, labels, 64, shuffle=True, seed=8)), first)
+    assert torch.equal(epoch_order(InMemoryLoader(IMAGES, LABELS, 64, shuffle=True, seed=7), 0), first)
+    assert not torch.equal(epoch_order(InMemoryLoader(IMAGES, LABELS, 64, shuffle=True, seed=8), 0), first)
     assert len(loader) == 16  # 15 full batches and a last partial one
-    unshuffled = epoch_order(InMemoryLoader(images, labels, 64))
-    assert unshuffled.tolist() == list(range(n))
+    assert _ids(InMemoryLoader(IMAGES, LABELS, 64)).tolist() == list(range(N))
+
+
+def test_ranks_read_disjoint_shards_that_cover_the_data():
+    shards = [
+        _ids(InMemoryLoader(IMAGES, LABELS, 64, shuffle=True, seed=3, rank=r, world_size=2)) for r in (0, 1)
+    ]
+    assert len(shards[0]) == len(shards[1]) == N // 2
+    assert sorted(torch.cat(shards).tolist()) == list(range(N))
+
+
+def test_loader_state_resumes_mid_epoch_at_the_next_batch():
+    loader = InMemoryLoader(IMAGES, LABELS, 64, shuffle=True, seed=7)
+    loader.sampler.set_epoch(3)
+    full = _ids(loader)
+    it = iter(loader)
+    seen = _ids([next(it) for _ in range(5)])
+    state = loader.state_dict()
+    assert state == {"epoch": 3, "batches_done": 5}
+
+    resumed = InMemoryLoader(IMAGES, LABELS, 64, shuffle=True, seed=7)
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(3)
+    assert torch.equal(torch.cat([seen, _ids(resumed)]), full)
+    # the saved position applies to its own epoch only
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(4)
+    assert len(_ids(resumed)) == N
+
+
+def test_dynamic_binarization_samples_bernoulli_pixels():
+    images = torch.full((500, 1, 28, 28), 64, dtype=torch.uint8)  # p = 64/255
+    x, _ = next(iter(InMemoryLoader(images, LABELS[:500], 500, binarize=True)))
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    assert abs(x.mean().item() - 64 / 255) < 0.01
