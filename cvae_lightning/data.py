@@ -142,6 +142,7 @@ class InMemoryLoader:
         if self._resume_at is not None and self._resume_at["epoch"] == self.sampler.epoch:
             start = self._resume_at["batches_done"]
         self._resume_at = None
+        self.batches_done = start
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.images[idx].float().div_(255.0)
