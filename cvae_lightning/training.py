@@ -3,37 +3,67 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning.config import validate
+from cvae_lightning.config import ConfigError, validate
 
 log = logging.getLogger(__name__)
 
 
-def instantiate_group(group: DictConfig | None) -> list:
+class Interrupted(RuntimeError):
+    """Training stopped by a signal; last.ckpt holds the state to resume from."""
+
+
+def instantiate_group(group: DictConfig | None, **kwargs) -> list:
     """Objects of a config group whose entries each have a `_target_` (callbacks, loggers)."""
-    return [instantiate(entry) for entry in (group or {}).values() if entry and "_target_" in entry]
+    return [instantiate(entry, **kwargs) for entry in (group or {}).values() if entry and "_target_" in entry]
+
+
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint named by `ckpt_path` (`last`: the run dir's checkpoints/last.ckpt), which must exist."""
+    if cfg.get("ckpt_path") is None:
+        return None
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} is not allowed: no checkpoint at {path}; "
+            "to resume a run pass its folder and `last`: hydra.run.dir=<run dir> ckpt_path=last"
+        )
+    return path
 
 
 def train(cfg: DictConfig) -> float | None:
     """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers."""
     validate(cfg)
+    ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
+    # TensorBoard drops events logged after the checkpoint by the interrupted run, so the stream stays one
+    purge = {"purge_step": torch.load(ckpt_path, weights_only=True)["global_step"] + 1} if ckpt_path else {}
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")),
+        logger=instantiate_group(cfg.get("logger"), **purge),
     )
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise Interrupted(
+            f"stopped by SIGTERM at step {trainer.global_step}; resume with the same overrides plus "
+            f"hydra.run.dir={cfg.paths.output_dir} ckpt_path=last"
+        ) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:

@@ -1,0 +1,99 @@
+"""What a checkpoint holds beyond Lightning's defaults, for a resumed run to equal an uninterrupted one."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+def rng_states() -> dict[str, torch.Tensor]:
+    """torch (CPU, CUDA), numpy and python RNG states, as tensors that `weights_only` loading accepts."""
+    version, state, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_rest": torch.tensor([np_pos, np_has_gauss, np_gauss], dtype=torch.float64),
+        "python": torch.tensor(state, dtype=torch.int64),
+        "python_rest": torch.tensor([version, float("nan") if gauss is None else gauss], dtype=torch.float64),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["torch"])
+    pos, has_gauss, gauss = states["numpy_rest"].tolist()
+    np.random.set_state(
+        ("MT19937", states["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss)
+    )
+    version, python_gauss = states["python_rest"].tolist()
+    random.setstate(
+        (int(version), tuple(states["python"].tolist()), None if np.isnan(python_gauss) else python_gauss)
+    )
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(states["cuda"]))
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Saves the RNG states with every checkpoint and restores them when training resumes.
+
+    Lightning's checkpoints hold no RNG state, so a resumed run would draw different reparameterization
+    noise. The states are applied in `on_train_start`, after the (resume-time) sanity check has drawn its own.
+    """
+
+    def __init__(self):
+        self._to_restore: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return rng_states()
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self._to_restore = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._to_restore is not None:
+            set_rng_states(self._to_restore)
+            self._to_restore = None
+
+
+class CheckpointOnInterrupt(Checkpoint):
+    """Writes `last.ckpt` when training stops on an exception (SIGTERM, Ctrl-C, a non-finite loss).
+
+    Unlike Lightning's OnExceptionCheckpoint, the file is kept after the run (it is the resume point), and it
+    is skipped when the weights are no longer finite, so it always holds the last good state.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last"):
+        self.ckpt_path = f"{dirpath}/{filename}.ckpt"
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            log.warning("weights are not finite: no checkpoint written on interrupt")
+            return
+        trainer.save_checkpoint(self.ckpt_path)
+        log.info(f"checkpoint written on interrupt at step {trainer.global_step}: {self.ckpt_path}")
+
+
+class MidEpochCheckpoint(ModelCheckpoint):
+    """last.ckpt every `every_n_train_steps` steps or `train_time_interval`, within epochs only.
+
+    A state saved after an epoch's last batch but before its validation would resume without that validation
+    (its metrics missing, its noise draws skipped); the epoch's end is left to the post-validation checkpoint.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx + 1 < trainer.num_training_batches:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -1,0 +1,133 @@
+"""Interrupted runs lose nothing: SIGKILL + resume == uninterrupted, SIGTERM saves and fails loudly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, read_events, run_train
+
+# 3 epochs of 12 batches; validation on 4 batches; last.ckpt every 6 steps (mid-epoch) as well as per epoch
+RUN = [
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=12",
+    "trainer.limit_val_batches=4",
+    "trainer.limit_test_batches=2",
+    "callbacks.periodic_checkpoint.train_time_interval=null",
+    "callbacks.periodic_checkpoint.every_n_train_steps=6",
+    "data.batch_size=64",
+    "trainer.log_every_n_steps=5",
+]
+
+
+def start_train(*overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same as run_train's: kernels depend on it
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def kill_after_checkpoint(run_dir, overrides, min_step: int, sig=signal.SIGKILL) -> subprocess.Popen:
+    """Starts a run and sends `sig` as soon as last.ckpt holds a step >= min_step."""
+    process = start_train(*overrides, f"hydra.run.dir={run_dir}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if last.is_file():
+            try:
+                if torch.load(last, weights_only=True)["global_step"] >= min_step:
+                    break
+            except Exception:  # mid-rename: try again
+                pass
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(sig)
+    process.wait(timeout=120)
+    return process
+
+
+def final_state(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    scalars, _ = read_events(run_dir / "tensorboard")
+    val = [(e.step, e.value) for e in scalars["val/elbo"]]
+    return ckpt, val, scalars
+
+
+def assert_same_state(a, b):
+    """Same step, bit-identical weights and Adam moments."""
+    assert a["global_step"] == b["global_step"]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    moments_a, moments_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in moments_a:
+        assert torch.equal(moments_a[i]["exp_avg"], moments_b[i]["exp_avg"]), i
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_train(*RUN, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return final_state(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("min_step", [12, 6], ids=["after-first-epoch", "mid-epoch"])
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, uninterrupted, min_step):
+    overrides = RUN
+    killed = kill_after_checkpoint(tmp_path, overrides, min_step)
+    assert killed.returncode == -signal.SIGKILL
+    resumed_from = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < resumed_from < 36
+
+    result = run_train(*overrides, f"hydra.run.dir={tmp_path}", "ckpt_path=last")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt, val, scalars = final_state(tmp_path)
+    expected_ckpt, expected_val, expected_scalars = uninterrupted
+    assert_same_state(ckpt, expected_ckpt)
+    assert val == expected_val  # same steps, same values: no duplicated or missing points
+    assert [e.step for e in scalars["train/elbo"]] == [e.step for e in expected_scalars["train/elbo"]]
+    assert not (tmp_path / "tensorboard" / "version_1").exists()
+
+
+@pytest.mark.slow
+def test_negative_control_without_rng_restore_differs(tmp_path, uninterrupted):
+    """Proves the comparison above can fail: drop the RNG-state callback and the resumed run diverges."""
+    overrides = [*RUN, "~callbacks.rng_state"]
+    kill_after_checkpoint(tmp_path, overrides, 6)
+    result = run_train(*overrides, f"hydra.run.dir={tmp_path}", "ckpt_path=last")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt, _, _ = final_state(tmp_path)
+    expected_ckpt = uninterrupted[0]
+    assert ckpt["global_step"] == expected_ckpt["global_step"]
+    assert any(
+        not torch.equal(ckpt["state_dict"][k], expected_ckpt["state_dict"][k]) for k in ckpt["state_dict"]
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_non_zero_with_resume_hint(tmp_path, data_dir):
+    overrides = [*RUN, "trainer.limit_train_batches=400"]
+    process = kill_after_checkpoint(tmp_path, overrides, 6, sig=signal.SIGTERM)
+    stderr = process.stderr.read()
+    assert process.returncode != 0
+    assert f"hydra.run.dir={tmp_path} ckpt_path=last" in stderr and "stopped by SIGTERM at step" in stderr
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert saved >= 6
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path, data_dir):
+    result = run_train(f"hydra.run.dir={tmp_path}", "ckpt_path=last", timeout=120)
+    assert result.returncode != 0
+    assert f"error: ckpt_path=last is not allowed: no checkpoint at {tmp_path}/checkpoints/last.ckpt" in (
+        result.stderr
+    )
