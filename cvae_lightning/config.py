@@ -61,17 +61,23 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
-def check_group_choices(overrides: list[str], conf_dir: Path) -> None:
+def check_group_choices(argv: list[str], conf_dir: Path) -> None:
     """Refuses `group=name` overrides (sweeps too) naming no config in `conf_dir/group/`.
 
     Hydra would also refuse them, but with a multi-line composition report; this says it in one line.
     """
+    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    try:  # Hydra's own command-line parser separates its flags (--cfg job, -m) from the overrides
+        parsed = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+    except (HydraException, SystemExit):
+        return  # not ours to report: Hydra will
     for override in parsed:
         group = conf_dir / override.key_or_group
-        if override.is_delete() or not group.is_dir() or override.key_or_group == "hydra":
+        # hydra/* groups also come from plugins (hydra/launcher=submitit_local): Hydra checks those itself
+        if override.is_delete() or not group.is_dir() or override.key_or_group.startswith("hydra"):
             continue
         values = (
             list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cvae_lightning.config import ConfigError, validate
 
@@ -39,8 +47,42 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
     return path
 
 
+DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def one_job_per_ddp_launch():
+    """Lets each job of a Hydra multirun train on several processes with Lightning's `ddp` strategy.
+
+    Lightning re-runs `sys.argv` (plus `hydra.run.dir=<HydraConfig run.dir>`) for ranks > 0: inside a
+    multirun job that re-runs the whole sweep, in a new sweep dir. Here the children get this job's own
+    overrides and its output dir instead, and the launcher's environment and process group are cleared
+    after the job, so that the next job launches its own children rather than waiting for them.
+    """
+    argv, env = list(sys.argv), {k: os.environ.get(k) for k in DDP_LAUNCH_ENV}
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hydra_cfg = HydraConfig.get()
+        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if env["LOCAL_RANK"] is None:  # the launching process: forget this job's DDP world
+            for key, value in env.items():
+                os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers."""
+    with one_job_per_ddp_launch():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> float | None:
     validate(cfg)
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -54,9 +96,13 @@ def train(cfg: DictConfig) -> float | None:
         callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger"), **purge),
     )
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    batch, processes = cfg.data.batch_size, trainer.world_size
+    rank_zero_info(
+        f"{processes} process(es) x batch {batch} = effective batch {processes * batch} per step, "
+        f"lr {cfg.model.get('lr')} (not rescaled)"
+    )
 
+    start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
@@ -64,16 +110,29 @@ def train(cfg: DictConfig) -> float | None:
             f"stopped by SIGTERM at step {trainer.global_step}; resume with the same overrides plus "
             f"hydra.run.dir={cfg.paths.output_dir} ckpt_path=last"
         ) from None
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        log.info(f"best checkpoint: {best}")
+    fit_seconds = time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
 
+    # validation and test metrics of the best checkpoint (the validation pass is not logged again)
+    loggers, trainer.loggers = trainer.loggers, []
+    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    trainer.loggers = loggers
     if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
 
-    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
-        metrics[cfg.optimized_metric] = float(trainer.checkpoint_callback.best_model_score)
-    log.info("metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
-    return metrics.get(cfg.optimized_metric)
+    results = {
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "metrics": {k: float(v) for k, v in sorted(metrics.items())},
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "fit_seconds": round(fit_seconds, 2),
+        "best_checkpoint": best,
+    }
+    if trainer.is_global_zero:
+        Path(cfg.paths.output_dir, "results.json").write_text(json.dumps(results, indent=2))
+        log.info("results: " + json.dumps(results))
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams = {k: hparams[k] for k in ("model", "data", "trainer", "seed") if k in hparams}
+    for logger in trainer.loggers:  # the HPARAMS tab: runs of a sweep side by side with their metrics
+        logger.log_hyperparams(hparams, metrics={f"hparams/{k}": v for k, v in results["metrics"].items()})
+    return results["metrics"].get(cfg.optimized_metric)

@@ -1,0 +1,59 @@
+"""The end of a Hydra multirun: one table of every job's results, in the sweep dir."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+METRICS = ("val/elbo", "test/elbo", "val/recon", "val/kl", "test/recon", "test/kl")
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """One row per job that finished (wrote results.json), sorted by val/elbo (best first)."""
+    runs = [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.glob("*/results.json"))]
+    # show what differs between the jobs, not the overrides they all share
+    shared = set.intersection(*(set(r["overrides"]) for _, r in runs)) if runs else set()
+    rows = [
+        {
+            "job": job_dir.name,
+            "overrides": " ".join(o for o in r["overrides"] if o not in shared),
+            **{name: r["metrics"].get(name) for name in METRICS},
+            "epochs": r["epochs"],
+            "fit_seconds": r["fit_seconds"],
+            "best_checkpoint": r["best_checkpoint"],
+        }
+        for job_dir, r in runs
+    ]
+    return sorted(rows, key=lambda row: float("inf") if row["val/elbo"] is None else row["val/elbo"])
+
+
+def to_markdown(rows: list[dict]) -> str:
+    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(cell(v) for v in row.values()) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+class SweepSummary(Callback):
+    """Writes summary.csv and summary.md (one row per run, sorted by val/elbo) when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect(sweep_dir)
+        if not rows:
+            log.warning(f"no finished runs under {sweep_dir}: no summary written")
+            return
+        with open(sweep_dir / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        table = to_markdown(rows)
+        (sweep_dir / "summary.md").write_text(table)
+        log.info(f"sweep summary ({sweep_dir / 'summary.md'}):\n{table}")
