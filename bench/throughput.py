@@ -1,0 +1,458 @@
+"""Training speed of the project beside the ordinary way of doing the same job (issue #5).
+
+    python bench/throughput.py               # batch 128, 512, 2048; 3 repeats; ablation; time to quality
+    python bench/throughput.py --quick       # batch 128, 1 repeat: a one-minute check
+    python bench/throughput.py --batch-sizes 128 --repeats 5 --threads 1 --skip-quality
+
+Three ways to train the default CVAE (MLP, latent 20) on the same 55k training images, in one process:
+
+1. baseline: `torchvision.datasets.MNIST` + `ToTensor()` + `DataLoader(shuffle=True)` + a plain PyTorch loop
+   with the default Adam, as the seed notebook did;
+2. compute only: the model's forward + backward + optimizer step on batches already sliced in memory, no data
+   pipeline and no Trainer: the limit for this model on this machine (eager, and with `model.compile=true`);
+3. project: `train.py` itself in a subprocess (DataModule, LightningModule, Trainer, TensorBoard logging,
+   checkpoints and image callbacks on), timed by the `EpochTimer` callback added through a Hydra override.
+
+Warm-up (the first steps, or the project's first epoch, torch.compile included) is not timed; every path runs
+`--repeats` epochs and the median epoch is reported. Writes `bench/results.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+NUM_CLASSES = 10
+
+
+def clock() -> tuple[float, float]:
+    """(wall, CPU) seconds. CPU time (this process, all threads) barely moves when other jobs share the
+    cores, so with one thread it stands in for the wall time of a quiet machine."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    return end[0] - start[0], end[1] - start[1]
+
+
+class EpochTimer(L.Callback):
+    """Wall-clock times of a real `train.py` run, written to `path` as JSON when training ends.
+
+    `epochs`: (wall, CPU) seconds per training epoch (its validation, checkpoints, image callbacks included).
+    `val`: (seconds since this callback was made, val/elbo) after each validation; with `stop_below` set,
+    training stops at the first val/elbo at or below it.
+    """
+
+    def __init__(self, path: str, stop_below: float | None = None):
+        self.path, self.stop_below = Path(path), stop_below
+        self.created, self.starts, self.val = time.perf_counter(), [], []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.starts.append(clock())
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        elbo = float(trainer.callback_metrics["val/elbo"])
+        self.val.append((time.perf_counter() - self.created, elbo))
+        if self.stop_below is not None and elbo <= self.stop_below:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module):
+        ends = [*self.starts[1:], clock()]
+        epochs = [elapsed(start, end) for start, end in zip(self.starts, ends, strict=True)]
+        self.path.write_text(json.dumps({"epochs": epochs, "val": self.val}))
+
+
+# -- the data, two ways -----------------------------------------------------------------------------
+def split(val_size: int = 5000, seed: int = 42) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices of the 60k training images, split as the DataModule does (data.split_seed)."""
+    order = torch.randperm(60000, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:], order[:val_size]
+
+
+def torchvision_loader(indices: torch.Tensor, batch_size: int, shuffle: bool):
+    """The ordinary pipeline: a PIL image per item through ToTensor, collated by a DataLoader."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    mnist = datasets.MNIST(DATA, train=True, download=False, transform=transforms.ToTensor())
+    return DataLoader(Subset(mnist, indices.tolist()), batch_size=batch_size, shuffle=shuffle)
+
+
+def in_memory_batches(indices: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches already sliced, as floats in [0, 1] with one-hot labels: no data pipeline left to time."""
+    from cvae_lightning.data import load_split
+
+    images, labels = load_split(DATA, train=True)
+    order = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(0))]
+    x, y = images[order].float().div_(255), F.one_hot(labels[order], NUM_CLASSES).float()
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+
+
+# -- the three paths --------------------------------------------------------------------------------
+def make_model(compile: bool = False, fused: bool = True):
+    """The default CVAE with the optimizer of its `configure_optimizers` (fused Adam) or the default Adam."""
+    from cvae_lightning.models import CVAE
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()  # a fresh compile per model: all models in the process share one recompile limit
+    model = CVAE(compile=compile)
+    model.configure_model()
+    optimizer = model.configure_optimizers() if fused else torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, optimizer
+
+
+def train_step(model, optimizer, x, y) -> None:
+    loss = model.elbo_terms(x, y)["elbo"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def timed_epochs(model, optimizer, batches, repeats: int, warmup) -> list[float]:
+    """(wall, CPU) seconds per epoch over `batches` (iterated afresh), after untimed steps on `warmup`."""
+    for x, y in warmup:
+        train_step(model, optimizer, x, y)
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        for x, y in batches:
+            train_step(model, optimizer, x, y)
+        times.append(elapsed(start, clock()))
+    return times
+
+
+class OneHot:
+    """(x, label) -> (x, one-hot y) around a torchvision DataLoader, as the loop would do inline."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return ((x, F.one_hot(y, NUM_CLASSES).float()) for x, y in self.loader)
+
+
+def baseline(batch_size: int, repeats: int) -> list[float]:
+    model, optimizer = make_model(fused=False)
+    batches = OneHot(torchvision_loader(split()[0], batch_size, shuffle=True))
+    return timed_epochs(model, optimizer, batches, repeats, warmup=itertools.islice(batches, 10))
+
+
+def compute_only(batch_size: int, repeats: int, compile: bool, fused: bool = True) -> list[float]:
+    model, optimizer = make_model(compile=compile, fused=fused)
+    batches = in_memory_batches(split()[0], batch_size)
+    # the last, shorter batch is a graph of its own for torch.compile: compile it before timing too
+    return timed_epochs(model, optimizer, batches, repeats, warmup=batches[:10] + batches[-1:])
+
+
+def project(
+    batch_size: int, epochs: int, threads: int, *overrides: str, stop_below: float | None = None
+) -> dict:
+    """Runs `train.py` as a user would (test set skipped) and returns the EpochTimer's record."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as run_dir:
+        out = Path(run_dir) / "timer.json"
+        timer = [
+            "+callbacks.bench_timer._target_=bench.throughput.EpochTimer",
+            f"+callbacks.bench_timer.path={out}",
+        ]
+        if stop_below is not None:
+            timer.append(f"+callbacks.bench_timer.stop_below={stop_below}")
+        cmd = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"data.batch_size={batch_size}",
+            f"trainer.max_epochs={epochs}",
+            "test=false",
+            f"hydra.run.dir={run_dir}",
+            *timer,
+            *overrides,
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if result.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"train.py {' '.join(cmd[2:])} failed:\n{result.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+# -- time to quality --------------------------------------------------------------------------------
+def baseline_to_quality(target: float, max_epochs: int, batch_size: int = 128) -> list[tuple[float, float]]:
+    """(seconds since start, val -ELBO) after each epoch of the plain loop, until val -ELBO <= target."""
+    start = time.perf_counter()
+    model, optimizer = make_model(fused=False)
+    train_idx, val_idx = split()
+    batches = OneHot(torchvision_loader(train_idx, batch_size, shuffle=True))
+    val_batches = OneHot(torchvision_loader(val_idx, 1000, shuffle=False))
+    history = []
+    for _ in range(max_epochs):
+        for x, y in batches:
+            train_step(model, optimizer, x, y)
+        with torch.no_grad():
+            elbo = sum(float(model.elbo_terms(x, y)["elbo"]) * len(x) for x, y in val_batches) / len(val_idx)
+        history.append((time.perf_counter() - start, elbo))
+        if elbo <= target:
+            break
+    return history
+
+
+# -- the report -------------------------------------------------------------------------------------
+TRAIN_IMAGES = 55000
+
+
+def load() -> str:
+    return "{:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg())
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def measure(rows: list[dict], path: str, batch_size: int, run, *args, **kwargs) -> None:
+    """Appends the median of `run(*args, **kwargs)` ((wall, CPU) seconds per epoch) to rows, and prints it."""
+    epochs = run(*args, **kwargs)
+    seconds, cpu = (statistics.median(t) for t in zip(*epochs, strict=True))
+    row = {
+        "path": path,
+        "batch": batch_size,
+        "epoch_s": seconds,
+        "ips": TRAIN_IMAGES / seconds,
+        "cpu_s": cpu,
+        "cpu_ips": TRAIN_IMAGES / cpu,
+        "load": load(),
+    }
+    rows.append(row)
+    print(
+        f"  {path:<38} batch {batch_size:>5} {row['ips']:>8,.0f} img/s {seconds:6.2f} s/epoch "
+        f"{cpu:6.2f} CPU s  load {row['load']}",
+        flush=True,
+    )
+
+
+def project_epochs(batch_size: int, repeats: int, threads: int, *overrides: str) -> list[float]:
+    """The project's epochs after the first (the warm-up, torch.compile included)."""
+    return project(batch_size, repeats + 1, threads, *overrides)["epochs"][1:]
+
+
+def ratio(row: dict, other: dict | None) -> str:
+    """Speed-up of row over other, by wall time / by CPU time."""
+    if other is None:
+        return "–"
+    return f"{row['ips'] / other['ips']:.2f} / {row['cpu_ips'] / other['cpu_ips']:.2f}"
+
+
+def speed_table(rows: list[dict]) -> list[str]:
+    """Markdown rows: images/s and epoch seconds, and ratios to the baseline and to compute only, each by
+    wall time and by CPU time (wall / CPU)."""
+
+    def find(path, batch):
+        return next((r for r in rows if r["path"] == path and r["batch"] == batch), None)
+
+    lines = [
+        "| path | batch | images/s | epoch (s) | CPU s/epoch | × baseline | ÷ compute only | load 1/5/15 min "
+        "|",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        base, compute = find("baseline", r["batch"]), find(COMPUTE[COMPILED in r["path"]], r["batch"])
+        cells = [r["path"], r["batch"], f"{r['ips']:,.0f}", f"{r['epoch_s']:.2f}", f"{r['cpu_s']:.2f}"]
+        cells += [ratio(r, base), ratio(r, compute), r["load"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
+
+
+COMPILED = "model.compile=true"
+COMPUTE = {False: "compute only, eager", True: f"compute only, {COMPILED}"}
+PROJECT = {False: "project", True: f"project, {COMPILED}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512, 2048])
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed epochs per path; the median is reported"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads (all paths)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="batch 128, 1 repeat, no ablation, no time to quality"
+    )
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument(
+        "--target", type=float, default=105.0, help="val -ELBO (nats) for the time to quality"
+    )
+    parser.add_argument("--max-epochs", type=int, default=20, help="time to quality gives up after this")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch_sizes, args.repeats, args.skip_ablation, args.skip_quality = [128], 1, True, True
+    torch.set_num_threads(args.threads)
+    modes = [False] if args.no_compile else [False, True]
+    r, threads = args.repeats, args.threads
+    started, load_before = datetime.datetime.now().astimezone(), load()
+    print(f"threads {threads}, load {load_before}, {r} timed epoch(s) per path", flush=True)
+
+    rows: list[dict] = []
+    for b in args.batch_sizes:
+        measure(rows, "baseline", b, baseline, b, r)
+        for compile in modes:
+            measure(rows, COMPUTE[compile], b, compute_only, b, r, compile=compile)
+        for compile in modes:
+            measure(
+                rows,
+                PROJECT[compile],
+                b,
+                project_epochs,
+                b,
+                r,
+                threads,
+                f"model.compile={str(compile).lower()}",
+            )
+
+    ablation: list[dict] = []
+    quality: list[tuple[str, list]] = []
+    write_report(args, started, load_before, rows, ablation, quality)  # so far, in case of a long run's end
+    if not args.skip_ablation:
+        print("what each choice does (batch 128)", flush=True)
+        measure(
+            ablation, "in-memory batches, default Adam, eager", 128, compute_only, 128, r, False, fused=False
+        )
+        measure(ablation, "+ fused Adam", 128, compute_only, 128, r, compile=False)
+        if not args.no_compile:
+            measure(ablation, "+ torch.compile", 128, compute_only, 128, r, compile=True)
+            if threads > 1:
+                torch.set_num_threads(1)
+                measure(ablation, "+ torch.compile, 1 thread", 128, compute_only, 128, r, compile=True)
+                torch.set_num_threads(threads)
+        measure(ablation, "project (log_every_n_steps=50)", 128, project_epochs, 128, r, threads)
+        if "sample_accuracy:" in (ROOT / "conf" / "callbacks" / "default.yaml").read_text():
+            # the classifier judging 1000 samples per temperature: an evaluation, not logging
+            off = "~callbacks.sample_accuracy"
+            measure(
+                ablation, "project, SampleAccuracy callback off", 128, project_epochs, 128, r, threads, off
+            )
+        measure(
+            ablation,
+            "project, log every step",
+            128,
+            project_epochs,
+            128,
+            r,
+            threads,
+            "trainer.log_every_n_steps=1",
+        )
+
+    write_report(args, started, load_before, rows, ablation, quality)
+    if not args.skip_quality:
+        print(f"time to val -ELBO <= {args.target} (batch 128)", flush=True)
+        to_quality = {"baseline": lambda: baseline_to_quality(args.target, args.max_epochs)}
+        for compile in modes:
+            overrides = (f"model.compile={str(compile).lower()}",)
+            to_quality[PROJECT[compile]] = lambda o=overrides: project(
+                128, args.max_epochs, threads, *o, stop_below=args.target
+            )["val"]
+        for name, run in to_quality.items():
+            quality.append((name, run()))
+            print(f"  {name:<38} {describe(quality[-1][1], args.target)}  load {load()}", flush=True)
+
+    write_report(args, started, load_before, rows, ablation, quality)
+
+
+def describe(history: list, target: float) -> str:
+    hit = next((i for i, (_, elbo) in enumerate(history) if elbo <= target), None)
+    if hit is None:
+        return f"not reached in {len(history)} epochs (last {history[-1][1]:.1f})"
+    seconds, elbo = history[hit]
+    return f"{seconds:.1f} s, epoch {hit + 1}, val -ELBO {elbo:.1f}"
+
+
+def write_report(args, started, load_before, rows, ablation, quality) -> None:
+    import lightning
+    import torchvision
+
+    command = " ".join(["python bench/throughput.py", *sys.argv[1:]])
+    lines = [
+        "# Training throughput (`python bench/throughput.py`)",
+        "",
+        f"- date: {started:%Y-%m-%d %H:%M %Z}; command: `{command}`",
+        f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, "
+        f"lightning {lightning.__version__}, torchvision {torchvision.__version__}",
+        f"- torch threads: {args.threads} (every path; `OMP_NUM_THREADS` for the train.py subprocesses)",
+        f"- load average (1/5/15 min) before: {load_before}, after: {load()}; the machine is shared, so "
+        "compare rows measured at similar load",
+        f"- {args.repeats} timed epoch(s) of the 55k training images per path, after a warm-up; "
+        "the median is reported",
+        "",
+        "## Images per second",
+        "",
+        "baseline: torchvision MNIST + ToTensor + DataLoader(shuffle=True), a plain loop, default Adam.",
+        "compute only: forward + backward + fused Adam on batches already in memory (no data pipeline, no "
+        "Trainer). project: `train.py` (DataModule, Trainer, TensorBoard, checkpoints, image callbacks); "
+        "its epoch includes the validation. ÷ compute only: against the compute-only row of the same batch "
+        "size and mode (eager or compiled).",
+        "",
+        *speed_table(rows),
+    ]
+    if ablation:
+        first = ablation[0]
+        lines += [
+            "",
+            "## What each choice does (batch 128)",
+            "",
+            "Each compute-only row adds one choice to the row above (× first row: against the first row).",
+            "Project rows: as configured (`self.log` and a TensorBoard write every 50 steps); without the",
+            "classifier-judged SampleAccuracy callback; with `self.log` and TensorBoard writes on every step",
+            "(`trainer.log_every_n_steps=1`).",
+            "",
+            "| choice | images/s | CPU s / epoch | × first row (wall / CPU) | load 1/5/15 min |",
+            "|---|---:|---:|---:|---|",
+            *(
+                f"| {r['path']} | {r['ips']:,.0f} | {r['cpu_s']:.2f} | {ratio(r, first)} | {r['load']} |"
+                for r in ablation
+            ),
+        ]
+    if quality:
+        lines += [
+            "",
+            f"## Time to val −ELBO ≤ {args.target} nats (batch 128, lr 1e-3, the same model)",
+            "",
+            "Wall time from the start of the job (data loading, compile and per-epoch validation included; "
+            "process start-up and imports excluded), checked after every epoch.",
+            "",
+            "| path | reached | val −ELBO by epoch |",
+            "|---|---|---|",
+            *(
+                f"| {name} | {describe(h, args.target)} | {', '.join(f'{e:.1f}' for _, e in h)} |"
+                for name, h in quality
+            ),
+        ]
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
