@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-fast sweep tensorboard bench lint clean
+.PHONY: install train test test-fast sweep tensorboard bench lint clean classifier evaluate generate
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,18 @@ $(VENV)/.installed: pyproject.toml
 train: install  ## the default experiment: CVAE on CPU, offline MNIST, logs/ (ARGS="key=value ...")
 	$(PY) train.py $(ARGS)
 
+# the newest run's last checkpoint, unless CKPT=... is given
+CKPT ?= $(lastword $(sort $(wildcard logs/train/runs/*/checkpoints/last.ckpt)))
+
+classifier: install  ## the MNIST classifier that judges generated digits: checkpoints/classifier.ckpt
+	$(PY) train.py experiment=classifier $(ARGS)
+
+evaluate: install  ## metrics.json/.md beside CKPT (default: the newest run's last.ckpt); needs `make classifier`
+	$(PY) evaluate.py ckpt_path=$(CKPT) $(ARGS)
+
+generate: install  ## a grid of digits from CKPT (ARGS="digits=[2,0,2,6] n=8 out=digits.png")
+	$(PY) generate.py ckpt_path=$(CKPT) $(ARGS)
+
 test: install  ## the whole suite, slow end-to-end tests included
 	$(PY) -m pytest $(ARGS)
 
@@ -31,6 +43,9 @@ sweep: install  ## a Hydra multirun over latent size
 
 tensorboard: install  ## browse scalars and image logs of every run
 	$(VENV)/bin/tensorboard --logdir logs --samples_per_plugin images=1000 $(ARGS)
+
+bench: install  ## training images/s: the ordinary pipeline vs compute only vs train.py (ARGS="--quick")
+	$(PY) bench/throughput.py $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

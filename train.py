@@ -15,12 +15,12 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 def main(cfg: DictConfig) -> float | None:
     from cvae_lightning.config import ConfigError
     from cvae_lightning.data import DataError
-    from cvae_lightning.models import NonFiniteLossError
+    from cvae_lightning.models import CheckpointError, NonFiniteLossError
     from cvae_lightning.training import Interrupted, train
 
     try:
         return train(cfg)
-    except (ConfigError, DataError, NonFiniteLossError, Interrupted) as error:
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, Interrupted) as error:
         raise SystemExit(f"error: {error}") from None
 
 

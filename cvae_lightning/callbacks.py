@@ -58,9 +58,9 @@ class GeneratedDigits(_EpochImageLogger):
         if pl_module.n_classes:
             z = torch.randn(self.nrow, latent_dim, generator=generator).repeat(NUM_CLASSES, 1)
             labels = torch.arange(NUM_CLASSES).repeat_interleave(self.nrow)
-            return pl_module.sample(labels, z=z)
+            return pl_module.sample(labels, noise=z)
         z = torch.randn(self.nrow * NUM_CLASSES, latent_dim, generator=generator)
-        return pl_module.sample(len(z), z=z)
+        return pl_module.sample(len(z), noise=z)
 
 
 class Reconstructions(_EpochImageLogger):
@@ -80,3 +80,29 @@ class Reconstructions(_EpochImageLogger):
         else:
             recon = pl_module.reconstruct(x)
         return torch.cat([x.to(recon.device), recon])
+
+
+class LatentManifold(_EpochImageLogger):
+    """For a 2-D latent space: the decoder over a grid of z (prior quantiles), for a chosen digit (CVAE).
+
+    The picture people expect from a 2-D VAE: how the decoded digit changes across the latent plane.
+    Skipped for other latent sizes.
+    """
+
+    tag = "samples/latent_manifold"
+
+    def __init__(self, n: int = 15, digit: int = 5):
+        self.nrow, self.digit = n, digit
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.hparams.latent_dim == 2:
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def images(self, trainer, pl_module):
+        quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, self.nrow))
+        grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), dim=-1).view(-1, 2)
+        if not pl_module.n_classes:
+            return pl_module.sample(len(grid), z=grid)
+        labels = torch.full((len(grid),), self.digit)
+        mu, logvar = pl_module.prior(pl_module.one_hot(labels).to(pl_module.device))  # N(0, I) or p(z|y)
+        return pl_module.sample(labels, z=mu + (0.5 * logvar).exp() * grid.to(mu.device))

@@ -78,8 +78,8 @@ class CheckpointOnInterrupt(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.state.fn != "fit" or trainer.sanity_checking:
-            return
+        if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_step == 0:
+            return  # nothing trained yet: nothing worth resuming from
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             log.warning("weights are not finite: no checkpoint written on interrupt")
             return

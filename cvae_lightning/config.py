@@ -30,12 +30,24 @@ def _int_list_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
     return ok, f"a list of integers >= {low}, e.g. [512,256]"
 
 
+def _non_negative_number() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0), "a number >= 0"
+
+
+def _one_of(*choices: Any) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
+
+
 # key -> (check, what is allowed); keys that are absent from the config are skipped
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.latent_dim": _int_at_least(1),
     "model.hidden_dims": _int_list_at_least(1),
     "model.lr": _positive_number(),
+    "model.prior": _one_of("standard", "conditional"),
+    "model.beta": _non_negative_number(),
+    "model.kl_warmup_epochs": _int_at_least(0),
     "data.batch_size": _int_at_least(1),
+    "data.binarize": _one_of("none", "dynamic", False, True),
     "data.val_size": _int_at_least(1),
     "trainer.max_epochs": _int_at_least(1),
     "trainer.num_nodes": _int_at_least(1),
@@ -54,6 +66,7 @@ def validate(cfg: DictConfig) -> None:
             value = OmegaConf.to_container(value)
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+    _check_devices(cfg)
     val_size = OmegaConf.select(cfg, "data.val_size", default=None)
     if val_size is not None and val_size >= TRAIN_IMAGES:
         raise ConfigError(
@@ -88,3 +101,26 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> None:
                 raise ConfigError(
                     f"{override.key_or_group}={value} is not allowed: expected one of {', '.join(choices)}"
                 )
+
+
+def _check_devices(cfg: DictConfig) -> None:
+    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu (one process each)."""
+    import os
+
+    import torch
+
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    wants_gpu = accelerator in ("gpu", "cuda")
+    if wants_gpu and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} is not allowed: no GPU is visible; expected cpu or auto"
+        )
+    if accelerator not in ("cpu", "gpu", "cuda", "auto", "mps"):
+        raise ConfigError(f"trainer.accelerator={accelerator} is not allowed: expected one of cpu, gpu, auto")
+    available = torch.cuda.device_count() if wants_gpu else os.cpu_count()
+    if _is_int(devices) and not (devices == -1 or 1 <= devices <= available):
+        raise ConfigError(
+            f"trainer.devices={devices} is not allowed: expected 1..{available} "
+            f"({'GPUs' if wants_gpu else 'CPU cores'} here), -1 or auto"
+        )

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_models import tiny_checkpoints  # noqa: F401  (fixture: tiny CVAE/VAE/classifier)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

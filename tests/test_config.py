@@ -30,6 +30,12 @@ def test_default_config_is_valid_and_builds_the_cvae():
         ("data.batch_size=-1", "data.batch_size=-1 is not allowed: expected an integer >= 1"),
         ("data.val_size=60000", "data.val_size=60000 is not allowed"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
+        (
+            "model.prior=gaussian",
+            "model.prior='gaussian' is not allowed: expected one of standard, conditional",
+        ),
+        ("model.beta=-1", "model.beta=-1 is not allowed: expected a number >= 0"),
+        ("data.binarize=static", "data.binarize='static' is not allowed: expected one of none, dynamic"),
     ],
 )
 def test_bad_values_are_refused(override, expected):
@@ -42,7 +48,7 @@ def test_bad_values_are_refused(override, expected):
     [
         ("model.latent_dim=0", "error: model.latent_dim=0 is not allowed: expected an integer >= 1"),
         ("data.batch_size=-1", "error: data.batch_size=-1 is not allowed: expected an integer >= 1"),
-        ("model=gan", "error: model=gan is not allowed: expected one of cvae, vae"),
+        ("model=gan", "error: model=gan is not allowed: expected one of classifier, cvae, vae"),
         ("trainer=tpu", "error: trainer=tpu is not allowed: expected one of cpu, ddp, default, gpu"),
     ],
 )

@@ -1,0 +1,56 @@
+"""What a trained CVAE can draw: digits on request, style transfer, interpolations (images in [0, 1])."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from cvae_lightning.data import NUM_CLASSES
+
+
+def lerp(a: Tensor, b: Tensor, steps: int) -> Tensor:
+    """(len(a) * steps, dim): for each row pair, `steps` points from a to b inclusive."""
+    t = torch.linspace(0, 1, steps, device=a.device).view(1, steps, 1)
+    return (a.unsqueeze(1) * (1 - t) + b.unsqueeze(1) * t).flatten(0, 1)
+
+
+@torch.no_grad()
+def digit_grid(model, digits: Sequence[int], n: int, temperature: float = 1.0) -> Tensor:
+    """n samples of each requested digit, digit-major (one grid row per digit with nrow=n)."""
+    return model.sample(torch.tensor(list(digits)).repeat_interleave(n), temperature=temperature)
+
+
+@torch.no_grad()
+def style_transfer(model, x: Tensor, y: Tensor) -> Tensor:
+    """[original, decoded as 0, ..., decoded as 9] per image, from z = mu of Q(z|x,y): same handwriting."""
+    x, y = x.to(model.device), y.to(model.device)
+    z = model.encode(x, y)[0].repeat_interleave(NUM_CLASSES, dim=0)
+    digits = model.sample(torch.arange(NUM_CLASSES).repeat(len(x)), z=z).view(
+        len(x), NUM_CLASSES, *x.shape[1:]
+    )
+    return torch.cat([x.unsqueeze(1), digits], dim=1).flatten(0, 1)
+
+
+@torch.no_grad()
+def latent_interpolation(model, digits: Sequence[int], steps: int, temperature: float = 1.0) -> Tensor:
+    """For each digit, `steps` images along the line between two prior draws of z (same digit throughout)."""
+    noise = lerp(*torch.randn(2, len(digits), model.hparams.latent_dim), steps)
+    return model.sample(
+        torch.tensor(list(digits)).repeat_interleave(steps), temperature=temperature, noise=noise
+    )
+
+
+@torch.no_grad()
+def label_interpolation(model, digits: Sequence[int], steps: int, rows: int = 1, temperature: float = 1.0):
+    """For each of `rows` fixed z, `steps` images from digits[0] to digits[1] to ... (mixing one-hot y)."""
+    one_hot = model.one_hot(torch.tensor(list(digits))).to(model.device)
+    y = torch.cat([lerp(one_hot[i : i + 1], one_hot[i + 1 : i + 2], steps) for i in range(len(digits) - 1)])
+    images = []
+    for _ in range(rows):
+        z = model.prior_sample(
+            len(y), y, temperature, torch.randn(1, model.hparams.latent_dim).expand(len(y), -1)
+        )
+        images.append(torch.sigmoid(model.decode(z, y)))
+    return torch.cat(images)

@@ -1,0 +1,96 @@
+"""Encoder and decoder networks: `mlp` (the default) and `conv`. Both take the condition y (or None)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cvae_lightning.data import IMAGE_SHAPE
+
+PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+NETS = ("mlp", "conv")
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def with_condition(h: Tensor, y: Tensor | None) -> Tensor:
+    return h if y is None else torch.cat([h, y.to(h.dtype)], dim=1)
+
+
+class MLPEncoder(nn.Sequential):
+    """(x, y) -> 2 * latent_dim: flattened pixels and one-hot label through an MLP."""
+
+    def __init__(self, n_classes: int, hidden_dims: Sequence[int], latent_dim: int, **_):
+        super().__init__(*mlp([PIXELS + n_classes, *hidden_dims, 2 * latent_dim]))
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return super().forward(with_condition(x.flatten(1), y))
+
+
+class MLPDecoder(nn.Sequential):
+    """(z, y) -> Bernoulli logits shaped like images."""
+
+    def __init__(self, n_classes: int, hidden_dims: Sequence[int], latent_dim: int, **_):
+        super().__init__(*mlp([latent_dim + n_classes, *reversed(hidden_dims), PIXELS]))
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return super().forward(with_condition(z, y)).view(-1, *IMAGE_SHAPE)
+
+
+def _conv_stack(channels: Sequence[int], transpose: bool = False) -> nn.Sequential:
+    """Stride-2 4x4 convolutions (28 -> 14 -> 7) or their transposes, ReLU between them."""
+    conv = nn.ConvTranspose2d if transpose else nn.Conv2d
+    layers: list[nn.Module] = []
+    for i, (c_in, c_out) in enumerate(itertools.pairwise(channels)):
+        layers.append(conv(c_in, c_out, kernel_size=4, stride=2, padding=1))
+        if i < len(channels) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ConvEncoder(nn.Module):
+    """Two stride-2 convolutions (28 -> 7), then the label joins an MLP head to (mu, logvar)."""
+
+    def __init__(self, n_classes: int, hidden_dims: Sequence[int], latent_dim: int, channels=(32, 64)):
+        super().__init__()
+        self.features = nn.Sequential(_conv_stack([IMAGE_SHAPE[0], *channels]), nn.ReLU(), nn.Flatten())
+        self.head = mlp([channels[-1] * 7 * 7 + n_classes, *hidden_dims, 2 * latent_dim])
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.head(with_condition(self.features(x.view(-1, *IMAGE_SHAPE)), y))
+
+
+class ConvDecoder(nn.Module):
+    """(z, y) through an MLP to a 7x7 feature map, then two transposed convolutions up to 28x28 logits."""
+
+    def __init__(self, n_classes: int, hidden_dims: Sequence[int], latent_dim: int, channels=(32, 64)):
+        super().__init__()
+        self.head = nn.Sequential(
+            mlp([latent_dim + n_classes, *reversed(hidden_dims), channels[-1] * 7 * 7]),
+            nn.ReLU(),
+            nn.Unflatten(1, (channels[-1], 7, 7)),
+        )
+        self.upsample = _conv_stack([*reversed(channels), IMAGE_SHAPE[0]], transpose=True)
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.upsample(self.head(with_condition(z, y)))
+
+
+def build(net: str, **sizes) -> tuple[nn.Module, nn.Module]:
+    """(encoder, decoder) of the named kind."""
+    if net not in NETS:
+        raise ValueError(f"model.net={net!r} is not allowed: expected one of {', '.join(NETS)}")
+    if net == "conv":
+        return ConvEncoder(**sizes), ConvDecoder(**sizes)
+    return MLPEncoder(**sizes), MLPDecoder(**sizes)

@@ -1,0 +1,58 @@
+"""Evaluate a trained CVAE/VAE: `python evaluate.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt`.
+
+Writes metrics.json, metrics.md and confusion_matrix.png beside the checkpoint and prints the table
+(see conf/eval.yaml for eval.k, eval.n_per_digit, ...).
+"""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parent
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from cvae_lightning.classifier import MissingClassifierError, load_classifier
+    from cvae_lightning.data import DataError, MNISTDataModule
+    from cvae_lightning.evaluation import (
+        CheckpointKindError,
+        evaluate,
+        load_generative_model,
+        trained_on_binary_pixels,
+        write_report,
+    )
+
+    if not cfg.ckpt_path:
+        raise SystemExit(
+            "error: ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"
+        )
+    try:
+        model = load_generative_model(cfg.ckpt_path)
+        classifier = load_classifier(cfg.classifier_path)
+        datamodule = MNISTDataModule(data_dir=cfg.paths.data_dir)
+        datamodule.prepare_data()
+        datamodule.setup("test")
+    except (CheckpointKindError, MissingClassifierError, FileNotFoundError, DataError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+    metrics = evaluate(
+        model,
+        classifier,
+        datamodule.test_images,
+        datamodule.test_labels,
+        binarize=trained_on_binary_pixels(cfg.ckpt_path),
+        seed=cfg.seed,
+        **cfg.eval,
+    )
+    out_dir = Path(cfg.out_dir or Path(cfg.ckpt_path).parent)
+    paths = write_report(metrics, out_dir, title=str(cfg.ckpt_path))
+    print(paths[1].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The project's MNIST classifier: its network, its config, and (slow) that it trains through train.py."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from cvae_lightning.classifier import Classifier, ClassifierFeatures, load_classifier
+from cvae_lightning.data import load_split
+from tests.conftest import ROOT, read_events, run_train
+
+
+def test_features_logits_and_fid_feature_extractor():
+    model = Classifier(channels=[4, 8], features=16).eval()
+    x = torch.rand(5, 1, 28, 28)
+    assert model.features(x).shape == (5, 16) and model(x).shape == (5, 10)
+    assert model.predict(x).shape == (5,)
+    fid = FrechetInceptionDistance(feature=ClassifierFeatures(model), normalize=True)
+    fid.update(x, real=True)
+    fid.update(torch.rand(5, 1, 28, 28), real=False)
+    assert fid.real_features_sum.shape == (16,) and torch.isfinite(fid.compute())
+
+
+def test_experiment_classifier_composes_its_own_model_checkpoint_and_callbacks():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=classifier"])
+    assert cfg.model._target_ == "cvae_lightning.classifier.Classifier"
+    assert cfg.optimized_metric == cfg.callbacks.model_checkpoint.monitor == "val/loss"
+    assert cfg.callbacks.model_checkpoint.filename == "classifier"
+    assert cfg.callbacks.model_checkpoint.dirpath.endswith("/checkpoints")
+    image_callbacks = (
+        "generated_digits",
+        "reconstructions",
+        "style_transfer",
+        "interpolation",
+        "sample_accuracy",
+    )
+    assert all(cfg.callbacks[name] is None for name in image_callbacks)
+
+
+@pytest.mark.slow
+def test_classifier_trains_through_train_py(tmp_path, data_dir):
+    result = run_train(
+        "experiment=classifier",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=150",
+        f"callbacks.model_checkpoint.dirpath={tmp_path}/checkpoints",
+        f"hydra.run.dir={tmp_path}",
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "classifier.ckpt").is_file()
+    scalars, _ = read_events(tmp_path / "tensorboard")
+    assert scalars["test/acc"][-1].value > 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (ROOT / "checkpoints" / "classifier.ckpt").is_file(), reason="run `make classifier` first"
+)
+def test_the_projects_classifier_reaches_99_percent(data_dir):
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    classifier = load_classifier(Path(ROOT / "checkpoints" / "classifier.ckpt"))
+    images, labels = load_split(data_dir, train=False)
+    predicted = torch.cat([classifier.predict(x.float() / 255) for x in images.split(1000)])
+    assert (predicted == labels).float().mean() >= 0.99
+
+
+def test_model_classifier_alone_says_to_use_the_experiment(tmp_path, data_dir):
+    result = run_train(
+        "model=classifier", "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path}", timeout=300
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
+        " (or `make classifier`), which also sets its checkpoint and callbacks"
+    )

@@ -1,0 +1,138 @@
+"""Model options: sampling temperature, the learned conditional prior, KL warm-up / beta, the conv net,
+the IWAE estimator, and dynamic binarization."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from cvae_lightning import CVAE, VAE, MNISTDataModule
+from cvae_lightning.models import gaussian_kl
+
+
+def test_temperature_scales_the_prior_noise_and_zero_decodes_the_prior_mean():
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=3, hidden_dims=[16], prior="conditional")
+    torch.nn.init.normal_(model.prior_net.weight)  # a prior that is not N(0, I)
+    labels, noise = torch.tensor([1, 4]), torch.randn(2, 3)
+    mu, logvar = model.prior(model.one_hot(labels))
+    expected = torch.sigmoid(model.decode(mu + 0.5 * (0.5 * logvar).exp() * noise, model.one_hot(labels)))
+    assert torch.allclose(model.sample(labels, temperature=0.5, noise=noise), expected)
+    at_mean = model.sample(labels, temperature=0.0)
+    assert torch.equal(at_mean, model.sample(labels, temperature=0.0))  # no randomness left
+    assert torch.allclose(at_mean, torch.sigmoid(model.decode(mu, model.one_hot(labels))))
+    assert not torch.allclose(model.sample(labels, temperature=1.0), at_mean)
+
+
+def test_vae_sample_takes_a_temperature():
+    model = VAE(latent_dim=2, hidden_dims=[8])
+    assert torch.equal(model.sample(3, temperature=0.0), model.sample(3, temperature=0.0))
+    assert model.sample(3, temperature=0.7).shape == (3, 1, 28, 28)
+
+
+def test_conditional_prior_starts_standard_and_its_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    standard = CVAE(latent_dim=4, hidden_dims=[16])
+    conditional = CVAE(latent_dim=4, hidden_dims=[16], prior="conditional")
+    conditional.load_state_dict(standard.state_dict(), strict=False)
+    x, y = torch.rand(5, 1, 28, 28), CVAE.one_hot(torch.tensor([0, 1, 2, 3, 9]))
+    torch.manual_seed(1)
+    kl_standard = standard.elbo_terms(x, y)["kl"]
+    torch.manual_seed(1)
+    assert conditional.elbo_terms(x, y)["kl"].item() == pytest.approx(kl_standard.item(), rel=1e-6)
+
+    torch.nn.init.normal_(conditional.prior_net.weight)
+    mu, logvar = conditional.encode(x, y)
+    prior_mu, prior_logvar = conditional.prior(y)
+    assert prior_mu.shape == (5, 4) and not torch.allclose(prior_mu[0], prior_mu[1])
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(prior_mu, (0.5 * prior_logvar).exp()))
+    assert torch.allclose(gaussian_kl(mu, logvar, prior_mu, prior_logvar), expected.sum(1), rtol=1e-5)
+
+
+def test_the_conditional_prior_is_learned():
+    model = CVAE(latent_dim=2, hidden_dims=[8], prior="conditional")
+    x, y = torch.rand(4, 1, 28, 28), CVAE.one_hot(torch.tensor([0, 1, 2, 3]))
+    model.elbo_terms(x, y)["elbo"].backward()
+    assert model.prior_net.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "message"),
+    [
+        (VAE, {"prior": "conditional"}, "model.prior=conditional is not allowed: expected one of standard"),
+        (CVAE, {"prior": "flat"}, "model.prior=flat is not allowed: expected one of standard, conditional"),
+        (CVAE, {"net": "resnet"}, "model.net='resnet' is not allowed: expected one of mlp, conv"),
+        (CVAE, {"beta": -1}, "model.beta=-1 is not allowed"),
+        (CVAE, {"kl_warmup_epochs": -2}, "model.kl_warmup_epochs=-2 is not allowed"),
+    ],
+)
+def test_bad_options_name_the_value_and_what_is_allowed(model, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        model(latent_dim=2, hidden_dims=[8], **kwargs)
+
+
+def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup_epochs():
+    model = CVAE(latent_dim=2, hidden_dims=[8], beta=2.0, kl_warmup_epochs=2)
+    assert model.kl_weight() == 2.0  # not training: the full weight
+    weights = []
+    for step in (0, 5, 10, 20, 40):
+        model._trainer = SimpleNamespace(global_step=step, num_training_batches=10)
+        weights.append(model.kl_weight())
+    assert weights == pytest.approx([0.0, 0.5, 1.0, 2.0, 2.0])
+    model._trainer = None
+    assert CVAE(latent_dim=2, hidden_dims=[8], beta=0.5).kl_weight() == 0.5
+
+
+def test_conv_net_encodes_and_decodes_images():
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=5, hidden_dims=[32], net="conv", channels=[8, 16])
+    x, y = torch.rand(3, 1, 28, 28), CVAE.one_hot(torch.tensor([1, 2, 3]))
+    mu, logvar = model.encode(x, y)
+    assert mu.shape == logvar.shape == (3, 5)
+    assert model.decode(mu, y).shape == (3, 1, 28, 28)
+    assert any(isinstance(m, torch.nn.Conv2d) for m in model.encoder.modules())
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.decoder.modules())
+    model.elbo_terms(x, y)["elbo"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    vae = VAE(latent_dim=5, hidden_dims=[32], net="conv", channels=[8, 16])
+    assert vae.sample(2).shape == (2, 1, 28, 28)
+
+
+def test_iwae_is_exact_when_the_posterior_is_the_prior_and_the_decoder_ignores_z():
+    """Then every importance weight equals p(x|y): any k (and any chunking) gives -log p(x|y) = recon."""
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=3, hidden_dims=[16])
+    torch.nn.init.zeros_(model.encoder[-1].weight)
+    torch.nn.init.zeros_(model.encoder[-1].bias)
+    with torch.no_grad():
+        model.decoder[0].weight[:, :3] = 0  # the z inputs
+    x, y = torch.rand(4, 1, 28, 28), CVAE.one_hot(torch.tensor([0, 5, 6, 7]))
+    terms = model.elbo_terms(x, y)
+    assert terms["kl"].item() == pytest.approx(0.0, abs=1e-6)
+    nll = -model.log_likelihood(x, y, k=250, chunk=100)
+    assert nll.shape == (4,)
+    assert nll.mean().item() == pytest.approx(terms["recon"].item(), rel=1e-5)
+
+
+def test_iwae_bound_is_tighter_than_the_elbo():
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=4, hidden_dims=[32])
+    x, y = torch.rand(16, 1, 28, 28), CVAE.one_hot(torch.arange(16) % 10)
+    elbo = torch.stack([model.elbo_terms(x, y)["elbo"] for _ in range(20)]).mean()
+    nll_1 = -model.log_likelihood(x, y, k=1).mean()
+    nll_200 = -model.log_likelihood(x, y, k=200, chunk=64).mean()
+    assert nll_200 < elbo - 0.01 and nll_200 < nll_1
+    assert nll_1.item() == pytest.approx(elbo.item(), abs=1.0)  # k=1 is the ELBO (one sample)
+
+
+def test_dynamic_binarization_and_bad_values(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, binarize="dynamic")
+    dm.setup()
+    x, _ = next(iter(dm.train_dataloader()))
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    continuous = MNISTDataModule(data_dir=str(data_dir), batch_size=32)
+    continuous.setup()
+    assert len(next(iter(continuous.train_dataloader()))[0].unique()) > 2
+    with pytest.raises(ValueError, match="data.binarize='static' is not allowed: expected none or dynamic"):
+        MNISTDataModule(binarize="static")
