@@ -24,10 +24,16 @@ def digit_grid(model, digits: Sequence[int], n: int, temperature: float = 1.0) -
 
 @torch.no_grad()
 def style_transfer(model, x: Tensor, y: Tensor) -> Tensor:
-    """[original, decoded as 0, ..., decoded as 9] per image, from z = mu of Q(z|x,y): same handwriting."""
+    """[original, decoded as 0, ..., decoded as 9] per image, from z = mu of Q(z|x,y): same handwriting.
+
+    The style is z's place within the source digit's prior, (z - mu_y) / sigma_y, carried over to each
+    target digit's prior (the identity for N(0, I); needed for a learned p(z|y), whose digits sit apart).
+    """
     x, y = x.to(model.device), y.to(model.device)
-    z = model.encode(x, y)[0].repeat_interleave(NUM_CLASSES, dim=0)
-    digits = model.sample(torch.arange(NUM_CLASSES).repeat(len(x)), z=z).view(
+    prior_mu, prior_logvar = model.prior(y)
+    style = (model.encode(x, y)[0] - prior_mu) * (-0.5 * prior_logvar).exp()
+    noise = style.repeat_interleave(NUM_CLASSES, dim=0)
+    digits = model.sample(torch.arange(NUM_CLASSES).repeat(len(x)), noise=noise).view(
         len(x), NUM_CLASSES, *x.shape[1:]
     )
     return torch.cat([x.unsqueeze(1), digits], dim=1).flatten(0, 1)

@@ -58,3 +58,29 @@ def test_generate_script_grids_and_errors(tiny_checkpoints, tmp_path):
         bad.stderr.strip()
         == "error: digits=[2, 12] is not allowed: expected integers in 0..9, e.g. [2,0,2,6]"
     )
+
+
+def test_style_transfer_to_the_source_digit_is_the_reconstruction_under_a_learned_prior():
+    """The style, standardized by the source digit's prior, maps back onto that digit's own z."""
+    import torch
+
+    from cvae_lightning import CVAE
+    from cvae_lightning.generation import style_transfer
+
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=3, hidden_dims=[16], prior="conditional").eval()
+    with torch.no_grad():  # a prior that differs between digits, as after training
+        for p in model.prior_net.parameters():
+            p.add_(torch.randn_like(p))
+    x, labels = torch.rand(2, 1, 28, 28), torch.tensor([3, 7])
+    grid = style_transfer(model, x, model.one_hot(labels)).view(2, 11, 1, 28, 28)
+    recon = model.reconstruct(x, labels)
+    for i, digit in enumerate(labels.tolist()):
+        assert torch.allclose(grid[i, 1 + digit], recon[i], atol=1e-5)
+    # another digit: the same standardized place in that digit's prior, not the raw z of the source digit
+    mu = model.encode(x, model.one_hot(labels))[0]
+    prior_mu, prior_logvar = model.prior(model.one_hot(labels))
+    style = (mu - prior_mu) / (0.5 * prior_logvar).exp()
+    as_zero = model.sample(torch.zeros(2, dtype=torch.long), noise=style)
+    assert torch.allclose(grid[:, 1], as_zero, atol=1e-5)
+    assert not torch.allclose(grid[:, 1], model.sample(torch.zeros(2, dtype=torch.long), z=mu), atol=1e-3)
