@@ -46,6 +46,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.prior": _one_of("standard", "conditional"),
     "model.beta": _non_negative_number(),
     "model.kl_warmup_epochs": _int_at_least(0),
+    "model.lr_schedule": _one_of("constant", "cosine"),
     "data.batch_size": _int_at_least(1),
     "data.binarize": _one_of("none", "dynamic", False, True),
     "data.val_size": _int_at_least(1),

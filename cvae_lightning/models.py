@@ -16,6 +16,7 @@ from cvae_lightning import nets
 from cvae_lightning.data import NUM_CLASSES
 
 PRIORS = ("standard", "conditional")
+LR_SCHEDULES = ("constant", "cosine")
 LOG_2PI = math.log(2 * math.pi)
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
 
@@ -65,13 +66,14 @@ class VAE(L.LightningModule):
         self,
         latent_dim: int = 20,
         hidden_dims: Sequence[int] = (512, 256),
-        lr: float = 1e-3,
+        lr: float = 2e-3,
         net: str = "mlp",
         channels: Sequence[int] = (32, 64),
         prior: str = "standard",
         beta: float = 1.0,
         kl_warmup_epochs: float = 0,
         compile: bool = False,
+        lr_schedule: str = "constant",
     ):
         super().__init__()
         hidden_dims = [int(h) for h in hidden_dims]  # plain list in hparams, so weights_only loading works
@@ -80,6 +82,9 @@ class VAE(L.LightningModule):
         if prior not in allowed_priors:
             allowed = ", ".join(allowed_priors)
             raise ValueError(f"model.prior={prior} is not allowed: expected one of {allowed}")
+        if lr_schedule not in LR_SCHEDULES:
+            allowed = ", ".join(LR_SCHEDULES)
+            raise ValueError(f"model.lr_schedule={lr_schedule} is not allowed: expected one of {allowed}")
         for key, value in (("beta", beta), ("kl_warmup_epochs", kl_warmup_epochs)):
             if value < 0:
                 raise ValueError(f"model.{key}={value} is not allowed: expected a number >= 0")
@@ -206,7 +211,13 @@ class VAE(L.LightningModule):
     def configure_optimizers(self):
         # fused: one kernel for the whole update (on CPU the default is a Python loop over the parameters)
         fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused)
+        if self.hparams.get("lr_schedule", "constant") == "constant":
+            return optimizer
+        # cosine: lr decays to 0 over the whole run, step by step (max_epochs sets the length)
+        steps = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(steps)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_class"] = type(self).__name__  # evaluate.py tells a CVAE from a VAE or classifier

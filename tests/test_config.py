@@ -36,6 +36,10 @@ def test_default_config_is_valid_and_builds_the_cvae():
         ),
         ("model.beta=-1", "model.beta=-1 is not allowed: expected a number >= 0"),
         ("data.binarize=static", "data.binarize='static' is not allowed: expected one of none, dynamic"),
+        (
+            "model.lr_schedule=step",
+            "model.lr_schedule='step' is not allowed: expected one of constant, cosine",
+        ),
     ],
 )
 def test_bad_values_are_refused(override, expected):

@@ -65,6 +65,11 @@ def test_the_conditional_prior_is_learned():
         (CVAE, {"net": "resnet"}, "model.net='resnet' is not allowed: expected one of mlp, conv"),
         (CVAE, {"beta": -1}, "model.beta=-1 is not allowed"),
         (CVAE, {"kl_warmup_epochs": -2}, "model.kl_warmup_epochs=-2 is not allowed"),
+        (
+            CVAE,
+            {"lr_schedule": "step"},
+            "model.lr_schedule=step is not allowed: expected one of constant, cosine",
+        ),
     ],
 )
 def test_bad_options_name_the_value_and_what_is_allowed(model, kwargs, message):
@@ -82,6 +87,23 @@ def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup_epochs():
     assert weights == pytest.approx([0.0, 0.5, 1.0, 2.0, 2.0])
     model._trainer = None
     assert CVAE(latent_dim=2, hidden_dims=[8], beta=0.5).kl_weight() == 0.5
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule_over_a_short_fit(schedule, data_dir):
+    """cosine: the lr falls from model.lr to ~0 by the last step; constant: it stays at model.lr."""
+    import lightning as L
+
+    model = CVAE(latent_dim=2, hidden_dims=[16], lr=2e-3, lr_schedule=schedule)
+    data = MNISTDataModule(data_dir=str(data_dir), batch_size=500, val_size=1000)
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=4, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == (2e-3 if schedule == "constant" else pytest.approx(0.0, abs=1e-12))
+    assert len(trainer.lr_scheduler_configs) == (schedule == "cosine")
 
 
 def test_conv_net_encodes_and_decodes_images():
