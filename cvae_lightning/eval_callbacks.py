@@ -92,8 +92,10 @@ class SampleAccuracy(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         for temperature in self.temperatures:
-            images = pl_module.sample(labels, temperature=temperature, noise=noise)
-            accuracy = conditional_accuracy(self.classifier.to(pl_module.device), images, labels)["overall"]
+            # temperature 0 decodes the prior mean whatever the noise: one image per digit says it all
+            n = 1 if temperature == 0 else self.n_per_digit
+            images = pl_module.sample(labels[::n], temperature=temperature, noise=noise[::n])
+            accuracy = conditional_accuracy(self.classifier.to(pl_module.device), images, labels[::n])["overall"]
             name = "mu" if temperature == 0 else f"T{temperature:g}"
             pl_module.log(f"samples/accuracy_{name}", accuracy)  # the same on every rank
         pl_module.train(was_training)
