@@ -93,9 +93,11 @@ class SampleAccuracy(L.Callback):
         pl_module.eval()
         for temperature in self.temperatures:
             # temperature 0 decodes the prior mean whatever the noise: one image per digit says it all
-            n = 1 if temperature == 0 else self.n_per_digit
-            images = pl_module.sample(labels[::n], temperature=temperature, noise=noise[::n])
-            accuracy = conditional_accuracy(self.classifier.to(pl_module.device), images, labels[::n])["overall"]
+            step = self.n_per_digit if temperature == 0 else 1
+            images = pl_module.sample(labels[::step], temperature=temperature, noise=noise[::step])
+            accuracy = conditional_accuracy(self.classifier.to(pl_module.device), images, labels[::step])[
+                "overall"
+            ]
             name = "mu" if temperature == 0 else f"T{temperature:g}"
             pl_module.log(f"samples/accuracy_{name}", accuracy)  # the same on every rank
         pl_module.train(was_training)

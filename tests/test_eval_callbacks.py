@@ -1,10 +1,12 @@
 """The evaluation callbacks: style transfer and interpolation grids, sample accuracy, active units."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from cvae_lightning import CVAE
-from cvae_lightning.eval_callbacks import ActiveUnits
+from cvae_lightning.eval_callbacks import ActiveUnits, SampleAccuracy
 from cvae_lightning.models import gaussian_kl
 from tests.conftest import read_events, run_train
 
@@ -64,3 +66,53 @@ def test_kl_per_dim_is_zero_for_dimensions_the_encoder_ignores():
     kl = model.kl_per_dim(x, y)
     assert kl[2:].abs().max() < 1e-6 and (kl[:2] > 0).all()
     assert kl.sum().item() == pytest.approx(gaussian_kl(*model.encode(x, y)).mean().item(), rel=1e-5)
+
+
+class _Sampler:
+    """Just what SampleAccuracy reads: a CVAE whose T=1 threes come out as fours (90% right at T=1)."""
+
+    training, device = True, torch.device("cpu")
+    hparams = SimpleNamespace(latent_dim=3)
+
+    def __init__(self):
+        self.drawn, self.logged = {}, {}
+
+    def sample(self, labels, temperature, noise):
+        assert len(noise) == len(labels)
+        self.drawn[temperature] = labels.clone()
+        drawn = torch.where((labels == 3) & (temperature == 1.0), 4, labels)
+        return drawn.float().view(-1, 1, 1, 1).expand(-1, 1, 28, 28)
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def log(self, name, value):
+        self.logged[name] = value
+
+
+class _ReadsTheFill:
+    """A perfect 'classifier' for _Sampler's images: the digit is the pixel value."""
+
+    def to(self, device):
+        return self
+
+    def predict(self, x):
+        return x[:, 0, 0, 0].long()
+
+
+def test_sample_accuracy_judges_n_per_digit_samples_and_one_image_per_digit_at_the_prior_mean():
+    callback = SampleAccuracy("unused.ckpt", n_per_digit=7)
+    callback.classifier = _ReadsTheFill()
+    module = _Sampler()
+    callback.on_validation_epoch_end(SimpleNamespace(sanity_checking=False), module)
+    assert module.logged == {
+        "samples/accuracy_T1": pytest.approx(0.9),
+        "samples/accuracy_T0.5": 1.0,
+        "samples/accuracy_mu": 1.0,
+    }
+    assert module.drawn[1.0].tolist() == module.drawn[0.5].tolist() == sorted(list(range(10)) * 7)
+    assert module.drawn[0.0].tolist() == list(range(10))  # z = the prior mean: the noise plays no part
+    assert module.training
