@@ -101,8 +101,7 @@ class LatentManifold(_EpochImageLogger):
     def images(self, trainer, pl_module):
         quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, self.nrow))
         grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), dim=-1).view(-1, 2)
+        # the grid as standard-normal noise: mapped through the digit's prior, N(0, I) or p(z|y)
         if not pl_module.n_classes:
-            return pl_module.sample(len(grid), z=grid)
-        labels = torch.full((len(grid),), self.digit)
-        mu, logvar = pl_module.prior(pl_module.one_hot(labels).to(pl_module.device))  # N(0, I) or p(z|y)
-        return pl_module.sample(labels, z=mu + (0.5 * logvar).exp() * grid.to(mu.device))
+            return pl_module.sample(len(grid), noise=grid)
+        return pl_module.sample(torch.full((len(grid),), self.digit), noise=grid)

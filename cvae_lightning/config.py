@@ -8,6 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cvae_lightning.data import BINARIZE
+from cvae_lightning.models import LR_SCHEDULES, PRIORS
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and what is allowed."""
@@ -43,12 +46,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.latent_dim": _int_at_least(1),
     "model.hidden_dims": _int_list_at_least(1),
     "model.lr": _positive_number(),
-    "model.prior": _one_of("standard", "conditional"),
+    "model.prior": _one_of(*PRIORS),
     "model.beta": _non_negative_number(),
     "model.kl_warmup_epochs": _int_at_least(0),
-    "model.lr_schedule": _one_of("constant", "cosine"),
+    "model.lr_schedule": _one_of(*LR_SCHEDULES),
     "data.batch_size": _int_at_least(1),
-    "data.binarize": _one_of("none", "dynamic", False, True),
+    "data.binarize": _one_of(*BINARIZE),
     "data.val_size": _int_at_least(1),
     "trainer.max_epochs": _int_at_least(1),
     "trainer.num_nodes": _int_at_least(1),

@@ -21,6 +21,11 @@ LOG_2PI = math.log(2 * math.pi)
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
 
 
+def _require_one_of(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.{key}={value} is not allowed: expected one of {', '.join(allowed)}")
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the loss parts."""
 
@@ -78,13 +83,8 @@ class VAE(L.LightningModule):
         super().__init__()
         hidden_dims = [int(h) for h in hidden_dims]  # plain list in hparams, so weights_only loading works
         channels = [int(c) for c in channels]
-        allowed_priors = PRIORS if self.n_classes else PRIORS[:1]
-        if prior not in allowed_priors:
-            allowed = ", ".join(allowed_priors)
-            raise ValueError(f"model.prior={prior} is not allowed: expected one of {allowed}")
-        if lr_schedule not in LR_SCHEDULES:
-            allowed = ", ".join(LR_SCHEDULES)
-            raise ValueError(f"model.lr_schedule={lr_schedule} is not allowed: expected one of {allowed}")
+        _require_one_of("prior", prior, PRIORS if self.n_classes else PRIORS[:1])
+        _require_one_of("lr_schedule", lr_schedule, LR_SCHEDULES)
         for key, value in (("beta", beta), ("kl_warmup_epochs", kl_warmup_epochs)):
             if value < 0:
                 raise ValueError(f"model.{key}={value} is not allowed: expected a number >= 0")
