@@ -96,11 +96,15 @@ def test_elbo_and_nll(
 
 
 @torch.no_grad()
-def generate_per_digit(model: CVAE, n_per_digit: int, temperature: float, batch_size: int = 1000) -> Tensor:
-    """n_per_digit samples of every digit 0-9 (digit-major order) at `temperature`."""
+def generate_per_digit(model: VAE, n_per_digit: int, temperature: float, batch_size: int = 1000) -> Tensor:
+    """n_per_digit samples of every digit 0-9 (digit-major order) at `temperature`; a VAE, which cannot
+    be asked for a digit, draws as many (10 x n_per_digit) unlabelled samples."""
     labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
     return torch.cat(
-        [model.sample(chunk, temperature=temperature) for chunk in labels.split(batch_size)]
+        [
+            model.sample(chunk if model.n_classes else len(chunk), temperature=temperature)
+            for chunk in labels.split(batch_size)
+        ]
     ).cpu()
 
 
@@ -166,23 +170,21 @@ def evaluate(
     metrics["accuracy"], metrics["fid"] = {}, {}
     for temperature in temperatures:
         key = f"T={temperature:g}"
-        if conditional:
-            fake = generate_per_digit(model, n_per_digit, temperature)
-            fake_labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
-            accuracy = conditional_accuracy(classifier, fake, fake_labels)
-            if temperature == temperatures[0]:
-                metrics["_confusion_metric"] = accuracy["_confusion_metric"]
-            del accuracy["_confusion_metric"]
-            metrics["accuracy"][key] = accuracy
-            metrics["fid"][key] = {"overall": classifier_fid(classifier, real, fake)}
-            if temperature == temperatures[0]:  # per digit at the first temperature only (FID is slow)
-                metrics["fid"][key]["per_digit"] = [
-                    classifier_fid(classifier, real[test_labels == d], fake[fake_labels == d])
-                    for d in range(NUM_CLASSES)
-                ]
-        else:
-            fake = torch.cat([model.sample(1000, temperature=temperature).cpu() for _ in range(10)])
-            metrics["fid"][key] = {"overall": classifier_fid(classifier, real, fake)}
+        fake = generate_per_digit(model, n_per_digit, temperature)
+        metrics["fid"][key] = {"overall": classifier_fid(classifier, real, fake)}
+        if not conditional:
+            continue
+        fake_labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
+        accuracy = conditional_accuracy(classifier, fake, fake_labels)
+        if temperature == temperatures[0]:
+            metrics["_confusion_metric"] = accuracy["_confusion_metric"]
+        del accuracy["_confusion_metric"]
+        metrics["accuracy"][key] = accuracy
+        if temperature == temperatures[0]:  # per digit at the first temperature only (FID is slow)
+            metrics["fid"][key]["per_digit"] = [
+                classifier_fid(classifier, real[test_labels == d], fake[fake_labels == d])
+                for d in range(NUM_CLASSES)
+            ]
     metrics["seconds_total"] = round(time.perf_counter() - started, 1)
     return metrics
 
