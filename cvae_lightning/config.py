@@ -51,6 +51,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.kl_warmup_epochs": _int_at_least(0),
     "model.lr_schedule": _one_of(*LR_SCHEDULES),
     "data.batch_size": _int_at_least(1),
+    "data.eval_batch_size": _int_at_least(1),
     "data.binarize": _one_of(*BINARIZE),
     "data.val_size": _int_at_least(1),
     "trainer.max_epochs": _int_at_least(1),

@@ -127,7 +127,9 @@ class InMemoryLoader:
         world_size: int = 1,
         binarize: bool = False,
     ):
-        self.images, self.onehot = images, F.one_hot(labels, NUM_CLASSES).float()
+        # floats in [0, 1] once, here: a batch is then a single gather (4x the memory of uint8: 172 MB for
+        # the training split, against a conversion in every step)
+        self.images, self.onehot = images / 255.0, F.one_hot(labels, NUM_CLASSES).float()
         self.batch_size, self.binarize = batch_size, binarize
         self.sampler = DistributedSampler(
             range(len(images)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
@@ -147,9 +149,10 @@ class InMemoryLoader:
         self.batches_done = start
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.images[idx].float().div_(255.0)
+            # index_select: half the time of advanced indexing for these small gathers
+            x = self.images.index_select(0, idx)
             self.batches_done = i + 1
-            yield (torch.bernoulli(x) if self.binarize else x), self.onehot[idx]
+            yield (torch.bernoulli(x) if self.binarize else x), self.onehot.index_select(0, idx)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
@@ -165,6 +168,7 @@ class MNISTDataModule(L.LightningDataModule):
         self,
         data_dir: str = "data",
         batch_size: int = 128,
+        eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 42,
         shuffle_seed: int = 0,
@@ -201,12 +205,14 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> InMemoryLoader:
         trainer = self.trainer
-        # on a GPU the whole dataset moves there once (47 MB): no host-to-device copy per batch
+        # on a GPU the whole dataset moves there once (47 MB of bytes, 220 MB as floats): no host-to-device
+        # copy per batch
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         return InMemoryLoader(
             images.to(device),
             labels.to(device),
-            self.hparams.batch_size,
+            # validation and test need no gradients: larger batches, fewer steps and `self.log` calls
+            self.hparams.batch_size if train else self.hparams.eval_batch_size,
             shuffle=train,
             seed=self.hparams.shuffle_seed,
             rank=trainer.global_rank if trainer else 0,

@@ -57,14 +57,12 @@ class Interpolation(_EpochImageLogger):
 
 class SampleAccuracy(L.Callback):
     """Conditional accuracy of fixed-noise samples each epoch, judged by the project's classifier:
-    `samples/accuracy_T1`, `_T0.5` and `_mu` (z = the prior mean), so learning progress is a curve.
+    `samples/accuracy_T<temperature>` and `_mu` (z = the prior mean), so learning progress is a curve.
 
     Skipped (with one warning) when the classifier checkpoint is missing: `make classifier` writes it.
     """
 
-    def __init__(
-        self, classifier_path: str, n_per_digit: int = 100, temperatures=(1.0, 0.5, 0.0), seed: int = 0
-    ):
+    def __init__(self, classifier_path: str, n_per_digit: int = 100, temperatures=(1.0, 0.0), seed: int = 0):
         self.classifier_path = Path(classifier_path)
         self.n_per_digit, self.temperatures, self.seed = n_per_digit, tuple(temperatures), seed
         self.classifier = None
@@ -113,11 +111,11 @@ class ActiveUnits(L.Callback):
     def on_validation_epoch_start(self, trainer, pl_module):
         self.kl_sum, self.count = 0.0, 0
 
-    @torch.no_grad()
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        x, y = batch
-        self.kl_sum = self.kl_sum + pl_module.kl_per_dim(x, y) * len(x)
-        self.count += len(x)
+        # the validation step's own KL terms: no second pass through the encoder
+        n = len(batch[0])
+        self.kl_sum = self.kl_sum + outputs["kl_per_dim"].detach() * n
+        self.count += n
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if self.count:

@@ -17,7 +17,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae_lightning.classifier import Classifier, ClassifierFeatures
 from cvae_lightning.data import BINARIZE, NUM_CLASSES
-from cvae_lightning.models import CVAE, VAE
+from cvae_lightning.models import CVAE, ELBO_PARTS, VAE
 
 
 class CheckpointKindError(ValueError):
@@ -85,8 +85,9 @@ def test_elbo_and_nll(
     sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "nll": 0.0}
     for x, y in _batches(images, labels, batch_size, binarize, generator):
         x, y = x.to(model.device), torch.nn.functional.one_hot(y, NUM_CLASSES).float().to(model.device)
-        for name, value in model.elbo_terms(x, y).items():
-            sums[name] += value.item() * len(x)
+        terms = model.elbo_terms(x, y)
+        for name in ELBO_PARTS:
+            sums[name] += terms[name].item() * len(x)
         if k:
             sums["nll"] -= model.log_likelihood(x, y, k=k, chunk=chunk).sum().item()
     results = {name: total / len(images) for name, total in sums.items()}

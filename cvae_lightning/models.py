@@ -17,6 +17,8 @@ from cvae_lightning.data import NUM_CLASSES
 
 PRIORS = ("standard", "conditional")
 LR_SCHEDULES = ("constant", "cosine")
+# the scalar terms of `elbo_terms`, logged as train/, val/ and test/ metrics
+ELBO_PARTS = ("elbo", "recon", "kl")
 LOG_2PI = math.log(2 * math.pi)
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
 
@@ -38,11 +40,6 @@ def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor, prior_mu: Tensor = 0.0, prio
     """KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))) per example and latent dimension."""
     prior_logvar = torch.as_tensor(prior_logvar, dtype=mu.dtype, device=mu.device)
     return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
-
-
-def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor = 0.0, prior_logvar: Tensor = 0.0) -> Tensor:
-    """KL(N(mu, exp(logvar)) || prior) per example, summed over latent dimensions; N(0, I) unless given."""
-    return gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar).sum(dim=1)
 
 
 def gaussian_log_prob(z: Tensor, mu: Tensor = 0.0, logvar: Tensor = 0.0) -> Tensor:
@@ -125,17 +122,14 @@ class VAE(L.LightningModule):
 
     # -- objective --------------------------------------------------------------------------------
     def elbo_terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        """Negative ELBO in nats per image (batch mean) and its two parts."""
+        """Negative ELBO in nats per image (batch mean), its two parts, and the KL of each latent dimension
+        (`kl_per_dim`, batch mean: a dimension above ~0.01 nats is "active")."""
         # the loss in fp32 under bf16/fp16 autocast: sums over 784 pixels need more than bf16's 8 bits
         logits, mu, logvar = [t.float() for t in self(x, y)]
         prior = [t.float() for t in self.prior(y)]
-        recon, kl = bernoulli_nll(logits, x).mean(), gaussian_kl(mu, logvar, *prior).mean()
-        return {"elbo": recon + kl, "recon": recon, "kl": kl}
-
-    def kl_per_dim(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Mean KL per latent dimension over the batch: a dimension above 0.01 nats is "active"."""
-        mu, logvar = self.encode(x, y)
-        return gaussian_kl_per_dim(mu, logvar, *self.prior(y)).mean(dim=0)
+        kl_per_dim = gaussian_kl_per_dim(mu, logvar, *prior).mean(dim=0)
+        recon, kl = bernoulli_nll(logits, x).mean(), kl_per_dim.sum()
+        return {"elbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
 
     def kl_weight(self) -> float:
         """beta, ramped linearly from 0 over the first `kl_warmup_epochs` of training."""
@@ -169,10 +163,10 @@ class VAE(L.LightningModule):
         per_step = stage == "train"
         if per_step and not self._logs_this_step():
             return terms
-        for name, value in terms.items():
+        for name in ELBO_PARTS:
             self.log(
                 f"{stage}/{name}",
-                value,
+                terms[name],
                 on_step=per_step,
                 on_epoch=not per_step,
                 prog_bar=name == "elbo",
@@ -184,7 +178,7 @@ class VAE(L.LightningModule):
     def training_step(self, batch, batch_idx):
         terms = self._shared_step(batch, "train")
         if not torch.isfinite(terms["elbo"]):  # stop before the optimizer step spoils the weights
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items() if k != "elbo")
+            parts = ", ".join(f"{name}={terms[name].item():.4g}" for name in ("recon", "kl"))
             raise NonFiniteLossError(f"non-finite loss at step {self.global_step} ({parts})")
         weight = self.kl_weight()
         if weight != 1.0:
@@ -192,7 +186,7 @@ class VAE(L.LightningModule):
         return terms["recon"] + weight * terms["kl"]
 
     def validation_step(self, batch, batch_idx):
-        self._shared_step(batch, "val")
+        return self._shared_step(batch, "val")  # ActiveUnits reads its kl_per_dim
 
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")

@@ -28,6 +28,7 @@ def test_default_config_is_valid_and_builds_the_cvae():
         ("model.lr=0", "model.lr=0 is not allowed: expected a number > 0"),
         ("model.lr=-1e-3", "model.lr=-0.001 is not allowed"),
         ("data.batch_size=-1", "data.batch_size=-1 is not allowed: expected an integer >= 1"),
+        ("data.eval_batch_size=0", "data.eval_batch_size=0 is not allowed: expected an integer >= 1"),
         ("data.val_size=60000", "data.val_size=60000 is not allowed"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
         (

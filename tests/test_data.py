@@ -86,8 +86,9 @@ def test_split_is_seeded_and_disjoint(data_dir):
 
 
 def test_batches_are_images_in_unit_range_with_one_hot_labels(data_dir):
-    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=64)
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, eval_batch_size=64)
     dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))[0].shape == (32, 1, 28, 28)
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) == 1.0
