@@ -14,7 +14,9 @@ Three ways to train the default CVAE (MLP, latent 20) on the same 55k training i
    checkpoints and image callbacks on), timed by the `EpochTimer` callback added through a Hydra override.
 
 Warm-up (the first steps, or the project's first epoch, torch.compile included) is not timed; every path runs
-`--repeats` epochs and the median epoch is reported. Writes `bench/results.md`.
+`--repeats` epochs and the median epoch is reported. The machine's speed drifts by 20-40% over minutes, so the
+project's ratios are paired: its own process runs a baseline and a compute-only epoch before each of its
+epochs and after the last (`EpochTimer(interleave=True)`). Writes `bench/results.md`.
 """
 
 from __future__ import annotations
@@ -58,13 +60,42 @@ class EpochTimer(L.Callback):
     `steps`: the same epochs up to the start of their validation (the training steps alone).
     `val`: (seconds since this callback was made, val/elbo) after each validation; with `stop_below` set,
     training stops at the first val/elbo at or below it.
+    `compute`, `baseline`: with `interleave=True`, one compute-only epoch and one baseline epoch (as
+    `compute_only` and `baseline` run them, on their own copies of the model) before every project epoch
+    and after the last, in this same process. The machine's speed drifts by 20-40% over minutes, so each
+    project epoch is compared with the epochs on either side of it (`paired`).
     """
 
-    def __init__(self, path: str, stop_below: float | None = None):
-        self.path, self.stop_below = Path(path), stop_below
-        self.created, self.starts, self.val_starts, self.val = time.perf_counter(), [], [], []
+    def __init__(self, path: str, stop_below: float | None = None, interleave: bool = False):
+        self.path, self.stop_below, self.interleave = Path(path), stop_below, interleave
+        self.created, self.starts, self.ends, self.val_starts = time.perf_counter(), [], [], []
+        self.val, self.compute, self.baseline = [], [], []
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.interleave:
+            batch_size, train = trainer.datamodule.hparams.batch_size, split()[0]
+            compiled = bool(pl_module.hparams.get("compile"))
+            self.side = {
+                "compute": (*make_model(compile=compiled), in_memory_batches(train, batch_size)),
+                "baseline": (
+                    *make_model(fused=False),
+                    OneHot(torchvision_loader(train, batch_size, shuffle=True)),
+                ),
+            }
+
+    def _side_epochs(self) -> None:
+        for name, (model, optimizer, batches) in self.side.items():
+            times = getattr(self, name)
+            warmup = [] if times else list(itertools.islice(batches, 10))
+            if name == "compute" and not times:
+                warmup.append(batches[-1])  # the last, shorter batch: a graph of its own when compiled
+            times += timed_epochs(model, optimizer, batches, 1, warmup)
 
     def on_train_epoch_start(self, trainer, pl_module):
+        if self.starts:
+            self.ends.append(clock())
+        if self.interleave:
+            self._side_epochs()
         self.starts.append(clock())
 
     def on_validation_start(self, trainer, pl_module):
@@ -80,10 +111,14 @@ class EpochTimer(L.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module):
-        ends = [*self.starts[1:], clock()]
-        epochs = [elapsed(start, end) for start, end in zip(self.starts, ends, strict=True)]
+        self.ends.append(clock())
+        if self.interleave:
+            self._side_epochs()
+        epochs = [elapsed(start, end) for start, end in zip(self.starts, self.ends, strict=True)]
         steps = [elapsed(start, end) for start, end in zip(self.starts, self.val_starts, strict=False)]
-        self.path.write_text(json.dumps({"epochs": epochs, "steps": steps, "val": self.val}))
+        record = {"epochs": epochs, "steps": steps, "val": self.val}
+        record.update(compute=self.compute, baseline=self.baseline)
+        self.path.write_text(json.dumps(record))
 
 
 # -- the data, two ways -----------------------------------------------------------------------------
@@ -170,7 +205,12 @@ def compute_only(batch_size: int, repeats: int, compile: bool, fused: bool = Tru
 
 
 def project(
-    batch_size: int, epochs: int, threads: int, *overrides: str, stop_below: float | None = None
+    batch_size: int,
+    epochs: int,
+    threads: int,
+    *overrides: str,
+    stop_below: float | None = None,
+    interleave: bool = False,
 ) -> dict:
     """Runs `train.py` as a user would (test set skipped) and returns the EpochTimer's record."""
     with tempfile.TemporaryDirectory(prefix="bench-") as run_dir:
@@ -181,6 +221,8 @@ def project(
         ]
         if stop_below is not None:
             timer.append(f"+callbacks.bench_timer.stop_below={stop_below}")
+        if interleave:
+            timer.append("+callbacks.bench_timer.interleave=true")
         cmd = [
             sys.executable,
             str(ROOT / "train.py"),
@@ -238,8 +280,9 @@ def measure(rows: list[dict], path: str, batch_size: int, run, *args, **kwargs) 
     add_row(rows, path, batch_size, run(*args, **kwargs))
 
 
-def add_row(rows: list[dict], path: str, batch_size: int, epochs: list) -> None:
-    """Appends the median of `epochs` ((wall, CPU) seconds each) to rows, and prints it."""
+def add_row(rows: list[dict], path: str, batch_size: int, epochs: list, paired: dict | None = None) -> None:
+    """Appends the median of `epochs` ((wall, CPU) seconds each) to rows, and prints it. `paired`: the
+    row's ratios to the baseline and to compute only from epochs interleaved with its own (see `paired`)."""
     seconds, cpu = (statistics.median(t) for t in zip(*epochs, strict=True))
     row = {
         "path": path,
@@ -249,6 +292,7 @@ def add_row(rows: list[dict], path: str, batch_size: int, epochs: list) -> None:
         "cpu_s": cpu,
         "cpu_ips": TRAIN_IMAGES / cpu,
         "load": load(),
+        "paired": paired,
     }
     rows.append(row)
     print(
@@ -261,6 +305,17 @@ def add_row(rows: list[dict], path: str, batch_size: int, epochs: list) -> None:
 def project_epochs(batch_size: int, repeats: int, threads: int, *overrides: str) -> list[float]:
     """The project's epochs after the first (the warm-up, torch.compile included)."""
     return project(batch_size, repeats + 1, threads, *overrides)["epochs"][1:]
+
+
+def paired(run: dict, key: str, side: str) -> tuple[float, float]:
+    """Median over the timed project epochs (`key`: "epochs" or "steps") of the mean time of the `side`
+    epochs just before and after each one ("compute" or "baseline") over the project's time: wall and CPU.
+    Above 1: the side path is slower. Epoch 0 is the project's warm-up."""
+    ratios = []
+    for k in range(1, len(run[key])):
+        before, after, own = run[side][k], run[side][k + 1], run[key][k]
+        ratios.append([(b + a) / 2 / t for b, a, t in zip(before, after, own, strict=True)])
+    return tuple(statistics.median(r) for r in zip(*ratios, strict=True))
 
 
 def ratio(row: dict, other: dict | None) -> str:
@@ -285,7 +340,11 @@ def speed_table(rows: list[dict]) -> list[str]:
     for r in rows:
         base, compute = find("baseline", r["batch"]), find(COMPUTE[COMPILED in r["path"]], r["batch"])
         cells = [r["path"], r["batch"], f"{r['ips']:,.0f}", f"{r['epoch_s']:.2f}", f"{r['cpu_s']:.2f}"]
-        cells += [ratio(r, base), ratio(r, compute), r["load"]]
+        if r["paired"]:  # interleaved in the project's own process
+            cells += ["**{:.2f}** / {:.2f}".format(*r["paired"][side]) for side in ("baseline", "compute")]
+        else:
+            cells += [ratio(r, base), ratio(r, compute)]
+        cells.append(r["load"])
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines
 
@@ -330,12 +389,15 @@ def main() -> None:
     for b in args.batch_sizes:
         measure(rows, "baseline", b, baseline, b, r)
         compute = {c: compute_only(b, r, compile=c) for c in modes}
-        runs = {c: project(b, r + 1, threads, f"model.compile={str(c).lower()}") for c in modes}
+        runs = {
+            c: project(b, r + 1, threads, f"model.compile={str(c).lower()}", interleave=True) for c in modes
+        }
         for c in modes:  # compute only again after the project: the machine's speed drifts over minutes
             add_row(rows, COMPUTE[c], b, compute[c] + compute_only(b, r, compile=c))
         for c in modes:  # the first epoch is the warm-up (torch.compile included)
-            add_row(rows, PROJECT[c], b, runs[c]["epochs"][1:])
-            add_row(rows, f"{PROJECT[c]}, training steps only", b, runs[c]["steps"][1:])
+            for key, path in (("epochs", PROJECT[c]), ("steps", f"{PROJECT[c]}, training steps only")):
+                ratios = {side: paired(runs[c], key, side) for side in ("baseline", "compute")}
+                add_row(rows, path, b, runs[c][key][1:], ratios)
 
     ablation: list[dict] = []
     quality: list[tuple[str, list]] = []
@@ -421,6 +483,12 @@ def write_report(args, started, load_before, rows, ablation, quality) -> None:
         "the per-epoch callbacks; *training steps only*: the same epochs up to their validation. "
         "÷ compute only: against the compute-only row of the same batch "
         "size and mode (eager or compiled).",
+        "",
+        "**Project rows' ratios are paired** (in bold): the project's own process also runs one baseline "
+        "epoch and one compute-only epoch (eager or compiled, as the project) before each of its epochs and "
+        "after the last, and each project epoch is compared with the epochs on either side of it (median "
+        "over epochs). The machine's speed drifts by 20-40% over minutes, so this is the fair comparison; "
+        "the unpaired rows above and below were measured minutes apart.",
         "",
         *speed_table(rows),
     ]
