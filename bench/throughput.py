@@ -69,27 +69,24 @@ class EpochTimer(L.Callback):
     def __init__(self, path: str, stop_below: float | None = None, interleave: bool = False):
         self.path, self.stop_below, self.interleave = Path(path), stop_below, interleave
         self.created, self.starts, self.ends, self.val_starts = time.perf_counter(), [], [], []
-        self.val, self.compute, self.baseline = [], [], []
+        self.val, self.side_times = [], {"compute": [], "baseline": []}
 
     def on_fit_start(self, trainer, pl_module):
         if self.interleave:
             batch_size, train = trainer.datamodule.hparams.batch_size, split()[0]
             compiled = bool(pl_module.hparams.get("compile"))
+            in_memory = in_memory_batches(train, batch_size)
+            loader = OneHot(torchvision_loader(train, batch_size, shuffle=True))
+            # (model, optimizer, batches, warm-up batches), as `compute_only` and `baseline` run them
             self.side = {
-                "compute": (*make_model(compile=compiled), in_memory_batches(train, batch_size)),
-                "baseline": (
-                    *make_model(fused=False),
-                    OneHot(torchvision_loader(train, batch_size, shuffle=True)),
-                ),
+                "compute": (*make_model(compile=compiled), in_memory, in_memory_warmup(in_memory)),
+                "baseline": (*make_model(fused=False), loader, itertools.islice(loader, 10)),
             }
 
     def _side_epochs(self) -> None:
-        for name, (model, optimizer, batches) in self.side.items():
-            times = getattr(self, name)
-            warmup = [] if times else list(itertools.islice(batches, 10))
-            if name == "compute" and not times:
-                warmup.append(batches[-1])  # the last, shorter batch: a graph of its own when compiled
-            times += timed_epochs(model, optimizer, batches, 1, warmup)
+        for name, (model, optimizer, batches, warmup) in self.side.items():
+            times = self.side_times[name]
+            times += timed_epochs(model, optimizer, batches, 1, [] if times else warmup)
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self.starts:
@@ -116,8 +113,7 @@ class EpochTimer(L.Callback):
             self._side_epochs()
         epochs = [elapsed(start, end) for start, end in zip(self.starts, self.ends, strict=True)]
         steps = [elapsed(start, end) for start, end in zip(self.starts, self.val_starts, strict=False)]
-        record = {"epochs": epochs, "steps": steps, "val": self.val}
-        record.update(compute=self.compute, baseline=self.baseline)
+        record = {"epochs": epochs, "steps": steps, "val": self.val, **self.side_times}
         self.path.write_text(json.dumps(record))
 
 
@@ -200,8 +196,12 @@ def baseline(batch_size: int, repeats: int) -> list[float]:
 def compute_only(batch_size: int, repeats: int, compile: bool, fused: bool = True) -> list[float]:
     model, optimizer = make_model(compile=compile, fused=fused)
     batches = in_memory_batches(split()[0], batch_size)
-    # the last, shorter batch is a graph of its own for torch.compile: compile it before timing too
-    return timed_epochs(model, optimizer, batches, repeats, warmup=batches[:10] + batches[-1:])
+    return timed_epochs(model, optimizer, batches, repeats, warmup=in_memory_warmup(batches))
+
+
+def in_memory_warmup(batches: list) -> list:
+    """Untimed steps: ten batches, and the last, shorter one (a graph of its own for torch.compile)."""
+    return batches[:10] + batches[-1:]
 
 
 def project(

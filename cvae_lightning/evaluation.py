@@ -82,7 +82,7 @@ def test_elbo_and_nll(
     For the CVAE the NLL is the conditional -log p(x|y); for the VAE it is -log p(x).
     """
     generator = torch.Generator().manual_seed(0)  # the same binarized test set for every model
-    sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "nll": 0.0}
+    sums = dict.fromkeys((*ELBO_PARTS, "nll"), 0.0)
     for x, y in _batches(images, labels, batch_size, binarize, generator):
         x, y = x.to(model.device), torch.nn.functional.one_hot(y, NUM_CLASSES).float().to(model.device)
         terms = model.elbo_terms(x, y)
