@@ -9,7 +9,8 @@ Three ways to train the default CVAE (MLP, latent 20) on the same 55k training i
 1. baseline: `torchvision.datasets.MNIST` + `ToTensor()` + `DataLoader(shuffle=True)` + a plain PyTorch loop
    with the default Adam, as the seed notebook did;
 2. compute only: the model's forward + backward + optimizer step on batches already sliced in memory, no data
-   pipeline and no Trainer: the limit for this model on this machine (eager, and with `model.compile=true`);
+   pipeline and no Trainer: the limit for this model on this machine (eager, and with `model.compile=true`),
+   with float32 denormals flushed to zero as the project does (the baseline keeps torch's default);
 3. project: `train.py` itself in a subprocess (DataModule, LightningModule, Trainer, TensorBoard logging,
    checkpoints and image callbacks on), timed by the `EpochTimer` callback added through a Hydra override.
 
@@ -25,6 +26,7 @@ import argparse
 import datetime
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -62,8 +65,9 @@ class EpochTimer(L.Callback):
     training stops at the first val/elbo at or below it.
     `compute`, `baseline`: with `interleave=True`, one compute-only epoch and one baseline epoch (as
     `compute_only` and `baseline` run them, on their own copies of the model) before every project epoch
-    and after the last, in this same process. The machine's speed drifts by 20-40% over minutes, so each
-    project epoch is compared with the epochs on either side of it (`paired`).
+    and after the last: compute only in this process, the baseline in a child process that keeps
+    torch's default for denormals. The machine's speed drifts by 20-40% over minutes, so each project
+    epoch is compared with the epochs on either side of it (`paired`).
     """
 
     def __init__(self, path: str, stop_below: float | None = None, interleave: bool = False):
@@ -74,19 +78,17 @@ class EpochTimer(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         if self.interleave:
             batch_size, train = trainer.datamodule.hparams.batch_size, split()[0]
-            compiled = bool(pl_module.hparams.get("compile"))
             in_memory = in_memory_batches(train, batch_size)
-            loader = OneHot(torchvision_loader(train, batch_size, shuffle=True))
-            # (model, optimizer, batches, warm-up batches), as `compute_only` and `baseline` run them
-            self.side = {
-                "compute": (*make_model(compile=compiled), in_memory, in_memory_warmup(in_memory)),
-                "baseline": (*make_model(fused=False), loader, itertools.islice(loader, 10)),
-            }
+            # compute only here, with this process's flush_denormal; the baseline in a process of its own
+            self.compute = (*make_model(compile=bool(pl_module.hparams.get("compile"))), in_memory)
+            self.compute_warmup = in_memory_warmup(in_memory)
+            self.baseline = process_with_denormals(False)
+            self.batch_size = batch_size
 
     def _side_epochs(self) -> None:
-        for name, (model, optimizer, batches, warmup) in self.side.items():
-            times = self.side_times[name]
-            times += timed_epochs(model, optimizer, batches, 1, [] if times else warmup)
+        warmup, self.compute_warmup = self.compute_warmup, []
+        self.side_times["compute"] += timed_epochs(*self.compute, 1, warmup)
+        self.side_times["baseline"] += self.baseline.submit(baseline_epochs, self.batch_size, 1).result()
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self.starts:
@@ -111,6 +113,7 @@ class EpochTimer(L.Callback):
         self.ends.append(clock())
         if self.interleave:
             self._side_epochs()
+            self.baseline.shutdown()
         epochs = [elapsed(start, end) for start, end in zip(self.starts, self.ends, strict=True)]
         steps = [elapsed(start, end) for start, end in zip(self.starts, self.val_starts, strict=False)]
         record = {"epochs": epochs, "steps": steps, "val": self.val, **self.side_times}
@@ -187,16 +190,60 @@ class OneHot:
         return ((x, F.one_hot(y, NUM_CLASSES).float()) for x, y in self.loader)
 
 
-def baseline(batch_size: int, repeats: int) -> list[float]:
-    model, optimizer = make_model(fused=False)
-    batches = OneHot(torchvision_loader(split()[0], batch_size, shuffle=True))
-    return timed_epochs(model, optimizer, batches, repeats, warmup=itertools.islice(batches, 10))
+def start_process(flush: bool, threads: int) -> None:
+    torch.set_flush_denormal(flush)
+    torch.set_num_threads(threads)
 
 
-def compute_only(batch_size: int, repeats: int, compile: bool, fused: bool = True) -> list[float]:
+def process_with_denormals(flush: bool) -> ProcessPoolExecutor:
+    """A fresh Python process (this one's thread count) that flushes float32 denormals to zero, or not.
+
+    The setting is per thread, and OpenMP's workers copy it from the thread that starts them, so a path
+    gets its own setting in a process of its own: the baseline as people run it (torch's default: not
+    flushed), compute only as the project runs (`flush_denormal`). A second thread here would not do: it
+    gets a second OpenMP team, and libgomp spins less, so runs slower, when threads outnumber cores.
+    """
+    spawn = multiprocessing.get_context("spawn")
+    setup = (flush, torch.get_num_threads())
+    return ProcessPoolExecutor(1, mp_context=spawn, initializer=start_process, initargs=setup)
+
+
+def with_denormals(flush: bool, run, *args, **kwargs):
+    """`run(*args, **kwargs)` in a `process_with_denormals(flush)`."""
+    with process_with_denormals(flush) as process:
+        return process.submit(run, *args, **kwargs).result()
+
+
+_BASELINE_RUN: dict = {}  # the baseline's model, optimizer and loader in this process, kept across calls
+
+
+def baseline_epochs(batch_size: int, repeats: int) -> list[tuple[float, float]]:
+    """`repeats` more epochs of this process's baseline run; the first call builds it and warms it up."""
+    if not _BASELINE_RUN:
+        model, optimizer = make_model(fused=False)
+        loader = OneHot(torchvision_loader(split()[0], batch_size, shuffle=True))
+        _BASELINE_RUN.update(
+            model=model, optimizer=optimizer, loader=loader, warmup=itertools.islice(loader, 10)
+        )
+    run = _BASELINE_RUN
+    warmup, run["warmup"] = run["warmup"], []
+    return timed_epochs(run["model"], run["optimizer"], run["loader"], repeats, warmup)
+
+
+def baseline(batch_size: int, repeats: int) -> list[tuple[float, float]]:
+    return with_denormals(False, baseline_epochs, batch_size, repeats)
+
+
+def compute_only(
+    batch_size: int, repeats: int, compile: bool, fused: bool = True, flush: bool = True
+) -> list[tuple[float, float]]:
+    return with_denormals(flush, _compute_only, batch_size, repeats, compile, fused)
+
+
+def _compute_only(batch_size: int, repeats: int, compile: bool, fused: bool) -> list[tuple[float, float]]:
     model, optimizer = make_model(compile=compile, fused=fused)
     batches = in_memory_batches(split()[0], batch_size)
-    return timed_epochs(model, optimizer, batches, repeats, warmup=in_memory_warmup(batches))
+    return timed_epochs(model, optimizer, batches, repeats, in_memory_warmup(batches))
 
 
 def in_memory_warmup(batches: list) -> list:
@@ -243,6 +290,10 @@ def project(
 # -- time to quality --------------------------------------------------------------------------------
 def baseline_to_quality(target: float, max_epochs: int, batch_size: int = 128) -> list[tuple[float, float]]:
     """(seconds since start, val -ELBO) after each epoch of the plain loop, until val -ELBO <= target."""
+    return with_denormals(False, _baseline_to_quality, target, max_epochs, batch_size)
+
+
+def _baseline_to_quality(target: float, max_epochs: int, batch_size: int) -> list[tuple[float, float]]:
     start = time.perf_counter()
     model, optimizer = make_model(fused=False)
     train_idx, val_idx = split()
@@ -352,6 +403,7 @@ def speed_table(rows: list[dict]) -> list[str]:
 COMPILED = "model.compile=true"
 COMPUTE = {False: "compute only, eager", True: f"compute only, {COMPILED}"}
 PROJECT = {False: "project", True: f"project, {COMPILED}"}
+NO_FLUSH = "flush_denormal=false"
 
 
 def main() -> None:
@@ -405,9 +457,10 @@ def main() -> None:
     if not args.skip_ablation:
         print("what each choice does (batch 128)", flush=True)
         measure(
-            ablation, "in-memory batches, default Adam, eager", 128, compute_only, 128, r, False, fused=False
+            ablation, "in-memory batches, default Adam, eager", 128, compute_only, 128, r, False, False, False
         )
-        measure(ablation, "+ fused Adam", 128, compute_only, 128, r, compile=False)
+        measure(ablation, "+ fused Adam", 128, compute_only, 128, r, compile=False, flush=False)
+        measure(ablation, "+ denormals flushed to zero", 128, compute_only, 128, r, compile=False)
         if not args.no_compile:
             measure(ablation, "+ torch.compile", 128, compute_only, 128, r, compile=True)
             if threads > 1:
@@ -415,6 +468,7 @@ def main() -> None:
                 measure(ablation, "+ torch.compile, 1 thread", 128, compute_only, 128, r, compile=True)
                 torch.set_num_threads(threads)
         measure(ablation, "project (log_every_n_steps=50)", 128, project_epochs, 128, r, threads)
+        measure(ablation, "project, flush_denormal=false", 128, project_epochs, 128, r, threads, NO_FLUSH)
         if "sample_accuracy:" in (ROOT / "conf" / "callbacks" / "default.yaml").read_text():
             # the classifier judging 1000 samples per temperature: an evaluation, not logging
             off = "~callbacks.sample_accuracy"
@@ -436,9 +490,10 @@ def main() -> None:
     if not args.skip_quality:
         print(f"time to val -ELBO <= {args.target} (batch 128)", flush=True)
         to_quality = {"baseline": lambda: baseline_to_quality(args.target, args.max_epochs)}
-        for compile in modes:
-            overrides = (f"model.compile={str(compile).lower()}",)
-            to_quality[PROJECT[compile]] = lambda o=overrides: project(
+        runs = {PROJECT[c]: (f"model.compile={str(c).lower()}",) for c in modes}
+        runs[f"{PROJECT[False]}, {NO_FLUSH}"] = (NO_FLUSH,)
+        for name, overrides in runs.items():
+            to_quality[name] = lambda o=overrides: project(
                 128, args.max_epochs, threads, *o, stop_below=args.target
             )["val"]
         for name, run in to_quality.items():
@@ -454,6 +509,12 @@ def describe(history: list, target: float) -> str:
         return f"not reached in {len(history)} epochs (last {history[-1][1]:.1f})"
     seconds, elbo = history[hit]
     return f"{seconds:.1f} s, epoch {hit + 1}, val -ELBO {elbo:.1f}"
+
+
+def epoch_seconds(history: list) -> list[float]:
+    """Each epoch's wall time (its validation included) from the (seconds since start, val) history."""
+    ends = [seconds for seconds, _ in history]
+    return [end - start for start, end in zip([0.0, *ends[:-1]], ends, strict=True)]
 
 
 def write_report(args, started, load_before, rows, ablation, quality) -> None:
@@ -476,9 +537,11 @@ def write_report(args, started, load_before, rows, ablation, quality) -> None:
         "",
         "## Images per second",
         "",
-        "baseline: torchvision MNIST + ToTensor + DataLoader(shuffle=True), a plain loop, default Adam.",
+        "baseline: torchvision MNIST + ToTensor + DataLoader(shuffle=True), a plain loop, default Adam, "
+        "denormals not flushed (torch's default). "
         "compute only: forward + backward + fused Adam on batches already in memory (no data pipeline, no "
-        "Trainer); measured before and after the project rows. project: `train.py` (DataModule, Trainer, "
+        "Trainer), denormals flushed to zero as the project does (`flush_denormal`); measured before and "
+        "after the project rows. project: `train.py` (DataModule, Trainer, "
         "TensorBoard, checkpoints, image and evaluation callbacks); its epoch includes the validation and "
         "the per-epoch callbacks; *training steps only*: the same epochs up to their validation. "
         "÷ compute only: against the compute-only row of the same batch "
@@ -499,9 +562,9 @@ def write_report(args, started, load_before, rows, ablation, quality) -> None:
             "## What each choice does (batch 128)",
             "",
             "Each compute-only row adds one choice to the row above (× first row: against the first row).",
-            "Project rows: as configured (`self.log` and a TensorBoard write every 50 steps); without the",
-            "classifier-judged SampleAccuracy callback; with `self.log` and TensorBoard writes on every step",
-            "(`trainer.log_every_n_steps=1`).",
+            "Project rows: as configured (`self.log` and a TensorBoard write every 50 steps); with",
+            "denormals kept (`flush_denormal=false`); without the classifier-judged SampleAccuracy callback;",
+            "with `self.log` and TensorBoard writes on every step (`trainer.log_every_n_steps=1`).",
             "",
             "| choice | images/s | CPU s / epoch | × first row (wall / CPU) | load 1/5/15 min |",
             "|---|---:|---:|---:|---|",
@@ -516,12 +579,15 @@ def write_report(args, started, load_before, rows, ablation, quality) -> None:
             f"## Time to val −ELBO ≤ {args.target} nats (batch 128, the same model and lr)",
             "",
             "Wall time from the start of the job (data loading, compile and per-epoch validation included; "
-            "process start-up and imports excluded), checked after every epoch.",
+            "process start-up and imports excluded), checked after every epoch. Adam's moments of rarely "
+            "used weights decay into float32's denormal range from about the second epoch, so epochs slow "
+            "down as training goes on unless denormals are flushed to zero.",
             "",
-            "| path | reached | val −ELBO by epoch |",
-            "|---|---|---|",
+            "| path | reached | val −ELBO by epoch | seconds by epoch |",
+            "|---|---|---|---|",
             *(
-                f"| {name} | {describe(h, args.target)} | {', '.join(f'{e:.1f}' for _, e in h)} |"
+                f"| {name} | {describe(h, args.target)} | {', '.join(f'{e:.1f}' for _, e in h)} "
+                f"| {', '.join(f'{t:.1f}' for t in epoch_seconds(h))} |"
                 for name, h in quality
             ),
         ]

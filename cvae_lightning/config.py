@@ -37,6 +37,10 @@ def _non_negative_number() -> tuple[Callable[[Any], bool], str]:
     return (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0), "a number >= 0"
 
 
+def _bool() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
 def _one_of(*choices: Any) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
 
@@ -56,6 +60,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_size": _int_at_least(1),
     "trainer.max_epochs": _int_at_least(1),
     "trainer.num_nodes": _int_at_least(1),
+    "flush_denormal": _bool(),
 }
 
 TRAIN_IMAGES = 60_000

@@ -84,6 +84,8 @@ def train(cfg: DictConfig) -> float | None:
 
 def _train(cfg: DictConfig) -> float | None:
     validate(cfg)
+    # first, before any parallel op: OpenMP's worker threads copy the setting from this thread as they start
+    torch.set_flush_denormal(cfg.get("flush_denormal", False))
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
 

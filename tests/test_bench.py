@@ -1,8 +1,10 @@
-"""The benchmark's arithmetic: its timings are never asserted, but the ratios it reports must be right."""
+"""The benchmark's arithmetic and set-up: its timings are never asserted, but what it compares must be right."""
 
 import pytest
+import torch
 
-from bench.throughput import paired
+from bench.throughput import epoch_seconds, paired, with_denormals
+from tests.probes import denormals_flushed_per_thread
 
 
 def test_paired_ratios_compare_each_project_epoch_with_the_side_epochs_around_it():
@@ -16,3 +18,16 @@ def test_paired_ratios_compare_each_project_epoch_with_the_side_epochs_around_it
     assert wall == pytest.approx(5 / 6)
     # CPU: (4+6)/2/8 = 0.625, (6+9)/2/10 = 0.75, (9+6)/2/10 = 0.75 -> median 0.75
     assert cpu == pytest.approx(0.75)
+
+
+def test_epoch_seconds_are_the_gaps_between_validations():
+    assert epoch_seconds([(3.0, 120.0), (5.5, 110.0), (9.0, 104.0)]) == [3.0, 2.5, 3.5]
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_each_path_gets_its_own_denormal_setting_on_all_its_threads(flush):
+    torch.set_flush_denormal(not flush)  # this thread's setting must not leak into the path's
+    try:
+        assert with_denormals(flush, denormals_flushed_per_thread) == [float(flush)] * 2
+    finally:
+        torch.set_flush_denormal(False)

@@ -3,6 +3,8 @@
 Correctness only: speed is measured by `bench/throughput.py`, never asserted here.
 """
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -11,6 +13,7 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
 from cvae_lightning import CVAE
+from tests.conftest import run_train
 
 
 def batch(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,3 +144,20 @@ def test_compiled_loss_and_gradients_match_eager():
         torch.testing.assert_close(compiled_terms[key], eager_terms[key], rtol=1e-4, atol=1e-3)
     for a, b in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_train_flushes_denormals_on_every_thread(tmp_path, data_dir, flush):
+    """`flush_denormal` (default true) must reach the OpenMP workers too, which copy it only as they start."""
+    out = tmp_path / "flushed.json"
+    result = run_train(
+        "+trainer.fast_dev_run=true",
+        "test=false",
+        f"flush_denormal={str(flush).lower()}",
+        f"hydra.run.dir={tmp_path}",
+        "+callbacks.probe._target_=tests.probes.DenormalProbe",
+        f"+callbacks.probe.path={out}",
+        env={"OMP_NUM_THREADS": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(out.read_text()) == ([1.0, 1.0] if flush else [0.0, 0.0])
