@@ -15,9 +15,9 @@ Three ways to train the default CVAE (MLP, latent 20) on the same 55k training i
    checkpoints and image callbacks on), timed by the `EpochTimer` callback added through a Hydra override.
 
 Warm-up (the first steps, or the project's first epoch, torch.compile included) is not timed; every path runs
-`--repeats` epochs and the median epoch is reported. The machine's speed drifts by 20-40% over minutes, so the
-project's ratios are paired: its own process runs a baseline and a compute-only epoch before each of its
-epochs and after the last (`EpochTimer(interleave=True)`). Writes `bench/results.md`.
+`--repeats` epochs and the median epoch is reported. This shared machine's speed varies by 10-20% over
+minutes, so the project's ratios are paired: its own process runs a baseline and a compute-only epoch before
+each of its epochs and after the last (`EpochTimer(interleave=True)`). Writes `bench/results.md`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class EpochTimer(L.Callback):
     `compute`, `baseline`: with `interleave=True`, one compute-only epoch and one baseline epoch (as
     `compute_only` and `baseline` run them, on their own copies of the model) before every project epoch
     and after the last: compute only in this process, the baseline in a child process that keeps
-    torch's default for denormals. The machine's speed drifts by 20-40% over minutes, so each project
+    torch's default for denormals. The machine's speed varies by 10-20% over minutes, so each project
     epoch is compared with the epochs on either side of it (`paired`).
     """
 
@@ -444,7 +444,7 @@ def main() -> None:
         runs = {
             c: project(b, r + 1, threads, f"model.compile={str(c).lower()}", interleave=True) for c in modes
         }
-        for c in modes:  # compute only again after the project: the machine's speed drifts over minutes
+        for c in modes:  # compute only again after the project: the machine's speed varies over minutes
             add_row(rows, COMPUTE[c], b, compute[c] + compute_only(b, r, compile=c))
         for c in modes:  # the first epoch is the warm-up (torch.compile included)
             for key, path in (("epochs", PROJECT[c]), ("steps", f"{PROJECT[c]}, training steps only")):
@@ -550,7 +550,7 @@ def write_report(args, started, load_before, rows, ablation, quality) -> None:
         "**Project rows' ratios are paired** (in bold): the project's own process also runs one baseline "
         "epoch and one compute-only epoch (eager or compiled, as the project) before each of its epochs and "
         "after the last, and each project epoch is compared with the epochs on either side of it (median "
-        "over epochs). The machine's speed drifts by 20-40% over minutes, so this is the fair comparison; "
+        "over epochs). The machine's speed varies by 10-20% over minutes, so this is the fair comparison; "
         "the unpaired rows above and below were measured minutes apart.",
         "",
         *speed_table(rows),

@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic and set-up: its timings are never asserted, but what it compares must be right."""
+"""The benchmark's arithmetic and set-up: timings are never asserted, but what it compares must be right."""
 
 import pytest
 import torch
