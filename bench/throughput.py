@@ -456,9 +456,8 @@ def main() -> None:
     write_report(args, started, load_before, rows, ablation, quality)  # so far, in case of a long run's end
     if not args.skip_ablation:
         print("what each choice does (batch 128)", flush=True)
-        measure(
-            ablation, "in-memory batches, default Adam, eager", 128, compute_only, 128, r, False, False, False
-        )
+        first = "in-memory batches, default Adam, eager"
+        measure(ablation, first, 128, compute_only, 128, r, compile=False, fused=False, flush=False)
         measure(ablation, "+ fused Adam", 128, compute_only, 128, r, compile=False, flush=False)
         measure(ablation, "+ denormals flushed to zero", 128, compute_only, 128, r, compile=False)
         if not args.no_compile:
