@@ -469,7 +469,7 @@ def main() -> None:
         measure(ablation, "project (log_every_n_steps=50)", 128, project_epochs, 128, r, threads)
         measure(ablation, "project, flush_denormal=false", 128, project_epochs, 128, r, threads, NO_FLUSH)
         if "sample_accuracy:" in (ROOT / "conf" / "callbacks" / "default.yaml").read_text():
-            # the classifier judging 1000 samples per temperature: an evaluation, not logging
+            # the classifier judging 510 samples (50 per digit at T=1, one at the prior mean): an evaluation
             off = "~callbacks.sample_accuracy"
             measure(
                 ablation, "project, SampleAccuracy callback off", 128, project_epochs, 128, r, threads, off
