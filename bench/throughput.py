@@ -4,7 +4,8 @@
     python bench/throughput.py --quick       # batch 128, 1 repeat: a one-minute check
     python bench/throughput.py --batch-sizes 128 --repeats 5 --threads 1 --skip-quality
 
-Three ways to train the default CVAE (MLP, latent 20) on the same 55k training images, in one process:
+Three ways to train the default CVAE (`conf/model/cvae.yaml`: MLP, latent 20, learned conditional prior) on
+the same 55k training images, in one process:
 
 1. baseline: `torchvision.datasets.MNIST` + `ToTensor()` + `DataLoader(shuffle=True)` + a plain PyTorch loop
    with the default Adam, as the seed notebook did;
@@ -80,7 +81,7 @@ class EpochTimer(L.Callback):
             batch_size, train = trainer.datamodule.hparams.batch_size, split()[0]
             in_memory = in_memory_batches(train, batch_size)
             # compute only here, with this process's flush_denormal; the baseline in a process of its own
-            self.compute = (*make_model(compile=bool(pl_module.hparams.get("compile"))), in_memory)
+            self.compute = (*make_model(like=pl_module), in_memory)
             self.compute_warmup = in_memory_warmup(in_memory)
             self.baseline = process_with_denormals(False)
             self.batch_size = batch_size
@@ -147,13 +148,22 @@ def in_memory_batches(indices: torch.Tensor, batch_size: int) -> list[tuple[torc
 
 
 # -- the three paths --------------------------------------------------------------------------------
-def make_model(compile: bool = False, fused: bool = True):
-    """The default CVAE with the optimizer of its `configure_optimizers` (fused Adam) or the default Adam."""
-    from cvae_lightning.models import CVAE
+def default_model(compile: bool = False) -> L.LightningModule:
+    """The model `train.py` builds by default (`conf/`, with `model.compile`): the one every path trains."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
 
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=[f"model.compile={str(compile).lower()}"])
+    return instantiate(cfg.model)
+
+
+def make_model(compile: bool = False, fused: bool = True, like: L.LightningModule | None = None):
+    """The default model (or a fresh one of `like`'s class and hyperparameters) with the optimizer of its
+    `configure_optimizers` (fused Adam) or the default Adam."""
     torch.manual_seed(0)
     torch._dynamo.reset()  # a fresh compile per model: all models in the process share one recompile limit
-    model = CVAE(compile=compile)
+    model = default_model(compile) if like is None else type(like)(**like.hparams)
     model.configure_model()
     default_adam = torch.optim.Adam(model.parameters(), lr=model.hparams.lr)
     optimizer = model.configure_optimizers() if fused else default_adam

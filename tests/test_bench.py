@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from bench.throughput import epoch_seconds, paired, with_denormals
+from bench.throughput import ROOT, epoch_seconds, make_model, paired, with_denormals
+from cvae_lightning import CVAE
 from tests.probes import denormals_flushed_per_thread
 
 
@@ -18,6 +20,19 @@ def test_paired_ratios_compare_each_project_epoch_with_the_side_epochs_around_it
     assert wall == pytest.approx(5 / 6)
     # CPU: (4+6)/2/8 = 0.625, (6+9)/2/10 = 0.75, (9+6)/2/10 = 0.75 -> median 0.75
     assert cpu == pytest.approx(0.75)
+
+
+def test_the_side_paths_train_the_model_the_project_trains():
+    # by default the model train.py builds from conf/ (with its learned conditional prior) and fused Adam
+    model, optimizer = make_model()
+    configured = OmegaConf.load(ROOT / "conf" / "model" / "cvae.yaml")
+    for key in ("latent_dim", "hidden_dims", "lr", "prior"):
+        assert model.hparams[key] == configured[key], key
+    assert hasattr(model, "prior_net") and optimizer.defaults["fused"]
+    # beside a train.py run: a fresh copy of that run's own model
+    run_model = CVAE(prior="standard", latent_dim=8, hidden_dims=[64])
+    copy, _ = make_model(like=run_model)
+    assert copy is not run_model and dict(copy.hparams) == dict(run_model.hparams)
 
 
 def test_epoch_seconds_are_the_gaps_between_validations():
