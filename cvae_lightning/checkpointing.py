@@ -87,13 +87,25 @@ class CheckpointOnInterrupt(Checkpoint):
         log.info(f"checkpoint written on interrupt at step {trainer.global_step}: {self.ckpt_path}")
 
 
-class MidEpochCheckpoint(ModelCheckpoint):
-    """last.ckpt every `every_n_train_steps` steps or `train_time_interval`, within epochs only.
+class LastCheckpoint(ModelCheckpoint):
+    """The resume point, last.ckpt: at the end of every epoch (after its validation), and within epochs every
+    `every_n_train_steps` steps or `train_time_interval`.
 
-    A state saved after an epoch's last batch but before its validation would resume without that validation
-    (its metrics missing, its noise draws skipped); the epoch's end is left to the post-validation checkpoint.
+    Lightning's `ModelCheckpoint(save_last=True)` rewrites last.ckpt at an epoch's end only when it also
+    saves a top-k checkpoint there, so after an epoch that did not improve the monitored metric last.ckpt
+    would still hold an older state. Within epochs the last batch is skipped: a state saved before the epoch's
+    validation would resume without it (its metrics missing, its noise draws skipped).
     """
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx + 1 < trainer.num_training_batches:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the validation and the top-k checkpoint (checkpoint callbacks run last, in config order), so
+        # the saved ModelCheckpoint state already holds this epoch's score
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: the epoch's end is saved in `on_train_epoch_end`, mid-epoch validations are not."""

@@ -6,9 +6,13 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import DataLoader, TensorDataset
 
+from cvae_lightning.training import instantiate_group
 from tests.conftest import ROOT, read_events, run_train
 
 # 3 epochs of 12 batches; validation on 4 batches; last.ckpt every 6 steps (mid-epoch) as well as per epoch
@@ -17,8 +21,8 @@ RUN = [
     "trainer.limit_train_batches=12",
     "trainer.limit_val_batches=4",
     "trainer.limit_test_batches=2",
-    "callbacks.periodic_checkpoint.train_time_interval=null",
-    "callbacks.periodic_checkpoint.every_n_train_steps=6",
+    "callbacks.last_checkpoint.train_time_interval=null",
+    "callbacks.last_checkpoint.every_n_train_steps=6",
     "data.batch_size=64",
     "trainer.log_every_n_steps=5",
 ]
@@ -131,3 +135,60 @@ def test_resume_without_checkpoint_is_refused(tmp_path, data_dir):
     assert f"error: ckpt_path=last is not allowed: no checkpoint at {tmp_path}/checkpoints/last.ckpt" in (
         result.stderr
     )
+
+
+class WorseEveryEpoch(L.LightningModule):
+    """Trains (one weight) while its val/elbo gets worse every epoch: only the first epoch is the best."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.weight * batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/elbo", 100.0 + self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=2)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(torch.ones(2, 1)), batch_size=2)
+
+
+class LastCheckpointSteps(L.Callback):
+    """The global step held by last.ckpt as each epoch starts (the checkpoint callbacks write at the end of
+    the one before, after the other callbacks' epoch-end hooks) and after training."""
+
+    def __init__(self, path):
+        self.path, self.steps = path, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch:
+            self.steps.append(torch.load(self.path, weights_only=True)["global_step"])
+
+    def on_fit_end(self, trainer, pl_module):
+        self.steps.append(torch.load(self.path, weights_only=True)["global_step"])
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_validation_got_worse(tmp_path):
+    """last.ckpt is the resume point: written after every epoch's validation, not only after the best ones."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}"])
+    checkpoints = {name: cfg.callbacks[name] for name in ("model_checkpoint", "last_checkpoint")}
+    probe = LastCheckpointSteps(tmp_path / "checkpoints" / "last.ckpt")
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[*instantiate_group(checkpoints), probe],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(WorseEveryEpoch())
+    assert probe.steps == [2, 4, 6]  # two steps an epoch
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
