@@ -149,20 +149,22 @@ def in_memory_batches(indices: torch.Tensor, batch_size: int) -> list[tuple[torc
 
 # -- the three paths --------------------------------------------------------------------------------
 def default_model(compile: bool = False) -> L.LightningModule:
-    """The model `train.py` builds by default (`conf/`, with `model.compile`): the one every path trains."""
+    """The model `train.py` builds by default (`conf/`, with `model.compile`), with the same initial weights:
+    `train.py` seeds everything before it builds the model."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         cfg = compose("train", overrides=[f"model.compile={str(compile).lower()}"])
+    torch.manual_seed(cfg.seed)
     return instantiate(cfg.model)
 
 
 def make_model(compile: bool = False, fused: bool = True, like: L.LightningModule | None = None):
     """The default model (or a fresh one of `like`'s class and hyperparameters) with the optimizer of its
     `configure_optimizers` (fused Adam) or the default Adam."""
-    torch.manual_seed(0)
     torch._dynamo.reset()  # a fresh compile per model: all models in the process share one recompile limit
+    torch.manual_seed(0)
     model = default_model(compile) if like is None else type(like)(**like.hparams)
     model.configure_model()
     default_adam = torch.optim.Adam(model.parameters(), lr=model.hparams.lr)

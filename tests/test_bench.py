@@ -1,5 +1,6 @@
 """The benchmark's arithmetic and set-up: timings are never asserted, but what it compares must be right."""
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -29,6 +30,12 @@ def test_the_side_paths_train_the_model_the_project_trains():
     for key in ("latent_dim", "hidden_dims", "lr", "prior"):
         assert model.hparams[key] == configured[key], key
     assert hasattr(model, "prior_net") and optimizer.defaults["fused"]
+    # and its initial weights: train.py seeds everything (seed=42) before it builds the model
+    L.seed_everything(42)
+    hparams = {key: value for key, value in configured.items() if key not in ("_target_", "defaults")}
+    built_by_train = CVAE(**hparams)
+    for name, weight in built_by_train.state_dict().items():
+        assert torch.equal(model.state_dict()[name], weight), name
     # beside a train.py run: a fresh copy of that run's own model
     run_model = CVAE(prior="standard", latent_dim=8, hidden_dims=[64])
     copy, _ = make_model(like=run_model)
