@@ -164,8 +164,11 @@ def make_model(compile: bool = False, fused: bool = True, like: L.LightningModul
     """The default model (or a fresh one of `like`'s class and hyperparameters) with the optimizer of its
     `configure_optimizers` (fused Adam) or the default Adam."""
     torch._dynamo.reset()  # a fresh compile per model: all models in the process share one recompile limit
-    torch.manual_seed(0)
-    model = default_model(compile) if like is None else type(like)(**like.hparams)
+    if like is None:
+        model = default_model(compile)
+    else:
+        torch.manual_seed(0)
+        model = type(like)(**like.hparams)
     model.configure_model()
     default_adam = torch.optim.Adam(model.parameters(), lr=model.hparams.lr)
     optimizer = model.configure_optimizers() if fused else default_adam

@@ -106,6 +106,3 @@ class LastCheckpoint(ModelCheckpoint):
         # the saved ModelCheckpoint state already holds this epoch's score
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Nothing: the epoch's end is saved in `on_train_epoch_end`, mid-epoch validations are not."""

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 from tests.tiny_models import tiny_checkpoints  # noqa: F401  (fixture: tiny CVAE/VAE/classifier)
 
@@ -17,6 +18,12 @@ def data_dir() -> Path:
 
     MNISTDataModule(data_dir=str(ROOT / "data")).prepare_data()
     return ROOT / "data"
+
+
+def composed(*overrides: str):
+    """The `train` config as `python train.py OVERRIDES` composes it (not validated, nothing built)."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
 
 
 def run_train(*overrides: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

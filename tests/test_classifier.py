@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae_lightning.classifier import Classifier, ClassifierFeatures, load_classifier
 from cvae_lightning.data import load_split
-from tests.conftest import ROOT, read_events, run_train
+from tests.conftest import ROOT, composed, read_events, run_train
 
 
 def test_features_logits_and_fid_feature_extractor():
@@ -25,8 +24,7 @@ def test_features_logits_and_fid_feature_extractor():
 
 
 def test_experiment_classifier_composes_its_own_model_checkpoint_and_callbacks():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=classifier"])
+    cfg = composed("experiment=classifier")
     assert cfg.model._target_ == "cvae_lightning.classifier.Classifier"
     assert cfg.optimized_metric == cfg.callbacks.model_checkpoint.monitor == "val/loss"
     assert cfg.callbacks.model_checkpoint.filename == "classifier"

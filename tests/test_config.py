@@ -1,15 +1,9 @@
 import re
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from cvae_lightning.config import ConfigError, validate
-from tests.conftest import ROOT, run_train
-
-
-def composed(*overrides):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+from tests.conftest import composed, run_train
 
 
 def test_default_config_is_valid_and_builds_the_cvae():

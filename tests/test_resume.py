@@ -9,11 +9,10 @@ import time
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, TensorDataset
 
 from cvae_lightning.training import instantiate_group
-from tests.conftest import ROOT, read_events, run_train
+from tests.conftest import ROOT, composed, read_events, run_train
 
 # 3 epochs of 12 batches; validation on 4 batches; last.ckpt every 6 steps (mid-epoch) as well as per epoch
 RUN = [
@@ -177,8 +176,7 @@ class LastCheckpointSteps(L.Callback):
 
 def test_last_checkpoint_is_the_last_epoch_even_when_validation_got_worse(tmp_path):
     """last.ckpt is the resume point: written after every epoch's validation, not only after the best ones."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}"])
+    cfg = composed(f"paths.output_dir={tmp_path}")
     checkpoints = {name: cfg.callbacks[name] for name in ("model_checkpoint", "last_checkpoint")}
     probe = LastCheckpointSteps(tmp_path / "checkpoints" / "last.ckpt")
     trainer = L.Trainer(
