@@ -53,3 +53,25 @@ def test_each_path_gets_its_own_denormal_setting_on_all_its_threads(flush):
         assert with_denormals(flush, denormals_flushed_per_thread) == [float(flush)] * 2
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_several_optimizer_steps_per_lightning_step_train_the_same_weights(data_dir):
+    # bench/steps_per_call.py compares K steps per Lightning step with the project: the same training
+    from bench.steps_per_call import SeveralBatches, SeveralSteps
+    from cvae_lightning import MNISTDataModule
+
+    def trained(model_class, data_class, groups, **steps):
+        L.seed_everything(0)
+        model = model_class(latent_dim=4, hidden_dims=[32], prior="conditional", **steps)
+        trainer = L.Trainer(
+            max_epochs=1, limit_train_batches=groups, limit_val_batches=0, logger=False, deterministic=True,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(model, data_class(data_dir=str(data_dir), batch_size=16, **steps))
+        return trainer.global_step, model.state_dict()
+
+    one_step, weights = trained(CVAE, MNISTDataModule, 8)
+    four_steps, grouped = trained(SeveralSteps, SeveralBatches, 2, steps=4)
+    assert one_step == four_steps == 8
+    for name, weight in weights.items():
+        assert torch.equal(grouped[name], weight), name
