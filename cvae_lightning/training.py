@@ -137,4 +137,6 @@ def _train(cfg: DictConfig) -> float | None:
     hparams = {k: hparams[k] for k in ("model", "data", "trainer", "seed") if k in hparams}
     for logger in trainer.loggers:  # the HPARAMS tab: runs of a sweep side by side with their metrics
         logger.log_hyperparams(hparams, metrics={f"hparams/{k}": v for k, v in results["metrics"].items()})
+        # on disk now: TensorBoard's writer holds events back for up to 2 minutes, and exiting drops them
+        logger.finalize("success")
     return results["metrics"].get(cfg.optimized_metric)

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import threading
 
 import lightning as L
 import pytest
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cvae_lightning import CVAE, VAE
 from cvae_lightning.config import ConfigError, validate
 from cvae_lightning.models import CheckpointError
-from tests.conftest import run_train
+from tests.conftest import read_events, run_train
 from tests.test_config import composed
 
 SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2", "test=false"]
@@ -139,7 +140,13 @@ def test_in_process_runs_close_their_files(tmp_path, data_dir):
         train(cfg)
 
     run("warmup")  # imports and caches open their files once
-    before = len(os.listdir("/proc/self/fd"))
+    before = len(os.listdir("/proc/self/fd")), threading.active_count()
     for name in ("a", "b", "c"):
         run(name)
-    assert len(os.listdir("/proc/self/fd")) <= before
+    # no open files, and no TensorBoard writer still running (with its events not yet on disk)
+    assert len(os.listdir("/proc/self/fd")) <= before[0]
+    assert threading.active_count() <= before[1]
+    # what they wrote is on disk when train() returns: the HPARAMS tab's metrics come last
+    metrics = json.loads((tmp_path / "c" / "results.json").read_text())["metrics"]
+    scalars, _ = read_events(tmp_path / "c" / "tensorboard")
+    assert scalars["hparams/val/elbo"][-1].value == pytest.approx(metrics["val/elbo"], rel=1e-5)
