@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.throughput import cpu_name, load, paired, project  # noqa: E402
+from bench.throughput import add_row, cpu_name, load, paired, project, speed_table  # noqa: E402
 from cvae_lightning.data import MNISTDataModule  # noqa: E402
 from cvae_lightning.models import CVAE  # noqa: E402
 
@@ -37,7 +36,7 @@ from cvae_lightning.models import CVAE  # noqa: E402
 class SeveralSteps(CVAE):
     """The CVAE, taking `steps` optimizer steps per Lightning step: one per batch of the group it gets."""
 
-    def __init__(self, steps: int = 1, **hparams):
+    def __init__(self, steps: int = 1, **hparams):  # steps: kept in hparams, so copies group alike
         super().__init__(**hparams)
         self.automatic_optimization = False
 
@@ -54,6 +53,7 @@ class Groups:
     """The training loader's batches, `steps` at a time (the last group may be shorter)."""
 
     def __init__(self, loader, steps: int):
+        # the sampler: Lightning calls its set_epoch for each epoch's shuffle
         self.loader, self.steps, self.sampler = loader, steps, loader.sampler
 
     def __len__(self) -> int:
@@ -100,38 +100,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "steps_per_call.md")
     args = parser.parse_args()
     started, load_before = datetime.datetime.now().astimezone(), load()
-    lines = [
-        "| model.compile | K | epoch (s) | epoch: × baseline / ÷ compute only "
-        "| training steps (s) | training steps: × baseline / ÷ compute only | load 1/5/15 min |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
+    rows: list[dict] = []
     for compile in [False] if args.no_compile else [False, True]:
         mode = f"model.compile={str(compile).lower()}"
         for steps in args.steps:
             run = project(
                 args.batch_size, args.repeats + 1, args.threads, mode, *overrides(steps), interleave=True
             )
-            cells = [str(compile).lower(), str(steps)]
-            for key in ("epochs", "steps"):
-                seconds = statistics.median(wall for wall, _ in run[key][1:])
-                wall = {side: paired(run, key, side)[0] for side in ("baseline", "compute")}
-                cells += [f"{seconds:.2f}", f"{wall['baseline']:.2f}× / {wall['compute']:.2f}"]
-            lines.append("| " + " | ".join([*cells, load()]) + " |")
-            print(lines[-1], flush=True)
+            for key, part in (("epochs", ""), ("steps", ", training steps only")):
+                ratios = {side: paired(run, key, side) for side in ("baseline", "compute")}
+                add_row(rows, f"K={steps}, {mode}{part}", args.batch_size, run[key][1:], ratios)
     header = [
         "# K optimizer steps per Lightning step (`python bench/steps_per_call.py`)",
         "",
         f"- date: {started:%Y-%m-%d %H:%M %Z}; command: `{' '.join(['python', *sys.argv])}`",
         f"- machine: {cpu_name()}; torch threads {args.threads}; batch {args.batch_size}; "
         f"load before {load_before}",
-        f"- {args.repeats} timed epochs per row after a warm-up epoch, medians; ratios by wall time, paired "
+        f"- {args.repeats} timed epochs per row after a warm-up epoch, medians; ratios paired "
         "with the compute-only (eager or compiled, as the row) and baseline epochs run around each epoch "
         "in the same process",
         "- epoch: training steps, validation and per-epoch callbacks; training steps: up to validation",
-        "- K = 1 is `train.py` as it is",
+        "- K = 1 is `train.py` as it is; ratios in bold by wall time, then by CPU time",
         "",
     ]
-    args.out.write_text("\n".join(header + lines) + "\n")
+    args.out.write_text("\n".join(header + speed_table(rows)) + "\n")
     print(f"wrote {args.out}")
 
 

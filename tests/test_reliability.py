@@ -13,8 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cvae_lightning import CVAE, VAE
 from cvae_lightning.config import ConfigError, validate
 from cvae_lightning.models import CheckpointError
-from tests.conftest import read_events, run_train
-from tests.test_config import composed
+from tests.conftest import composed, read_events, run_train
 
 SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2", "test=false"]
 
