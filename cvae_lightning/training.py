@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -76,16 +77,38 @@ def one_job_per_ddp_launch():
                 torch.distributed.destroy_process_group()
 
 
+@contextmanager
+def float32_matmul_precision(precision: str):
+    """torch's float32 matmul precision while training; process-wide, so restored afterwards."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def skip_failing_nvml_check() -> None:
+    """Lightning switches torch's CUDA check to NVML (fork-safe on GPU machines). Where there is no NVML (no
+    NVIDIA driver) torch then dlopens it in vain and asks the CUDA runtime anyway, on every call, and every
+    optimizer step makes one: ~0.1 ms a step. Without the switch it asks the runtime at once: same answer."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers."""
-    with one_job_per_ddp_launch():
+    validate(cfg)
+    with one_job_per_ddp_launch(), float32_matmul_precision(cfg.get("matmul_precision", "highest")):
         return _train(cfg)
 
 
 def _train(cfg: DictConfig) -> float | None:
-    validate(cfg)
     # first, before any parallel op: OpenMP's worker threads copy the setting from this thread as they start
     torch.set_flush_denormal(cfg.get("flush_denormal", False))
+    skip_failing_nvml_check()
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
 

@@ -23,3 +23,20 @@ class DenormalProbe(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.path.write_text(json.dumps(denormals_flushed_per_thread()))
+
+
+class SettingsProbe(L.Callback):
+    """Writes the process-wide torch settings that `train()` makes to `path` as JSON when fitting starts."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer, pl_module):
+        import os
+
+        settings = {
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "nvml_cuda_check": os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"),
+            "cuda_available": torch.cuda.is_available(),
+        }
+        self.path.write_text(json.dumps(settings))

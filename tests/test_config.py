@@ -36,6 +36,10 @@ def test_default_config_is_valid_and_builds_the_cvae():
             "model.lr_schedule='step' is not allowed: expected one of constant, cosine",
         ),
         ("flush_denormal=1", "flush_denormal=1 is not allowed: expected true or false"),
+        (
+            "matmul_precision=low",
+            "matmul_precision='low' is not allowed: expected one of highest, high, medium",
+        ),
     ],
 )
 def test_bad_values_are_refused(override, expected):
