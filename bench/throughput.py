@@ -11,7 +11,8 @@ the same 55k training images, in one process:
    with the default Adam, as the seed notebook did;
 2. compute only: the model's forward + backward + optimizer step on batches already sliced in memory, no data
    pipeline and no Trainer: the limit for this model on this machine (eager, and with `model.compile=true`),
-   with float32 denormals flushed to zero as the project does (the baseline keeps torch's default);
+   with the project's process settings (`flush_denormal`, `matmul_precision`; the baseline keeps torch's
+   defaults);
 3. project: `train.py` itself in a subprocess (DataModule, LightningModule, Trainer, TensorBoard logging,
    checkpoints and image callbacks on), timed by the `EpochTimer` callback added through a Hydra override.
 
@@ -80,10 +81,10 @@ class EpochTimer(L.Callback):
         if self.interleave:
             batch_size, train = trainer.datamodule.hparams.batch_size, split()[0]
             in_memory = in_memory_batches(train, batch_size)
-            # compute only here, with this process's flush_denormal; the baseline in a process of its own
+            # compute only here, with this process's settings; the baseline in a process of its own
             self.compute = (*make_model(like=pl_module), in_memory)
             self.compute_warmup = in_memory_warmup(in_memory)
-            self.baseline = process_with_denormals(False)
+            self.baseline = process_with(TORCH_DEFAULTS)
             self.batch_size = batch_size
 
     def _side_epochs(self) -> None:
@@ -205,27 +206,44 @@ class OneHot:
         return ((x, F.one_hot(y, NUM_CLASSES).float()) for x, y in self.loader)
 
 
-def start_process(flush: bool, threads: int) -> None:
-    torch.set_flush_denormal(flush)
+# The process-wide settings a path runs with: the baseline keeps torch's defaults, as a plain loop does
+TORCH_DEFAULTS = {"flush_denormal": False, "matmul_precision": "highest"}
+
+
+def project_settings(**changes) -> dict:
+    """The settings train.py makes (conf/train.yaml), with `changes`."""
+    from omegaconf import OmegaConf
+
+    configured = OmegaConf.load(ROOT / "conf" / "train.yaml")
+    return {**{key: configured[key] for key in TORCH_DEFAULTS}, **changes}
+
+
+def start_process(settings: dict, threads: int) -> None:
+    from cvae_lightning.training import skip_failing_nvml_check
+
+    torch.set_flush_denormal(settings["flush_denormal"])
+    torch.set_float32_matmul_precision(settings["matmul_precision"])
+    # a plain loop has no Lightning to switch torch's CUDA check to NVML; train.py drops it without NVML
+    skip_failing_nvml_check()
     torch.set_num_threads(threads)
 
 
-def process_with_denormals(flush: bool) -> ProcessPoolExecutor:
-    """A fresh Python process (this one's thread count) that flushes float32 denormals to zero, or not.
+def process_with(settings: dict) -> ProcessPoolExecutor:
+    """A fresh Python process (this one's thread count) with `settings` (see TORCH_DEFAULTS).
 
-    The setting is per thread, and OpenMP's workers copy it from the thread that starts them, so a path
-    gets its own setting in a process of its own: the baseline as people run it (torch's default: not
-    flushed), compute only as the project runs (`flush_denormal`). A second thread here would not do: it
-    gets a second OpenMP team, and libgomp spins less, so runs slower, when threads outnumber cores.
+    The denormal setting is per thread, and OpenMP's workers copy it from the thread that starts them, so a
+    path gets its settings in a process of its own: the baseline as people run it (torch's defaults), compute
+    only as the project runs. A second thread here would not do: it gets a second OpenMP team, and libgomp
+    spins less, so runs slower, when threads outnumber cores.
     """
     spawn = multiprocessing.get_context("spawn")
-    setup = (flush, torch.get_num_threads())
+    setup = (settings, torch.get_num_threads())
     return ProcessPoolExecutor(1, mp_context=spawn, initializer=start_process, initargs=setup)
 
 
-def with_denormals(flush: bool, run, *args, **kwargs):
-    """`run(*args, **kwargs)` in a `process_with_denormals(flush)`."""
-    with process_with_denormals(flush) as process:
+def with_settings(settings: dict, run, *args, **kwargs):
+    """`run(*args, **kwargs)` in a `process_with(settings)`."""
+    with process_with(settings) as process:
         return process.submit(run, *args, **kwargs).result()
 
 
@@ -246,13 +264,14 @@ def baseline_epochs(batch_size: int, repeats: int) -> list[tuple[float, float]]:
 
 
 def baseline(batch_size: int, repeats: int) -> list[tuple[float, float]]:
-    return with_denormals(False, baseline_epochs, batch_size, repeats)
+    return with_settings(TORCH_DEFAULTS, baseline_epochs, batch_size, repeats)
 
 
 def compute_only(
-    batch_size: int, repeats: int, compile: bool, fused: bool = True, flush: bool = True
+    batch_size: int, repeats: int, compile: bool, fused: bool = True, settings: dict | None = None
 ) -> list[tuple[float, float]]:
-    return with_denormals(flush, _compute_only, batch_size, repeats, compile, fused)
+    settings = settings or project_settings()
+    return with_settings(settings, _compute_only, batch_size, repeats, compile, fused)
 
 
 def _compute_only(batch_size: int, repeats: int, compile: bool, fused: bool) -> list[tuple[float, float]]:
@@ -305,7 +324,7 @@ def project(
 # -- time to quality --------------------------------------------------------------------------------
 def baseline_to_quality(target: float, max_epochs: int, batch_size: int = 128) -> list[tuple[float, float]]:
     """(seconds since start, val -ELBO) after each epoch of the plain loop, until val -ELBO <= target."""
-    return with_denormals(False, _baseline_to_quality, target, max_epochs, batch_size)
+    return with_settings(TORCH_DEFAULTS, _baseline_to_quality, target, max_epochs, batch_size)
 
 
 def _baseline_to_quality(target: float, max_epochs: int, batch_size: int) -> list[tuple[float, float]]:
@@ -419,6 +438,7 @@ COMPILED = "model.compile=true"
 COMPUTE = {False: "compute only, eager", True: f"compute only, {COMPILED}"}
 PROJECT = {False: "project", True: f"project, {COMPILED}"}
 NO_FLUSH = "flush_denormal=false"
+BF16, FP32 = "matmul_precision=medium", "matmul_precision=highest"
 
 
 def main() -> None:
@@ -471,10 +491,12 @@ def main() -> None:
     write_report(args, started, load_before, rows, ablation, quality)  # so far, in case of a long run's end
     if not args.skip_ablation:
         print("what each choice does (batch 128)", flush=True)
-        first = "in-memory batches, default Adam, eager"
-        measure(ablation, first, 128, compute_only, 128, r, compile=False, fused=False, flush=False)
-        measure(ablation, "+ fused Adam", 128, compute_only, 128, r, compile=False, flush=False)
-        measure(ablation, "+ denormals flushed to zero", 128, compute_only, 128, r, compile=False)
+        first, fp32 = "in-memory batches, default Adam, eager", project_settings(matmul_precision="highest")
+        unflushed = {**fp32, "flush_denormal": False}
+        measure(ablation, first, 128, compute_only, 128, r, compile=False, fused=False, settings=unflushed)
+        measure(ablation, "+ fused Adam", 128, compute_only, 128, r, compile=False, settings=unflushed)
+        measure(ablation, "+ denormals flushed to zero", 128, compute_only, 128, r, False, settings=fp32)
+        measure(ablation, f"+ bfloat16 matmuls ({BF16})", 128, compute_only, 128, r, compile=False)
         if not args.no_compile:
             measure(ablation, "+ torch.compile", 128, compute_only, 128, r, compile=True)
             if threads > 1:
@@ -483,6 +505,7 @@ def main() -> None:
                 torch.set_num_threads(threads)
         measure(ablation, "project (log_every_n_steps=50)", 128, project_epochs, 128, r, threads)
         measure(ablation, "project, flush_denormal=false", 128, project_epochs, 128, r, threads, NO_FLUSH)
+        measure(ablation, f"project, {FP32}", 128, project_epochs, 128, r, threads, FP32)
         if "sample_accuracy:" in (ROOT / "conf" / "callbacks" / "default.yaml").read_text():
             # the classifier judging 510 samples (50 per digit at T=1, one at the prior mean): an evaluation
             off = "~callbacks.sample_accuracy"
@@ -506,6 +529,7 @@ def main() -> None:
         to_quality = {"baseline": lambda: baseline_to_quality(args.target, args.max_epochs)}
         runs = {PROJECT[c]: (f"model.compile={str(c).lower()}",) for c in modes}
         runs[f"{PROJECT[False]}, {NO_FLUSH}"] = (NO_FLUSH,)
+        runs[f"{PROJECT[False]}, {FP32}"] = (FP32,)
         for name, overrides in runs.items():
             to_quality[name] = lambda o=overrides: project(
                 128, args.max_epochs, threads, *o, stop_below=args.target
@@ -552,9 +576,10 @@ def write_report(args, started, load_before, rows, ablation, quality) -> None:
         "## Images per second",
         "",
         "baseline: torchvision MNIST + ToTensor + DataLoader(shuffle=True), a plain loop, default Adam, "
-        "denormals not flushed (torch's default). "
+        "torch's defaults (denormals kept, float32 matmuls). "
         "compute only: forward + backward + fused Adam on batches already in memory (no data pipeline, no "
-        "Trainer), denormals flushed to zero as the project does (`flush_denormal`); measured before and "
+        "Trainer), with the project's settings (denormals flushed to zero, `flush_denormal`; bfloat16 "
+        "matmuls where the CPU has them, `matmul_precision`); measured before and "
         "after the project rows. project: `train.py` (DataModule, Trainer, "
         "TensorBoard, checkpoints, image and evaluation callbacks); its epoch includes the validation and "
         "the per-epoch callbacks; *training steps only*: the same epochs up to their validation. "
@@ -577,7 +602,8 @@ def write_report(args, started, load_before, rows, ablation, quality) -> None:
             "",
             "Each compute-only row adds one choice to the row above (× first row: against the first row).",
             "Project rows: as configured (`self.log` and a TensorBoard write every 50 steps); with",
-            "denormals kept (`flush_denormal=false`); without the classifier-judged SampleAccuracy callback;",
+            "denormals kept (`flush_denormal=false`); with float32 matmuls (`matmul_precision=highest`);",
+            "without the classifier-judged SampleAccuracy callback;",
             "with `self.log` and TensorBoard writes on every step (`trainer.log_every_n_steps=1`).",
             "",
             "| choice | images/s | CPU s / epoch | × first row (wall / CPU) | load 1/5/15 min |",

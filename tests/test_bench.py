@@ -5,7 +5,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bench.throughput import ROOT, epoch_seconds, make_model, paired, with_denormals
+from bench.throughput import (
+    ROOT,
+    TORCH_DEFAULTS,
+    epoch_seconds,
+    make_model,
+    paired,
+    project_settings,
+    with_settings,
+)
 from cvae_lightning import CVAE
 from tests.probes import denormals_flushed_per_thread
 
@@ -46,11 +54,17 @@ def test_epoch_seconds_are_the_gaps_between_validations():
     assert epoch_seconds([(3.0, 120.0), (5.5, 110.0), (9.0, 104.0)]) == [3.0, 2.5, 3.5]
 
 
+def settings_in_process() -> tuple[list[float], str]:
+    return denormals_flushed_per_thread(), torch.get_float32_matmul_precision()
+
+
 @pytest.mark.parametrize("flush", [True, False])
-def test_each_path_gets_its_own_denormal_setting_on_all_its_threads(flush):
+def test_each_path_gets_its_own_settings_on_all_its_threads(flush):
     torch.set_flush_denormal(not flush)  # this thread's setting must not leak into the path's
     try:
-        assert with_denormals(flush, denormals_flushed_per_thread) == [float(flush)] * 2
+        settings = {**project_settings(), "flush_denormal": flush}
+        assert with_settings(settings, settings_in_process) == ([float(flush)] * 2, "medium")
+        assert with_settings(TORCH_DEFAULTS, settings_in_process) == ([0.0, 0.0], "highest")
     finally:
         torch.set_flush_denormal(False)
 
