@@ -437,6 +437,7 @@ def speed_table(rows: list[dict]) -> list[str]:
 COMPILED = "model.compile=true"
 COMPUTE = {False: "compute only, eager", True: f"compute only, {COMPILED}"}
 PROJECT = {False: "project", True: f"project, {COMPILED}"}
+CLASSIFIER = ROOT / "checkpoints" / "classifier.ckpt"  # SampleAccuracy judges samples with it, when present
 NO_FLUSH = "flush_denormal=false"
 BF16, FP32 = "matmul_precision=medium", "matmul_precision=highest"
 
@@ -506,7 +507,7 @@ def main() -> None:
         measure(ablation, "project (log_every_n_steps=50)", 128, project_epochs, 128, r, threads)
         measure(ablation, "project, flush_denormal=false", 128, project_epochs, 128, r, threads, NO_FLUSH)
         measure(ablation, f"project, {FP32}", 128, project_epochs, 128, r, threads, FP32)
-        if "sample_accuracy:" in (ROOT / "conf" / "callbacks" / "default.yaml").read_text():
+        if CLASSIFIER.is_file():
             # the classifier judging 510 samples (50 per digit at T=1, one at the prior mean): an evaluation
             off = "~callbacks.sample_accuracy"
             measure(
@@ -572,6 +573,8 @@ def write_report(args, started, load_before, rows, ablation, quality) -> None:
         "compare rows measured at similar load",
         f"- {args.repeats} timed epoch(s) of the 55k training images per path, after a warm-up; "
         "the median is reported",
+        "- the classifier-judged SampleAccuracy callback: "
+        + ("on" if CLASSIFIER.is_file() else "off (no checkpoints/classifier.ckpt: `make classifier`)"),
         "",
         "## Images per second",
         "",
