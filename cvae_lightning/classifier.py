@@ -114,6 +114,9 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         raise MissingClassifierError(
             f"{path} is not a classifier checkpoint; train one with `make classifier`"
         )
-    classifier = Classifier.load_from_checkpoint(path, map_location=map_location).eval()
+    # building it draws initial weights from torch's global RNG: fork it, so that loading the judge (as
+    # SampleAccuracy does when training starts) leaves the training run's random draws as they would be
+    with torch.random.fork_rng(devices=[]):
+        classifier = Classifier.load_from_checkpoint(path, map_location=map_location).eval()
     # channels-last weights: oneDNN's faster convolution layout on CPU (~1.7x on 1000 digits here)
     return classifier.to(memory_format=torch.channels_last)

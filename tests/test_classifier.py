@@ -76,3 +76,13 @@ def test_model_classifier_alone_says_to_use_the_experiment(tmp_path, data_dir):
         "error: model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
         " (or `make classifier`), which also sets its checkpoint and callbacks"
     )
+
+
+def test_loading_the_classifier_leaves_the_global_rng_as_it_was(tiny_checkpoints):
+    """SampleAccuracy loads the judge as training starts: a run's random draws must not depend on whether
+    checkpoints/classifier.ckpt exists (building the network draws its initial weights)."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_classifier(tiny_checkpoints["classifier"])
+    assert torch.equal(torch.rand(3), expected)
