@@ -73,22 +73,19 @@ class StepPair(L.Callback):
 
 def bare_trainer(path: str, epochs: int) -> None:
     """Fits the configured model and data with a bare Trainer and StepPair, with train.py's settings."""
-    import torch
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from cvae_lightning.training import float32_matmul_precision, skip_failing_nvml_check
+    from cvae_lightning.training import process_settings
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train")
-    torch.set_flush_denormal(cfg.flush_denormal)
-    skip_failing_nvml_check()
-    L.seed_everything(cfg.seed)
-    trainer = L.Trainer(
-        max_epochs=epochs, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[StepPair(path)],
-    )  # fmt: skip
-    with float32_matmul_precision(cfg.matmul_precision):
+    with process_settings(cfg.flush_denormal, cfg.matmul_precision):
+        L.seed_everything(cfg.seed)
+        trainer = L.Trainer(
+            max_epochs=epochs, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[StepPair(path)],
+        )  # fmt: skip
         trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
 
 

@@ -88,27 +88,42 @@ def float32_matmul_precision(precision: str):
         torch.set_float32_matmul_precision(previous)
 
 
+def nvml_available() -> bool:
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def skip_failing_nvml_check() -> None:
     """Lightning switches torch's CUDA check to NVML (fork-safe on GPU machines). Where there is no NVML (no
     NVIDIA driver) torch then dlopens it in vain and asks the CUDA runtime anyway, on every call, and every
     optimizer step makes one: ~0.1 ms a step. Without the switch it asks the runtime at once: same answer."""
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
+    if not nvml_available():
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+
+
+@contextmanager
+def process_settings(flush_denormal: bool, matmul_precision: str):
+    """The process-wide torch settings training runs with (conf/train.yaml's `flush_denormal` and
+    `matmul_precision`); the matmul precision is restored afterwards."""
+    # first, before any parallel op: OpenMP's worker threads copy the setting from this thread as they start
+    torch.set_flush_denormal(flush_denormal)
+    skip_failing_nvml_check()
+    with float32_matmul_precision(matmul_precision):
+        yield
 
 
 def train(cfg: DictConfig) -> float | None:
     """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers."""
     validate(cfg)
-    with one_job_per_ddp_launch(), float32_matmul_precision(cfg.get("matmul_precision", "highest")):
+    settings = process_settings(cfg.get("flush_denormal", False), cfg.get("matmul_precision", "highest"))
+    with settings, one_job_per_ddp_launch():
         return _train(cfg)
 
 
 def _train(cfg: DictConfig) -> float | None:
-    # first, before any parallel op: OpenMP's worker threads copy the setting from this thread as they start
-    torch.set_flush_denormal(cfg.get("flush_denormal", False))
-    skip_failing_nvml_check()
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
 

@@ -1,6 +1,7 @@
 """Callbacks that report on the process `train.py` runs in, for tests that run it as a subprocess."""
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -32,8 +33,6 @@ class SettingsProbe(L.Callback):
         self.path = Path(path)
 
     def on_fit_start(self, trainer, pl_module):
-        import os
-
         settings = {
             "matmul_precision": torch.get_float32_matmul_precision(),
             "nvml_cuda_check": os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"),

@@ -163,16 +163,6 @@ def test_train_flushes_denormals_on_every_thread(tmp_path, data_dir, flush):
     assert json.loads(out.read_text()) == ([1.0, 1.0] if flush else [0.0, 0.0])
 
 
-def nvml_present() -> bool:
-    import ctypes
-
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("precision", ["medium", "highest"])
 def test_train_sets_the_matmul_precision_and_skips_a_failing_nvml_check(tmp_path, data_dir, precision):
     """`matmul_precision` (default medium) holds while training; without NVML on the machine torch asks the
@@ -187,13 +177,15 @@ def test_train_sets_the_matmul_precision_and_skips_a_failing_nvml_check(tmp_path
         f"+callbacks.probe.path={out}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    from cvae_lightning.training import nvml_available
+
     settings = json.loads(out.read_text())
     assert settings["matmul_precision"] == precision
-    assert settings["nvml_cuda_check"] == ("1" if nvml_present() else None)
+    assert settings["nvml_cuda_check"] == ("1" if nvml_available() else None)
     assert settings["cuda_available"] == torch.cuda.is_available()
 
 
-def test_train_restores_the_matmul_precision(tmp_path, data_dir):
+def test_train_restores_the_matmul_precision():
     from cvae_lightning.training import float32_matmul_precision
 
     assert torch.get_float32_matmul_precision() == "highest"
