@@ -16,35 +16,31 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from cvae_lightning.classifier import MissingClassifierError, load_classifier
-    from cvae_lightning.data import DataError, MNISTDataModule
-    from cvae_lightning.evaluation import (
-        CheckpointKindError,
-        evaluate,
-        load_generative_model,
-        trained_on_binary_pixels,
-        write_report,
-    )
+    from cvae_lightning.errors import one_line_errors
+
+    one_line_errors(evaluate)(cfg)
+
+
+def evaluate(cfg: DictConfig) -> None:
+    from cvae_lightning import checkpoints
+    from cvae_lightning.classifier import load_classifier
+    from cvae_lightning.data import MNISTDataModule
+    from cvae_lightning.errors import ConfigError
+    from cvae_lightning.scores import evaluate, write_report
 
     if not cfg.ckpt_path:
-        raise SystemExit(
-            "error: ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"
-        )
-    try:
-        model = load_generative_model(cfg.ckpt_path)
-        classifier = load_classifier(cfg.classifier_path)
-        datamodule = MNISTDataModule(data_dir=cfg.paths.data_dir)
-        datamodule.prepare_data()
-        datamodule.setup("test")
-    except (CheckpointKindError, MissingClassifierError, FileNotFoundError, DataError) as error:
-        raise SystemExit(f"error: {error}") from None
-
+        raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
+    model = checkpoints.load(cfg.ckpt_path)
+    classifier = load_classifier(cfg.classifier_path)
+    datamodule = MNISTDataModule(data_dir=cfg.paths.data_dir)
+    datamodule.prepare_data()
+    datamodule.setup("test")
     metrics = evaluate(
         model,
         classifier,
         datamodule.test_images,
         datamodule.test_labels,
-        binarize=trained_on_binary_pixels(cfg.ckpt_path),
+        binarize=checkpoints.binary_pixels(checkpoints.read(cfg.ckpt_path)),
         seed=cfg.seed,
         **cfg.eval,
     )

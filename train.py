@@ -13,22 +13,15 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from cvae_lightning.config import ConfigError
-    from cvae_lightning.data import DataError
-    from cvae_lightning.models import CheckpointError, NonFiniteLossError
-    from cvae_lightning.training import Interrupted, train
+    from cvae_lightning.errors import one_line_errors
+    from cvae_lightning.training import train
 
-    try:
-        return train(cfg)
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, Interrupted) as error:
-        raise SystemExit(f"error: {error}") from None
+    return one_line_errors(train)(cfg)
 
 
 if __name__ == "__main__":
-    from cvae_lightning.config import ConfigError, check_group_choices
+    from cvae_lightning.config import check_group_choices
+    from cvae_lightning.errors import one_line_errors
 
-    try:
-        check_group_choices(sys.argv[1:], ROOT / "conf")
-    except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None
+    one_line_errors(check_group_choices)(sys.argv[1:], ROOT / "conf")
     main()

@@ -76,7 +76,7 @@ def bare_trainer(path: str, epochs: int) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from cvae_lightning.training import process_settings
+    from cvae_lightning.process import process_settings
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train")

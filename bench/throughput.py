@@ -41,7 +41,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -63,8 +62,8 @@ class EpochTimer(L.Callback):
 
     `epochs`: (wall, CPU) seconds per training epoch (its validation, checkpoints, image callbacks included);
     `steps`: the same epochs up to the start of their validation (the training steps alone).
-    `val`: (seconds since this callback was made, val/elbo) after each validation; with `stop_below` set,
-    training stops at the first val/elbo at or below it.
+    `val`: (seconds since this callback was made, val/nelbo) after each validation; with `stop_below` set,
+    training stops at the first val/nelbo at or below it.
     `compute`, `baseline`: with `interleave=True`, one compute-only epoch and one baseline epoch (as
     `compute_only` and `baseline` run them, on their own copies of the model) before every project epoch
     and after the last: compute only in this process, the baseline in a child process that keeps
@@ -106,7 +105,7 @@ class EpochTimer(L.Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        elbo = float(trainer.callback_metrics["val/elbo"])
+        elbo = float(trainer.callback_metrics["val/nelbo"])
         self.val.append((time.perf_counter() - self.created, elbo))
         if self.stop_below is not None and elbo <= self.stop_below:
             trainer.should_stop = True
@@ -139,12 +138,12 @@ def torchvision_loader(indices: torch.Tensor, batch_size: int, shuffle: bool):
 
 
 def in_memory_batches(indices: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches already sliced, as floats in [0, 1] with one-hot labels: no data pipeline left to time."""
+    """Batches already sliced, as floats in [0, 1] with integer labels: no data pipeline left to time."""
     from cvae_lightning.data import load_split
 
     images, labels = load_split(DATA, train=True)
     order = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(0))]
-    x, y = images[order].float().div_(255), F.one_hot(labels[order], NUM_CLASSES).float()
+    x, y = images[order].float().div_(255), labels[order]
     return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
 
@@ -177,7 +176,7 @@ def make_model(compile: bool = False, fused: bool = True, like: L.LightningModul
 
 
 def train_step(model, optimizer, x, y) -> None:
-    loss = model.elbo_terms(x, y)["elbo"]
+    loss = model.elbo_terms(x, y)["nelbo"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -196,16 +195,6 @@ def timed_epochs(model, optimizer, batches, repeats: int, warmup) -> list[float]
     return times
 
 
-class OneHot:
-    """(x, label) -> (x, one-hot y) around a torchvision DataLoader, as the loop would do inline."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __iter__(self):
-        return ((x, F.one_hot(y, NUM_CLASSES).float()) for x, y in self.loader)
-
-
 # The process-wide settings a path runs with: the baseline keeps torch's defaults, as a plain loop does
 TORCH_DEFAULTS = {"flush_denormal": False, "matmul_precision": "highest"}
 
@@ -219,7 +208,7 @@ def project_settings(**changes) -> dict:
 
 
 def start_process(settings: dict, threads: int) -> None:
-    from cvae_lightning.training import skip_failing_nvml_check
+    from cvae_lightning.process import skip_failing_nvml_check
 
     torch.set_flush_denormal(settings["flush_denormal"])
     torch.set_float32_matmul_precision(settings["matmul_precision"])
@@ -254,7 +243,7 @@ def baseline_epochs(batch_size: int, repeats: int) -> list[tuple[float, float]]:
     """`repeats` more epochs of this process's baseline run; the first call builds it and warms it up."""
     if not _BASELINE_RUN:
         model, optimizer = make_model(fused=False)
-        loader = OneHot(torchvision_loader(split()[0], batch_size, shuffle=True))
+        loader = torchvision_loader(split()[0], batch_size, shuffle=True)
         _BASELINE_RUN.update(
             model=model, optimizer=optimizer, loader=loader, warmup=itertools.islice(loader, 10)
         )
@@ -331,14 +320,14 @@ def _baseline_to_quality(target: float, max_epochs: int, batch_size: int) -> lis
     start = time.perf_counter()
     model, optimizer = make_model(fused=False)
     train_idx, val_idx = split()
-    batches = OneHot(torchvision_loader(train_idx, batch_size, shuffle=True))
-    val_batches = OneHot(torchvision_loader(val_idx, 1000, shuffle=False))
+    batches = torchvision_loader(train_idx, batch_size, shuffle=True)
+    val_batches = torchvision_loader(val_idx, 1000, shuffle=False)
     history = []
     for _ in range(max_epochs):
         for x, y in batches:
             train_step(model, optimizer, x, y)
         with torch.no_grad():
-            elbo = sum(float(model.elbo_terms(x, y)["elbo"]) * len(x) for x, y in val_batches) / len(val_idx)
+            elbo = sum(float(model.elbo_terms(x, y)["nelbo"]) * len(x) for x, y in val_batches) / len(val_idx)
         history.append((time.perf_counter() - start, elbo))
         if elbo <= target:
             break

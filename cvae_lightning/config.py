@@ -1,90 +1,94 @@
-"""Checks every user-facing config value before any work starts, with a one-line message per failure."""
+"""Start-of-run checks that no single object can make: group choices, the trainer's values (Lightning's own
+messages span many lines), devices against this machine, and whether the model fits the callbacks. Each
+object checks its own arguments when it is built (`build`), with the same one-line message."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning.data import BINARIZE
-from cvae_lightning.models import LR_SCHEDULES, PRIORS
+from cvae_lightning.errors import ConfigError, Error, check, check_bool, check_int, refuse
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto", "mps")
+# the modules whose callbacks draw or judge samples: a (C)VAE's, not the classifier's
+GENERATIVE_CALLBACKS = ("cvae_lightning.callbacks.images.", "cvae_lightning.callbacks.metrics.")
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and what is allowed."""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
-
-
-def _positive_number() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0), "a number > 0"
-
-
-def _int_list_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
-    ok = lambda v: isinstance(v, list | tuple) and all(_is_int(h) and h >= low for h in v)  # noqa: E731
-    return ok, f"a list of integers >= {low}, e.g. [512,256]"
-
-
-def _non_negative_number() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0), "a number >= 0"
-
-
-def _bool() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, bool)), "true or false"
-
-
-def _one_of(*choices: Any) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
-
-
-MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
-
-# key -> (check, what is allowed); keys that are absent from the config are skipped
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model.latent_dim": _int_at_least(1),
-    "model.hidden_dims": _int_list_at_least(1),
-    "model.lr": _positive_number(),
-    "model.prior": _one_of(*PRIORS),
-    "model.beta": _non_negative_number(),
-    "model.kl_warmup_epochs": _int_at_least(0),
-    "model.lr_schedule": _one_of(*LR_SCHEDULES),
-    "data.batch_size": _int_at_least(1),
-    "data.eval_batch_size": _int_at_least(1),
-    "data.binarize": _one_of(*BINARIZE),
-    "data.val_size": _int_at_least(1),
-    "trainer.max_epochs": _int_at_least(1),
-    "trainer.num_nodes": _int_at_least(1),
-    "flush_denormal": _bool(),
-    "matmul_precision": _one_of(*MATMUL_PRECISIONS),
-}
-
-TRAIN_IMAGES = 60_000
+def _select(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def validate(cfg: DictConfig) -> None:
     """Raises ConfigError on the first value that cannot work."""
-    for key, (ok, allowed) in RULES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
-        if not ok(value):
-            raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+    check_int("seed", cfg.get("seed"), 0)
+    check_bool("test", cfg.get("test"))
+    ckpt_path = cfg.get("ckpt_path")
+    check(
+        "ckpt_path", ckpt_path, ckpt_path is None or isinstance(ckpt_path, str), "null, last or a file path"
+    )
+    for key, low in (("max_epochs", 1), ("min_epochs", 0), ("num_nodes", 1), ("log_every_n_steps", 1)):
+        if _select(cfg, f"trainer.{key}") is not None:
+            check_int(f"trainer.{key}", _select(cfg, f"trainer.{key}"), low)
     _check_devices(cfg)
-    val_size = OmegaConf.select(cfg, "data.val_size", default=None)
-    if val_size is not None and val_size >= TRAIN_IMAGES:
+    _check_model_fits_callbacks(cfg)
+
+
+def _check_devices(cfg: DictConfig) -> None:
+    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu (one process each)."""
+    import torch
+
+    accelerator = _select(cfg, "trainer.accelerator") or "cpu"
+    devices = _select(cfg, "trainer.devices")
+    check("trainer.accelerator", accelerator, accelerator in ACCELERATORS, "one of cpu, gpu, auto")
+    wants_gpu = accelerator in ("gpu", "cuda")
+    if wants_gpu and not torch.cuda.is_available():
         raise ConfigError(
-            f"data.val_size={val_size} is not allowed: expected fewer than the {TRAIN_IMAGES} training images"
+            f"trainer.accelerator={accelerator} is not allowed: no GPU is visible; expected cpu or auto"
         )
+    available = torch.cuda.device_count() if wants_gpu else os.cpu_count()
+    is_count = isinstance(devices, int) and not isinstance(devices, bool)
+    ids = isinstance(devices, list) and wants_gpu  # GPU indices, e.g. [0, 1]
+    if not (devices == "auto" or ids or (is_count and (devices == -1 or 1 <= devices <= available))):
+        raise refuse(
+            "trainer.devices",
+            devices,
+            f"1..{available} ({'GPUs' if wants_gpu else 'CPU cores'} here), -1 or auto",
+        )
+
+
+def _check_model_fits_callbacks(cfg: DictConfig) -> None:
+    model = str(_select(cfg, "model._target_") or "")
+    if not model.endswith(".Classifier"):
+        return
+    targets = [str(c.get("_target_", "")) for c in (cfg.get("callbacks") or {}).values() if c]
+    if any(target.startswith(GENERATIVE_CALLBACKS) for target in targets):
+        raise ConfigError(
+            "model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
+            " (or `make classifier`), which also sets its checkpoint and callbacks"
+        )
+
+
+def build(node: DictConfig, key: str, **kwargs):
+    """`hydra.utils.instantiate(node)`, with the object's own one-line error (or the library's first line,
+    named by `key`) instead of Hydra's wrapped traceback."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, Error):
+            raise cause from None
+        if isinstance(cause, TypeError | ValueError | MisconfigurationException):
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise ConfigError(f"{key}: {reason}") from None
+        raise
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:
@@ -92,12 +96,13 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> None:
 
     Hydra would also refuse them, but with a multi-line composition report; this says it in one line.
     """
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from cvae_lightning.compat import hydra_args_parser
+
     try:  # Hydra's own command-line parser separates its flags (--cfg job, -m) from the overrides
-        parsed = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+        parsed = OverridesParser.create().parse_overrides(hydra_args_parser().parse_args(argv).overrides)
     except (HydraException, SystemExit):
         return  # not ours to report: Hydra will
     for override in parsed:
@@ -114,26 +119,3 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> None:
                 raise ConfigError(
                     f"{override.key_or_group}={value} is not allowed: expected one of {', '.join(choices)}"
                 )
-
-
-def _check_devices(cfg: DictConfig) -> None:
-    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu (one process each)."""
-    import os
-
-    import torch
-
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
-    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-    wants_gpu = accelerator in ("gpu", "cuda")
-    if wants_gpu and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} is not allowed: no GPU is visible; expected cpu or auto"
-        )
-    if accelerator not in ("cpu", "gpu", "cuda", "auto", "mps"):
-        raise ConfigError(f"trainer.accelerator={accelerator} is not allowed: expected one of cpu, gpu, auto")
-    available = torch.cuda.device_count() if wants_gpu else os.cpu_count()
-    if _is_int(devices) and not (devices == -1 or 1 <= devices <= available):
-        raise ConfigError(
-            f"trainer.devices={devices} is not allowed: expected 1..{available} "
-            f"({'GPUs' if wants_gpu else 'CPU cores'} here), -1 or auto"
-        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from cvae_lightning.data import NUM_CLASSES
@@ -16,47 +17,50 @@ def lerp(a: Tensor, b: Tensor, steps: int) -> Tensor:
     return (a.unsqueeze(1) * (1 - t) + b.unsqueeze(1) * t).flatten(0, 1)
 
 
+def repeat_digits(digits: Sequence[int], n: int) -> Tensor:
+    """Integer labels, each digit n times in turn (one grid row per digit with nrow=n)."""
+    return torch.tensor(list(digits)).repeat_interleave(n)
+
+
 @torch.no_grad()
 def digit_grid(model, digits: Sequence[int], n: int, temperature: float = 1.0) -> Tensor:
-    """n samples of each requested digit, digit-major (one grid row per digit with nrow=n)."""
-    return model.sample(torch.tensor(list(digits)).repeat_interleave(n), temperature=temperature)
+    """n samples of each requested digit, digit-major (a VAE draws as many unconditional samples)."""
+    return model.sample(labels=repeat_digits(digits, n), temperature=temperature)
 
 
 @torch.no_grad()
-def style_transfer(model, x: Tensor, y: Tensor) -> Tensor:
+def style_transfer(model, x: Tensor, labels: Tensor) -> Tensor:
     """[original, decoded as 0, ..., decoded as 9] per image, from z = mu of Q(z|x,y): same handwriting.
 
     The style is z's place within the source digit's prior, (z - mu_y) / sigma_y, carried over to each
     target digit's prior (the identity for N(0, I); needed for a learned p(z|y), whose digits sit apart).
     """
-    x, y = x.to(model.device), y.to(model.device)
-    prior_mu, prior_logvar = model.prior(y)
-    style = (model.encode(x, y)[0] - prior_mu) * (-0.5 * prior_logvar).exp()
+    x = x.to(model.device)
+    prior_mu, prior_logvar = model.prior_params(labels)
+    style = (model.encode(x, labels)[0] - prior_mu) * (-0.5 * prior_logvar).exp()
     noise = style.repeat_interleave(NUM_CLASSES, dim=0)
-    digits = model.sample(torch.arange(NUM_CLASSES).repeat(len(x)), noise=noise).view(
-        len(x), NUM_CLASSES, *x.shape[1:]
-    )
+    digits = model.sample(labels=torch.arange(NUM_CLASSES).repeat(len(x)), noise=noise)
+    digits = digits.view(len(x), NUM_CLASSES, *x.shape[1:])
     return torch.cat([x.unsqueeze(1), digits], dim=1).flatten(0, 1)
 
 
 @torch.no_grad()
 def latent_interpolation(model, digits: Sequence[int], steps: int, temperature: float = 1.0) -> Tensor:
     """For each digit, `steps` images along the line between two prior draws of z (same digit throughout)."""
-    noise = lerp(*torch.randn(2, len(digits), model.hparams.latent_dim), steps)
-    return model.sample(
-        torch.tensor(list(digits)).repeat_interleave(steps), temperature=temperature, noise=noise
-    )
+    a, b = model.noise(len(digits), len(digits))
+    noise = lerp(a, b, steps)
+    return model.sample(labels=repeat_digits(digits, steps), temperature=temperature, noise=noise)
 
 
 @torch.no_grad()
 def label_interpolation(model, digits: Sequence[int], steps: int, rows: int = 1, temperature: float = 1.0):
     """For each of `rows` fixed z, `steps` images from digits[0] to digits[1] to ... (mixing one-hot y)."""
-    one_hot = model.one_hot(torch.tensor(list(digits))).to(model.device)
-    y = torch.cat([lerp(one_hot[i : i + 1], one_hot[i + 1 : i + 2], steps) for i in range(len(digits) - 1)])
-    images = []
-    for _ in range(rows):
-        z = model.prior_sample(
-            len(y), y, temperature, torch.randn(1, model.hparams.latent_dim).expand(len(y), -1)
-        )
-        images.append(torch.sigmoid(model.decode(z, y)))
-    return torch.cat(images)
+    one_hot = F.one_hot(torch.tensor(list(digits)), NUM_CLASSES).float()
+    mixed = torch.cat(
+        [lerp(one_hot[i : i + 1], one_hot[i + 1 : i + 2], steps) for i in range(len(digits) - 1)]
+    )
+    rows = [
+        model.sample(labels=mixed, temperature=temperature, noise=model.noise(1).expand(len(mixed), -1))
+        for _ in range(rows)
+    ]
+    return torch.cat(rows)

@@ -3,37 +3,29 @@
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Sequence
-from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cvae_lightning import nets
+from cvae_lightning import compat, nets
+from cvae_lightning.checkpoints import Stamped
 from cvae_lightning.data import NUM_CLASSES
+from cvae_lightning.errors import (
+    NonFiniteLossError,
+    check_choice,
+    check_int,
+    check_int_list,
+    check_number,
+)
 
 PRIORS = ("standard", "conditional")
 LR_SCHEDULES = ("constant", "cosine")
-# the scalar terms of `elbo_terms`, logged as train/, val/ and test/ metrics
-ELBO_PARTS = ("elbo", "recon", "kl")
+# the scalar terms of `elbo_terms`, logged as train/, val/ and test/ metrics (nelbo: the negative ELBO)
+ELBO_PARTS = ("nelbo", "recon", "kl")
 LOG_2PI = math.log(2 * math.pi)
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
-
-
-def _require_one_of(key: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"model.{key}={value} is not allowed: expected one of {', '.join(allowed)}")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the loss parts."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as this model: the message says why."""
 
 
 def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor, prior_mu: Tensor = 0.0, prior_logvar: Tensor = 0.0):
@@ -53,13 +45,14 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.flatten(1), x.flatten(1), reduction="none").sum(dim=1)
 
 
-class VAE(L.LightningModule):
+class VAE(Stamped):
     """Variational autoencoder on 28x28 images, with an MLP (`net="mlp"`) or convolutional encoder/decoder.
 
-    `n_classes > 0` (the CVAE) gives the one-hot label to the encoder and the decoder. The prior is N(0, I),
-    or for the CVAE optionally learned per label (`prior="conditional"`: p(z|y) = N(mu_y, sigma_y^2)), so
-    that z need not carry the digit identity. The KL term is weighted by `beta` (a beta-VAE), ramped up
-    from 0 over the first `kl_warmup_epochs` (KL warm-up); the logged `*/elbo` is always the true -ELBO.
+    Both models take the same arguments everywhere: `labels` are integer digits (N,), which the CVAE feeds
+    one-hot to its encoder and decoder (a (N, 10) float tensor passes as given: mixed labels) and the VAE
+    ignores. The prior is N(0, I), or for the CVAE optionally learned per label (`prior="conditional"`:
+    p(z|y) = N(mu_y, sigma_y^2)), so that z need not carry the digit identity. The KL term is weighted by
+    `beta`, ramped up from 0 over the first `kl_warmup_epochs`; the logged `*/nelbo` is always the true -ELBO.
     """
 
     n_classes = 0
@@ -78,13 +71,15 @@ class VAE(L.LightningModule):
         lr_schedule: str = "constant",
     ):
         super().__init__()
-        hidden_dims = [int(h) for h in hidden_dims]  # plain list in hparams, so weights_only loading works
-        channels = [int(c) for c in channels]
-        _require_one_of("prior", prior, PRIORS if self.n_classes else PRIORS[:1])
-        _require_one_of("lr_schedule", lr_schedule, LR_SCHEDULES)
-        for key, value in (("beta", beta), ("kl_warmup_epochs", kl_warmup_epochs)):
-            if value < 0:
-                raise ValueError(f"model.{key}={value} is not allowed: expected a number >= 0")
+        check_int("model.latent_dim", latent_dim, 1)
+        hidden_dims = check_int_list("model.hidden_dims", hidden_dims)  # a plain list: weights_only loading
+        channels = check_int_list("model.channels", channels, example="[32,64]")
+        check_number("model.lr", lr, 0, above=True)
+        check_choice("model.prior", prior, PRIORS if self.n_classes else PRIORS[:1])
+        check_number("model.beta", beta)
+        check_number("model.kl_warmup_epochs", kl_warmup_epochs)
+        check_choice("model.compile", compile, (False, True))
+        check_choice("model.lr_schedule", lr_schedule, LR_SCHEDULES)
         self.save_hyperparameters()
         self.encoder, self.decoder = nets.build(
             net, n_classes=self.n_classes, hidden_dims=hidden_dims, latent_dim=latent_dim, channels=channels
@@ -95,57 +90,67 @@ class VAE(L.LightningModule):
             nn.init.zeros_(self.prior_net.bias)
 
     # -- networks ---------------------------------------------------------------------------------
-    def _condition(self, y: Tensor | None) -> Tensor | None:
-        return y if self.n_classes else None
+    def condition(self, labels: Tensor | None) -> Tensor | None:
+        """What the networks are given for `labels`: one-hot rows (CVAE), or nothing (VAE)."""
+        if not self.n_classes:
+            return None
+        if labels is None:
+            raise ValueError(f"a {type(self).__name__} needs labels: the digit of each image")
+        labels = labels.to(self.device)
+        return F.one_hot(labels.long(), self.n_classes).float() if labels.dim() == 1 else labels.float()
 
-    def prior(self, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def prior_params(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of p(z[|y]): zeros for N(0, I), one row per label for the learned prior."""
         if self.hparams.prior == "conditional":
-            return self.prior_net(y.to(self.dtype)).chunk(2, dim=1)
+            return self.prior_net(self.condition(labels).to(self.dtype)).chunk(2, dim=1)
         zeros = torch.zeros(1, self.hparams.latent_dim, device=self.device)
         return zeros, zeros
 
-    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of Q(z | x[, y])."""
-        mu, logvar = self.encoder(x, self._condition(y)).chunk(2, dim=1)
+        mu, logvar = self.encoder(x, self.condition(labels)).chunk(2, dim=1)
         # a safe range: exp(logvar) stays finite in the KL even in fp16/bf16
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Bernoulli logits of P(x | z[, y]), shaped like images."""
-        return self.decoder(z, self._condition(y))
+        return self.decoder(z, self.condition(labels))
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        mu, logvar = self.encode(x, y)
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encode(x, labels)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return self.decode(z, y), mu, logvar
+        return self.decode(z, labels), mu, logvar
 
     # -- objective --------------------------------------------------------------------------------
-    def elbo_terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        """Negative ELBO in nats per image (batch mean), its two parts, and the KL of each latent dimension
-        (`kl_per_dim`, batch mean: a dimension above ~0.01 nats is "active")."""
+    def elbo_terms(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """The negative ELBO (`nelbo`) in nats per image (batch mean), its two parts, and the KL of each
+        latent dimension (`kl_per_dim`, batch mean: a dimension above ~0.01 nats is "active")."""
         # the loss in fp32 under bf16/fp16 autocast: sums over 784 pixels need more than bf16's 8 bits
-        logits, mu, logvar = [t.float() for t in self(x, y)]
-        prior = [t.float() for t in self.prior(y)]
+        logits, mu, logvar = [t.float() for t in self(x, labels)]
+        prior = [t.float() for t in self.prior_params(labels)]
         kl_per_dim = gaussian_kl_per_dim(mu, logvar, *prior).mean(dim=0)
         recon, kl = bernoulli_nll(logits, x).mean(), kl_per_dim.sum()
-        return {"elbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
+        return {"nelbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
 
     def kl_weight(self) -> float:
         """beta, ramped linearly from 0 over the first `kl_warmup_epochs` of training."""
         beta, warmup = self.hparams.beta, self.hparams.kl_warmup_epochs
-        if not warmup or self._trainer is None or not math.isfinite(self.trainer.num_training_batches):
+        trainer = compat.attached_trainer(self)
+        if not warmup or trainer is None or not math.isfinite(trainer.num_training_batches):
             return beta
-        return beta * min(1.0, self.trainer.global_step / (warmup * self.trainer.num_training_batches))
+        return beta * min(1.0, trainer.global_step / (warmup * trainer.num_training_batches))
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor, y: Tensor | None = None, k: int = 1000, chunk: int = 100) -> Tensor:
+    def log_likelihood(
+        self, x: Tensor, labels: Tensor | None = None, k: int = 1000, chunk: int = 100
+    ) -> Tensor:
         """Importance-sampled log p(x[|y]) per image (the IWAE bound with k samples from Q(z|x[,y])).
 
         Samples are drawn `chunk` at a time, so memory stays (chunk x batch x 784) whatever k is.
         """
+        y = self.condition(labels)
         mu, logvar = self.encode(x, y)
-        prior_mu, prior_logvar = self.prior(y)
+        prior_mu, prior_logvar = self.prior_params(y)
         std, log_w = (0.5 * logvar).exp(), []
         for n in [chunk] * (k // chunk) + ([k % chunk] if k % chunk else []):
             z = mu + std * torch.randn(n, *mu.shape, device=mu.device)  # (n, B, latent)
@@ -156,9 +161,10 @@ class VAE(L.LightningModule):
             log_w.append(log_px + log_pz - gaussian_log_prob(z, mu, logvar))
         return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
 
+    # -- training ---------------------------------------------------------------------------------
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
-        x, y = batch
-        terms = self.elbo_terms(x, y)
+        x, labels = batch
+        terms = self.elbo_terms(x, labels)
         # training logs per step; val/test log the epoch mean, weighted by batch size and reduced over ranks
         per_step = stage == "train"
         if per_step and not self._logs_this_step():
@@ -169,7 +175,7 @@ class VAE(L.LightningModule):
                 terms[name],
                 on_step=per_step,
                 on_epoch=not per_step,
-                prog_bar=name == "elbo",
+                prog_bar=name == "nelbo",
                 batch_size=len(x),
                 sync_dist=not per_step,
             )
@@ -177,7 +183,7 @@ class VAE(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         terms = self._shared_step(batch, "train")
-        if not torch.isfinite(terms["elbo"]):  # stop before the optimizer step spoils the weights
+        if not torch.isfinite(terms["nelbo"]):  # stop before the optimizer step spoils the weights
             parts = ", ".join(f"{name}={terms[name].item():.4g}" for name in ("recon", "kl"))
             raise NonFiniteLossError(f"non-finite loss at step {self.global_step} ({parts})")
         weight = self.kl_weight()
@@ -192,10 +198,9 @@ class VAE(L.LightningModule):
         self._shared_step(batch, "test")
 
     def _logs_this_step(self) -> bool:
-        """Whether the loggers write this training step. `self.log` costs ~1 ms a call on CPU, so the steps
-        in between (`trainer.log_every_n_steps`) skip it; the logged values are the same."""
-        trainer = self._trainer
-        return trainer is None or trainer.fast_dev_run or trainer._logger_connector.should_update_logs
+        """Whether to call `self.log`, costly on CPU: not on the steps the loggers do not write."""
+        trainer = compat.attached_trainer(self)
+        return trainer is None or trainer.fast_dev_run or compat.logs_this_step(trainer)
 
     def configure_model(self):
         """`compile=True`: the loss, its backward included, as fused inductor kernels; eager otherwise."""
@@ -213,90 +218,54 @@ class VAE(L.LightningModule):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(steps)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["model_class"] = type(self).__name__  # evaluate.py tells a CVAE from a VAE or classifier
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuses a checkpoint of another model, or of another shape, with a one-line reason."""
-        saved = checkpoint.get("model_class")
-        if saved is not None and saved != type(self).__name__:
-            raise CheckpointError(
-                f"the checkpoint holds a {saved}, not a {type(self).__name__}: "
-                f"load it with {saved}.load_from_checkpoint (or train.py model={saved.lower()})"
-            )
-        own = self.state_dict()
-        for name, tensor in checkpoint["state_dict"].items():
-            if name in own and own[name].shape != tensor.shape:
-                built = ", ".join(
-                    f"{k}={self.hparams[k]}" for k in ("latent_dim", "hidden_dims") if k in self.hparams
-                )
-                raise CheckpointError(
-                    f"the checkpoint's {name} has shape {tuple(tensor.shape)}, this model's "
-                    f"{tuple(own[name].shape)}: the checkpoint was trained with other sizes than {built}"
-                )
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
-        """Lightning's loader, with one-line errors for a missing or unreadable file."""
-        if not Path(checkpoint_path).is_file():
-            raise CheckpointError(f"no checkpoint at {checkpoint_path}")
-        try:
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(f"{checkpoint_path} is not a readable checkpoint ({reason})") from error
-
     # -- use --------------------------------------------------------------------------------------
-    def prior_sample(
-        self, n: int, y: Tensor | None = None, temperature: float = 1.0, noise: Tensor | None = None
-    ) -> Tensor:
-        """z = mu + temperature * sigma * noise from the prior (0: z = the prior mean).
+    def noise(self, *sizes: int, seed: int | None = None) -> Tensor | list[Tensor]:
+        """(n, latent_dim) standard-normal draws on the model's device, one tensor per size given (drawn in
+        turn): from torch's global generator, or from `seed` (the same noise every call: the fixed
+        "handwriting" of the TensorBoard grids)."""
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        device = self.device if generator is None else "cpu"
+        draws = [torch.randn(n, self.hparams.latent_dim, generator=generator, device=device) for n in sizes]
+        draws = [d.to(self.device) for d in draws]
+        return draws[0] if len(draws) == 1 else draws
 
-        `noise` (standard normal, (n, latent_dim)) is drawn unless given: fixed noise gives the same
-        "handwriting" under any prior, the learned conditional one included.
-        """
-        mu, logvar = self.prior(y)
-        if noise is None:
-            noise = torch.randn(n, self.hparams.latent_dim, device=self.device)
-        return mu + temperature * (0.5 * logvar).exp() * noise.to(self.device)
+    @torch.no_grad()
+    def images(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The decoder's mean images, in [0, 1], for latent codes z."""
+        return torch.sigmoid(self.decode(z.to(self.device), labels))
 
     @torch.no_grad()
     def sample(
-        self, n: int, temperature: float = 1.0, z: Tensor | None = None, noise: Tensor | None = None
+        self,
+        n: int | None = None,
+        labels: Tensor | None = None,
+        *,
+        temperature: float = 1.0,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """n images in [0, 1] decoded from prior samples at `temperature` (or from the given z)."""
-        z = self.prior_sample(n, temperature=temperature, noise=noise) if z is None else z.to(self.device)
-        return torch.sigmoid(self.decode(z))
+        """Images in [0, 1] decoded from z = mu + temperature * sigma * noise of the prior p(z[|y]).
+
+        As many as `labels` (one per digit asked for), or `n`, or rows of `noise`; a CVAE given no labels
+        draws them uniformly. temperature 1 samples the prior, lower values stay nearer its mean, 0 decodes
+        the prior mean. `noise` (standard normal, (n, latent_dim)) is drawn unless given: fixed noise gives
+        the same "handwriting" under any prior, the learned conditional one included.
+        """
+        if n is None:
+            n = len(labels) if labels is not None else len(noise) if noise is not None else 1
+        if labels is None and self.n_classes:
+            labels = torch.randint(self.n_classes, (n,))
+        mu, logvar = self.prior_params(labels)
+        noise = self.noise(n) if noise is None else noise.to(self.device)
+        return self.images(mu + temperature * (0.5 * logvar).exp() * noise, labels)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Decoder mean at z = mu of Q(z|x): the model's deterministic reconstruction, in [0, 1]."""
-        return torch.sigmoid(self.decode(self.encode(x.to(self.device))[0]))
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Decoder mean at z = mu of Q(z|x[,y]): the model's deterministic reconstruction, in [0, 1]."""
+        x = x.to(self.device)
+        return self.images(self.encode(x, labels)[0], labels)
 
 
 class CVAE(VAE):
     """Conditional VAE: Q(z|x,y) and P(x|z,y) with y the one-hot digit label. Pick a digit, get that digit."""
 
     n_classes = NUM_CLASSES
-
-    @staticmethod
-    def one_hot(labels: Tensor) -> Tensor:
-        return F.one_hot(labels.long(), NUM_CLASSES).float()
-
-    @torch.no_grad()
-    def sample(
-        self, labels: Tensor, temperature: float = 1.0, z: Tensor | None = None, noise: Tensor | None = None
-    ) -> Tensor:
-        """One image in [0, 1] per label (LongTensor of digits), from p(z|y) at `temperature` (or given z).
-
-        temperature 1 samples the prior, lower values stay nearer its mean, 0 decodes z = the prior mean;
-        `noise` fixes the standard-normal draw (see `prior_sample`).
-        """
-        y = self.one_hot(labels.to(self.device))
-        z = self.prior_sample(len(y), y, temperature, noise) if z is None else z.to(self.device)
-        return torch.sigmoid(self.decode(z, y))
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, labels: Tensor) -> Tensor:
-        x, y = x.to(self.device), self.one_hot(labels.to(self.device))
-        return torch.sigmoid(self.decode(self.encode(x, y)[0], y))

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from cvae_lightning.data import IMAGE_SHAPE
+from cvae_lightning.errors import refuse
 
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
-NETS = ("mlp", "conv")
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -87,10 +87,13 @@ class ConvDecoder(nn.Module):
         return self.upsample(self.head(with_condition(z, y)))
 
 
+# model.net -> (encoder, decoder): a new network is a pair of classes here and conf/model/net/<name>.yaml
+NETS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
+
+
 def build(net: str, **sizes) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) of the named kind."""
-    if net not in NETS:
-        raise ValueError(f"model.net={net!r} is not allowed: expected one of {', '.join(NETS)}")
-    if net == "conv":
-        return ConvEncoder(**sizes), ConvDecoder(**sizes)
-    return MLPEncoder(**sizes), MLPDecoder(**sizes)
+    if not isinstance(net, str) or net not in NETS:
+        raise refuse("model.net", net, "one of " + ", ".join(NETS))
+    encoder, decoder = NETS[net]
+    return encoder(**sizes), decoder(**sizes)

@@ -12,11 +12,11 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-METRICS = ("val/elbo", "test/elbo", "val/recon", "val/kl", "test/recon", "test/kl")
+METRICS = ("val/nelbo", "test/nelbo", "val/recon", "val/kl", "test/recon", "test/kl")
 
 
 def collect(sweep_dir: Path) -> list[dict]:
-    """One row per job that finished (wrote results.json), sorted by val/elbo (best first)."""
+    """One row per job that finished (wrote results.json), sorted by val/nelbo (best first)."""
     runs = [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.glob("*/results.json"))]
     # show what differs between the jobs, not the overrides they all share
     shared = set.intersection(*(set(r["overrides"]) for _, r in runs)) if runs else set()
@@ -31,7 +31,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         }
         for job_dir, r in runs
     ]
-    return sorted(rows, key=lambda row: float("inf") if row["val/elbo"] is None else row["val/elbo"])
+    return sorted(rows, key=lambda row: float("inf") if row["val/nelbo"] is None else row["val/nelbo"])
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -42,7 +42,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 class SweepSummary(Callback):
-    """Writes summary.csv and summary.md (one row per run, sorted by val/elbo) when a multirun ends."""
+    """Writes summary.csv and summary.md (one row per run, sorted by val/nelbo) when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

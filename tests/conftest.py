@@ -1,14 +1,9 @@
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+import torch
 
-from tests.tiny_models import tiny_checkpoints  # noqa: F401  (fixture: tiny CVAE/VAE/classifier)
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, tiny_trainer
 
 
 @pytest.fixture(scope="session")
@@ -20,39 +15,21 @@ def data_dir() -> Path:
     return ROOT / "data"
 
 
-def composed(*overrides: str):
-    """The `train` config as `python train.py OVERRIDES` composes it (not validated, nothing built)."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """{"cvae", "vae", "classifier"}: checkpoints after 3 training steps on real MNIST (seconds on CPU)."""
+    from cvae_lightning import CVAE, VAE, Classifier, MNISTDataModule
 
-
-def run_train(*overrides: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs `python train.py OVERRIDES` as a user would; one torch thread so parallel runs don't thrash."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-
-
-def read_events(log_dir: Path):
-    """(scalars, images) tag -> events of the one TensorBoard run in log_dir.
-
-    Lightning closes the writer after fit, so `trainer.test` appends a second event file to the same
-    folder; TensorBoard reads a folder's files as one run, and so does this.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    files = list(log_dir.rglob("events.out.tfevents.*"))
-    assert files and {f.parent for f in files} == {log_dir}, files  # no version_N or other sub-runs
-    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    tags = acc.Tags()
-    return (
-        {t: acc.Scalars(t) for t in tags["scalars"]},
-        {t: acc.Images(t) for t in tags["images"]},
-    )
+    out = tmp_path_factory.mktemp("tiny")
+    models = {
+        "cvae": (lambda: CVAE(latent_dim=2, hidden_dims=[32]), out / "cvae" / "last.ckpt"),
+        "vae": (lambda: VAE(latent_dim=2, hidden_dims=[32]), out / "vae" / "last.ckpt"),
+        "classifier": (lambda: Classifier(channels=[4, 8], feature_dim=16), out / "classifier.ckpt"),
+    }
+    for build, path in models.values():
+        model = build()
+        torch.manual_seed(0)
+        trainer = tiny_trainer(max_steps=3, limit_val_batches=0)
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=64))
+        trainer.save_checkpoint(path)
+    return {name: path for name, (_, path) in models.items()}

@@ -15,7 +15,7 @@ from bench.throughput import (
     with_settings,
 )
 from cvae_lightning import CVAE
-from tests.probes import denormals_flushed_per_thread
+from tests.helpers import denormals_flushed_per_thread, tiny_trainer
 
 
 def test_paired_ratios_compare_each_project_epoch_with_the_side_epochs_around_it():
@@ -77,10 +77,9 @@ def test_several_optimizer_steps_per_lightning_step_train_the_same_weights(data_
     def trained(model_class, data_class, groups, **steps):
         L.seed_everything(0)
         model = model_class(latent_dim=4, hidden_dims=[32], prior="conditional", **steps)
-        trainer = L.Trainer(
-            max_epochs=1, limit_train_batches=groups, limit_val_batches=0, logger=False, deterministic=True,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        )  # fmt: skip
+        trainer = tiny_trainer(
+            max_epochs=1, limit_train_batches=groups, limit_val_batches=0, deterministic=True
+        )
         trainer.fit(model, data_class(data_dir=str(data_dir), batch_size=16, **steps))
         return trainer.global_step, model.state_dict()
 

@@ -1,9 +1,27 @@
+"""The callbacks: image grids (what TensorBoard shows) and metric curves (sample accuracy, active units)."""
+
+import io
+from types import SimpleNamespace
 from unittest import mock
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
 
 from cvae_lightning import CVAE, VAE
-from cvae_lightning.callbacks import LatentManifold
+from cvae_lightning.callbacks.images import (
+    GeneratedDigits,
+    ImageLogger,
+    Interpolation,
+    LatentManifold,
+    add_grayscale_image,
+)
+from cvae_lightning.callbacks.metrics import ActiveUnits, SampleAccuracy
+from cvae_lightning.models import gaussian_kl_per_dim
+from tests.helpers import SHORT_RUN, assert_ran, read_events, run_script
 
 
 def test_latent_manifold_decodes_a_grid_of_the_plane_for_one_digit():
@@ -13,30 +31,60 @@ def test_latent_manifold_decodes_a_grid_of_the_plane_for_one_digit():
     assert images.shape == (25, 1, 28, 28)
     # the corners of the grid differ: z changes across the plane
     assert not torch.allclose(images[0], images[-1])
-    assert VAE(latent_dim=2, hidden_dims=[16]).sample(1).shape == (1, 1, 28, 28)
     assert callback.images(None, VAE(latent_dim=2, hidden_dims=[16])).shape == (25, 1, 28, 28)
 
 
 def test_latent_manifold_is_skipped_for_other_latent_sizes():
     callback = LatentManifold()
+    trainer = mock.MagicMock(sanity_checking=False)
     with mock.patch.object(LatentManifold, "images") as images:
-        callback.on_validation_epoch_end(mock.MagicMock(), CVAE(latent_dim=3, hidden_dims=[16]))
+        callback.on_validation_epoch_end(trainer, CVAE(latent_dim=3, hidden_dims=[16]))
     images.assert_not_called()
+
+
+@pytest.mark.parametrize("model_class", [VAE, CVAE])
+def test_fixed_noise_grids_are_the_same_every_epoch(model_class):
+    """GeneratedDigits and Interpolation decode the same noise at every call: the slider shows learning."""
+    model = model_class(latent_dim=3, hidden_dims=[16]).eval()
+    for callback in (GeneratedDigits(n_per_digit=4), Interpolation(steps=5)):
+        torch.manual_seed(0)
+        first = callback.images(None, model)
+        torch.manual_seed(1)
+        assert torch.equal(callback.images(None, model), first)
+        assert len(first) == 10 * callback.nrow
+    a, b = model.noise(10, 10, seed=1)
+    assert torch.allclose(
+        Interpolation(steps=5).images(None, model)[::5], model.sample(labels=torch.arange(10), noise=a)
+    )
+
+
+def test_an_image_logger_is_a_tag_and_a_picture():
+    """The public base: a subclass says what to draw; logging, grids and rank zero are the base's."""
+
+    class Blank(ImageLogger):
+        tag, nrow = "samples/blank", 2
+
+        def images(self, trainer, pl_module):
+            return torch.ones(4, 1, 28, 28)
+
+    writer = mock.MagicMock()
+    trainer = mock.MagicMock(sanity_checking=False, global_step=7)
+    with (
+        mock.patch("cvae_lightning.callbacks.images.tensorboard_writer", return_value=writer),
+        mock.patch("cvae_lightning.callbacks.images.add_grayscale_image") as add,
+    ):
+        Blank().on_validation_epoch_end(trainer, CVAE(latent_dim=2, hidden_dims=[8]))
+    (_, tag, grid), kwargs = add.call_args
+    assert (
+        tag == "samples/blank"
+        and grid.shape == (1, 2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
+        and kwargs["global_step"] == 7
+    )
 
 
 def test_grayscale_images_read_back_as_add_image_shows_them(tmp_path):
     """TensorBoard reads the grayscale PNG summary as it reads add_image's: the same tag, step and size,
     and the same pixels (to within add_image's truncation of x * 255)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-    from torch.utils.tensorboard import SummaryWriter
-    from torchvision.utils import make_grid
-
-    from cvae_lightning.callbacks import add_grayscale_image
-    from tests.conftest import read_events
-
     grid = make_grid(torch.rand(12, 1, 28, 28), nrow=4, pad_value=1.0)
     writer = SummaryWriter(tmp_path)
     add_grayscale_image(writer, "ours", grid[:1], global_step=7)
@@ -52,3 +100,112 @@ def test_grayscale_images_read_back_as_add_image_shows_them(tmp_path):
     expected = grid[0].mul(255).round().to(torch.uint8).numpy()
     assert np.array_equal(decoded, expected)
     assert np.abs(decoded.astype(int) - rgb[..., 0]).max() <= 1
+
+
+def test_a_short_run_logs_the_grids_and_curves(tmp_path, tiny_checkpoints):
+    result = run_script(
+        "train.py",
+        *SHORT_RUN,
+        f"callbacks.sample_accuracy.classifier_path={tiny_checkpoints['classifier']}",
+        f"hydra.run.dir={tmp_path}",
+        timeout=300,
+    )
+    assert_ran(result)
+    scalars, images = read_events(tmp_path)
+    for name in ("T1", "mu"):
+        assert 0 <= scalars[f"samples/accuracy_{name}"][-1].value <= 1
+    assert "samples/accuracy_T0.5" not in scalars  # evaluate.py's, not logged every epoch by default
+    assert 0 <= scalars["val/active_units"][-1].value <= 20
+    # 8 validation digits, each followed by its decoding as 0-9: 8 rows of 11
+    style = images["samples/style_transfer"][-1]
+    assert (style.height, style.width) == (8 * 28 + 9 * 2, 11 * 28 + 12 * 2)
+    interpolation = images["samples/interpolation"][-1]
+    assert (interpolation.height, interpolation.width) == (10 * 28 + 11 * 2, 10 * 28 + 11 * 2)
+
+
+class _Module:
+    """Just what ActiveUnits reads: log (the KL comes with the validation step's outputs)."""
+
+    def __init__(self):
+        self.logged = {}
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = value
+
+
+def test_active_units_counts_dimensions_above_the_threshold():
+    module, callback = _Module(), ActiveUnits(threshold=0.01)
+    outputs = {"kl_per_dim": torch.tensor([0.0, 0.005, 0.02, 3.0])}
+    callback.on_validation_epoch_start(None, module)
+    for _ in range(3):
+        callback.on_validation_batch_end(None, module, outputs, (torch.zeros(4, 1), None), 0)
+    callback.on_validation_epoch_end(None, module)
+    assert module.logged["val/active_units"].item() == 2
+
+
+def test_kl_per_dim_is_zero_for_dimensions_the_encoder_ignores():
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=4, hidden_dims=[16])
+    with torch.no_grad():  # mu = 0 and logvar = 0 (the prior) for latent dimensions 2 and 3
+        model.encoder[-1].weight[[2, 3, 6, 7]] = 0
+        model.encoder[-1].bias[[2, 3, 6, 7]] = 0
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    terms = model.elbo_terms(x, y)
+    kl = terms["kl_per_dim"]
+    assert kl[2:].abs().max() < 1e-6 and (kl[:2] > 0).all()
+    assert kl.sum().item() == pytest.approx(terms["kl"].item(), rel=1e-6)
+    per_image = gaussian_kl_per_dim(*model.encode(x, y)).sum(1)
+    assert kl.sum().item() == pytest.approx(per_image.mean().item(), rel=1e-5)
+
+
+class _Sampler:
+    """Just what SampleAccuracy reads: a CVAE whose T=1 threes come out as fours (90% right at T=1)."""
+
+    training, device = True, torch.device("cpu")
+    hparams = SimpleNamespace(latent_dim=3)
+
+    def __init__(self):
+        self.drawn, self.logged = {}, {}
+
+    def noise(self, n, seed):
+        return torch.randn(n, self.hparams.latent_dim, generator=torch.Generator().manual_seed(seed))
+
+    def sample(self, labels, temperature, noise):
+        assert len(noise) == len(labels)
+        self.drawn[temperature] = labels.clone()
+        drawn = torch.where((labels == 3) & (temperature == 1.0), 4, labels)
+        return drawn.float().view(-1, 1, 1, 1).expand(-1, 1, 28, 28)
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def log(self, name, value):
+        self.logged[name] = value
+
+
+class _ReadsTheFill:
+    """A perfect 'classifier' for _Sampler's images: the digit is the pixel value."""
+
+    def to(self, device):
+        return self
+
+    def predict(self, x):
+        return x[:, 0, 0, 0].long()
+
+
+def test_sample_accuracy_judges_n_per_digit_samples_and_one_image_per_digit_at_the_prior_mean():
+    callback = SampleAccuracy("unused.ckpt", n_per_digit=7, temperatures=(1.0, 0.5, 0.0))
+    callback.classifier = _ReadsTheFill()
+    module = _Sampler()
+    callback.on_validation_epoch_end(SimpleNamespace(sanity_checking=False), module)
+    assert module.logged == {
+        "samples/accuracy_T1": pytest.approx(0.9),
+        "samples/accuracy_T0.5": 1.0,
+        "samples/accuracy_mu": 1.0,
+    }
+    assert module.drawn[1.0].tolist() == module.drawn[0.5].tolist() == sorted(list(range(10)) * 7)
+    assert module.drawn[0.0].tolist() == list(range(10))  # z = the prior mean: the noise plays no part
+    assert module.training

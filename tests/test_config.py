@@ -1,9 +1,15 @@
-import re
+"""Config values a user can mistype: each refused in one line naming the key, the value and what is allowed,
+by the object that owns it (or, for what no single object sees, by the start-of-run checks)."""
+
+import os
 
 import pytest
+import torch
 
-from cvae_lightning.config import ConfigError, validate
-from tests.conftest import composed, run_train
+from cvae_lightning.config import build, validate
+from cvae_lightning.errors import ConfigError, Error
+from cvae_lightning.process import process_settings
+from tests.helpers import assert_one_line_error, composed, run_script
 
 
 def test_default_config_is_valid_and_builds_the_cvae():
@@ -11,6 +17,17 @@ def test_default_config_is_valid_and_builds_the_cvae():
     validate(cfg)
     assert cfg.model._target_.endswith("CVAE") and cfg.trainer.accelerator == "cpu"
     assert cfg.data.shuffle_seed == cfg.seed
+    assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/nelbo"
+
+
+def check_everything(cfg) -> None:
+    """What train() checks before any work: the start-of-run checks, then each object as it is built."""
+    validate(cfg)
+    with process_settings(cfg.flush_denormal, cfg.matmul_precision):
+        pass
+    build(cfg.data, "data")
+    build(cfg.model, "model")
+    build(cfg.trainer, "trainer")
 
 
 @pytest.mark.parametrize(
@@ -18,46 +35,122 @@ def test_default_config_is_valid_and_builds_the_cvae():
     [
         ("model.latent_dim=0", "model.latent_dim=0 is not allowed: expected an integer >= 1"),
         ("model.latent_dim=2.5", "model.latent_dim=2.5 is not allowed: expected an integer >= 1"),
-        ("model.hidden_dims=[512,0]", "model.hidden_dims=[512, 0] is not allowed"),
+        ("model.latent_dim=abc", "model.latent_dim='abc' is not allowed: expected an integer >= 1"),
+        ("model.latent_dim=null", "model.latent_dim=None is not allowed: expected an integer >= 1"),
+        (
+            "model.hidden_dims=[512,0]",
+            "model.hidden_dims=[512, 0] is not allowed: expected a list of integers",
+        ),
+        ("model.hidden_dims=512", "model.hidden_dims=512 is not allowed: expected a list of integers >= 1"),
+        ("model.hidden_dims=[]", "model.hidden_dims=[] is not allowed"),
         ("model.lr=0", "model.lr=0 is not allowed: expected a number > 0"),
         ("model.lr=-1e-3", "model.lr=-0.001 is not allowed"),
-        ("data.batch_size=-1", "data.batch_size=-1 is not allowed: expected an integer >= 1"),
-        ("data.eval_batch_size=0", "data.eval_batch_size=0 is not allowed: expected an integer >= 1"),
-        ("data.val_size=60000", "data.val_size=60000 is not allowed"),
-        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
+        ("model.lr=fast", "model.lr='fast' is not allowed: expected a number > 0"),
         (
             "model.prior=gaussian",
             "model.prior='gaussian' is not allowed: expected one of standard, conditional",
         ),
+        ("model.net=resnet", "model.net='resnet' is not allowed: expected one of mlp, conv"),
         ("model.beta=-1", "model.beta=-1 is not allowed: expected a number >= 0"),
-        ("data.binarize=static", "data.binarize='static' is not allowed: expected one of none, dynamic"),
+        ("model.kl_warmup_epochs=-2", "model.kl_warmup_epochs=-2 is not allowed: expected a number >= 0"),
         (
             "model.lr_schedule=step",
             "model.lr_schedule='step' is not allowed: expected one of constant, cosine",
         ),
+        ("model.compile=yes", "model.compile='yes' is not allowed"),
+        ("data.batch_size=-1", "data.batch_size=-1 is not allowed: expected an integer >= 1"),
+        ("data.batch_size=null", "data.batch_size=None is not allowed: expected an integer >= 1"),
+        ("data.eval_batch_size=0", "data.eval_batch_size=0 is not allowed: expected an integer >= 1"),
+        ("data.val_size=60000", "data.val_size=60000 is not allowed: expected fewer than the 60000"),
+        ("data.binarize=static", "data.binarize='static' is not allowed: expected one of none, dynamic"),
+        ("data.download=maybe", "data.download='maybe' is not allowed: expected true or false"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: expected an integer >= 1"),
+        ("trainer.max_epochs=ten", "trainer.max_epochs='ten' is not allowed"),
+        ("trainer.devices=0", "trainer.devices=0 is not allowed"),
+        ("trainer.devices=two", "trainer.devices='two' is not allowed"),
+        (
+            "trainer.accelerator=tpu",
+            "trainer.accelerator='tpu' is not allowed: expected one of cpu, gpu, auto",
+        ),
+        ("trainer.precision=17", "trainer: Precision 17 is invalid"),
+        ("seed=abc", "seed='abc' is not allowed: expected an integer >= 0"),
+        ("test=maybe", "test='maybe' is not allowed: expected true or false"),
         ("flush_denormal=1", "flush_denormal=1 is not allowed: expected true or false"),
         (
             "matmul_precision=low",
             "matmul_precision='low' is not allowed: expected one of highest, high, medium",
         ),
+        (
+            "model=vae model.prior=conditional",
+            "model.prior='conditional' is not allowed: expected one of standard",
+        ),
+        ("+model.depth=3", "model: "),
     ],
 )
-def test_bad_values_are_refused(override, expected):
-    with pytest.raises(ConfigError, match=re.escape(expected)):
-        validate(composed(override))
+def test_bad_values_are_refused_in_one_line(override, expected):
+    with pytest.raises(ConfigError) as error:
+        check_everything(composed(*override.split(), "paths.output_dir=/tmp/cvae-never-used"))
+    message = str(error.value)
+    assert expected in message and "\n" not in message, message
+
+
+def test_more_devices_than_cores_is_refused():
+    with pytest.raises(
+        ConfigError, match=rf"trainer.devices={os.cpu_count() + 1} is not allowed: expected 1\.\."
+    ):
+        validate(composed(f"trainer.devices={os.cpu_count() + 1}"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_trainer_without_gpu_is_refused():
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu is not allowed: no GPU is visible"):
+        validate(composed("trainer=gpu"))
+
+
+def test_the_classifier_model_alone_is_refused_with_the_experiment_to_use():
+    with pytest.raises(ConfigError, match="model=classifier is not allowed alone: .*experiment=classifier"):
+        validate(composed("model=classifier"))
+    validate(composed("experiment=classifier"))
+
+
+def test_every_error_a_user_can_cause_is_one_project_error():
+    from cvae_lightning import errors
+
+    kinds = [errors.ConfigError, errors.DataError, errors.CheckpointError, errors.NonFiniteLossError]
+    assert all(issubclass(kind, Error) for kind in [*kinds, errors.Interrupted])
 
 
 @pytest.mark.parametrize(
     "override, expected",
     [
         ("model.latent_dim=0", "error: model.latent_dim=0 is not allowed: expected an integer >= 1"),
-        ("data.batch_size=-1", "error: data.batch_size=-1 is not allowed: expected an integer >= 1"),
+        (
+            "model.hidden_dims=abc",
+            "error: model.hidden_dims='abc' is not allowed: expected a list of integers",
+        ),
+        ("data.batch_size=null", "error: data.batch_size=None is not allowed: expected an integer >= 1"),
         ("model=gan", "error: model=gan is not allowed: expected one of classifier, cvae, vae"),
         ("trainer=tpu", "error: trainer=tpu is not allowed: expected one of cpu, ddp, default, gpu"),
+        (
+            "data.data_dir=/proc/no/such/dir",
+            "error: data.data_dir=/proc/no/such/dir is not allowed: MNIST cannot",
+        ),
+        ("ckpt_path=/no/such.ckpt", "error: ckpt_path=/no/such.ckpt is not allowed: no file there"),
+        ("trainer.precision=17", "error: trainer: Precision 17 is invalid"),
+        ("paths.log_dir=/proc/nope", "error: hydra.run.dir=/proc/nope/train/runs/"),
     ],
 )
 def test_cli_prints_one_line_and_fails(override, expected):
-    result = run_train(override, "hydra.run.dir=/tmp/cvae-never-used", timeout=120)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == expected
-    assert "Traceback" not in result.stderr
+    run_dir = [] if override.startswith("paths.log_dir") else ["hydra.run.dir=/tmp/cvae-never-used"]
+    result = run_script("train.py", override, *run_dir, timeout=120)
+    assert_one_line_error(result, expected)
+
+
+def test_a_run_dir_is_checked_without_leaving_folders_behind(tmp_path):
+    from cvae_lightning.process import _can_create
+
+    assert _can_create(tmp_path / "a" / "b" / "c") is None
+    assert list(tmp_path.iterdir()) == []  # Hydra makes it moments later, from its own ${now:}
+    (tmp_path / "file").write_text("")
+    assert _can_create(tmp_path / "file" / "run") == f"{tmp_path}/file is not a folder"
+    assert _can_create(tmp_path / "file") == f"{tmp_path}/file is not a folder"

@@ -5,7 +5,6 @@ import torch
 
 from cvae_lightning.data import (
     RAW_SHA256,
-    DataError,
     InMemoryLoader,
     MNISTDataModule,
     load_split,
@@ -13,6 +12,7 @@ from cvae_lightning.data import (
     verify_raw_files,
     write_raw_from_offline_copy,
 )
+from cvae_lightning.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +85,15 @@ def test_split_is_seeded_and_disjoint(data_dir):
     assert torch.equal(key(torch.cat([dm.train_images, dm.val_images])), key(all_train))
 
 
-def test_batches_are_images_in_unit_range_with_one_hot_labels(data_dir):
+def test_batches_are_images_in_unit_range_with_integer_labels(data_dir):
     dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, eval_batch_size=64)
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))[0].shape == (32, 1, 28, 28)
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) == 1.0
-    assert y.shape == (64, 10) and torch.equal(y.sum(1), torch.ones(64))
-    assert torch.equal(y.argmax(1), dm.val_labels[:64])
+    assert y.shape == (64,) and y.dtype == torch.int64
+    assert torch.equal(y, dm.val_labels[:64])
 
 
 def _ids(batches) -> torch.Tensor:
@@ -152,3 +152,12 @@ def test_dynamic_binarization_samples_bernoulli_pixels():
     x, _ = next(iter(InMemoryLoader(images, LABELS[:500], 500, binarize=True)))
     assert set(x.unique().tolist()) == {0.0, 1.0}
     assert abs(x.mean().item() - 64 / 255) < 0.01
+
+
+@pytest.mark.parametrize("path", ["/proc/no/such/dir", "/etc/hostname"])
+def test_a_data_dir_that_cannot_be_written_is_refused_in_one_line(path):
+    with pytest.raises(DataError) as error:
+        MNISTDataModule(data_dir=path).prepare_data()
+    message = str(error.value)
+    assert message.startswith(f"data.data_dir={path} is not allowed: MNIST cannot be written there (")
+    assert message.endswith("expected a folder this user can write") and "\n" not in message

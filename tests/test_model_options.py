@@ -9,6 +9,7 @@ from torch.distributions import Normal, kl_divergence
 
 from cvae_lightning import CVAE, VAE, MNISTDataModule
 from cvae_lightning.models import gaussian_kl_per_dim
+from tests.helpers import tiny_trainer
 
 
 def test_temperature_scales_the_prior_noise_and_zero_decodes_the_prior_mean():
@@ -16,13 +17,13 @@ def test_temperature_scales_the_prior_noise_and_zero_decodes_the_prior_mean():
     model = CVAE(latent_dim=3, hidden_dims=[16], prior="conditional")
     torch.nn.init.normal_(model.prior_net.weight)  # a prior that is not N(0, I)
     labels, noise = torch.tensor([1, 4]), torch.randn(2, 3)
-    mu, logvar = model.prior(model.one_hot(labels))
-    expected = torch.sigmoid(model.decode(mu + 0.5 * (0.5 * logvar).exp() * noise, model.one_hot(labels)))
-    assert torch.allclose(model.sample(labels, temperature=0.5, noise=noise), expected)
-    at_mean = model.sample(labels, temperature=0.0)
-    assert torch.equal(at_mean, model.sample(labels, temperature=0.0))  # no randomness left
-    assert torch.allclose(at_mean, torch.sigmoid(model.decode(mu, model.one_hot(labels))))
-    assert not torch.allclose(model.sample(labels, temperature=1.0), at_mean)
+    mu, logvar = model.prior_params(labels)
+    expected = torch.sigmoid(model.decode(mu + 0.5 * (0.5 * logvar).exp() * noise, labels))
+    assert torch.allclose(model.sample(labels=labels, temperature=0.5, noise=noise), expected)
+    at_mean = model.sample(labels=labels, temperature=0.0)
+    assert torch.equal(at_mean, model.sample(labels=labels, temperature=0.0))  # no randomness left
+    assert torch.allclose(at_mean, torch.sigmoid(model.decode(mu, labels)))
+    assert not torch.allclose(model.sample(labels=labels, temperature=1.0), at_mean)
 
 
 def test_vae_sample_takes_a_temperature():
@@ -36,7 +37,7 @@ def test_conditional_prior_starts_standard_and_its_kl_matches_torch_distribution
     standard = CVAE(latent_dim=4, hidden_dims=[16])
     conditional = CVAE(latent_dim=4, hidden_dims=[16], prior="conditional")
     conditional.load_state_dict(standard.state_dict(), strict=False)
-    x, y = torch.rand(5, 1, 28, 28), CVAE.one_hot(torch.tensor([0, 1, 2, 3, 9]))
+    x, y = torch.rand(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 9])
     torch.manual_seed(1)
     kl_standard = standard.elbo_terms(x, y)["kl"]
     torch.manual_seed(1)
@@ -44,7 +45,7 @@ def test_conditional_prior_starts_standard_and_its_kl_matches_torch_distribution
 
     torch.nn.init.normal_(conditional.prior_net.weight)
     mu, logvar = conditional.encode(x, y)
-    prior_mu, prior_logvar = conditional.prior(y)
+    prior_mu, prior_logvar = conditional.prior_params(y)
     assert prior_mu.shape == (5, 4) and not torch.allclose(prior_mu[0], prior_mu[1])
     expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(prior_mu, (0.5 * prior_logvar).exp()))
     assert torch.allclose(gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar), expected, rtol=1e-5)
@@ -52,23 +53,23 @@ def test_conditional_prior_starts_standard_and_its_kl_matches_torch_distribution
 
 def test_the_conditional_prior_is_learned():
     model = CVAE(latent_dim=2, hidden_dims=[8], prior="conditional")
-    x, y = torch.rand(4, 1, 28, 28), CVAE.one_hot(torch.tensor([0, 1, 2, 3]))
-    model.elbo_terms(x, y)["elbo"].backward()
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    model.elbo_terms(x, y)["nelbo"].backward()
     assert model.prior_net.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(
     ("model", "kwargs", "message"),
     [
-        (VAE, {"prior": "conditional"}, "model.prior=conditional is not allowed: expected one of standard"),
-        (CVAE, {"prior": "flat"}, "model.prior=flat is not allowed: expected one of standard, conditional"),
+        (VAE, {"prior": "conditional"}, "model.prior='conditional' is not allowed: expected one of standard"),
+        (CVAE, {"prior": "flat"}, "model.prior='flat' is not allowed: expected one of standard, conditional"),
         (CVAE, {"net": "resnet"}, "model.net='resnet' is not allowed: expected one of mlp, conv"),
         (CVAE, {"beta": -1}, "model.beta=-1 is not allowed"),
         (CVAE, {"kl_warmup_epochs": -2}, "model.kl_warmup_epochs=-2 is not allowed"),
         (
             CVAE,
             {"lr_schedule": "step"},
-            "model.lr_schedule=step is not allowed: expected one of constant, cosine",
+            "model.lr_schedule='step' is not allowed: expected one of constant, cosine",
         ),
     ],
 )
@@ -92,14 +93,9 @@ def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup_epochs():
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_lr_schedule_over_a_short_fit(schedule, data_dir):
     """cosine: the lr falls from model.lr to ~0 by the last step; constant: it stays at model.lr."""
-    import lightning as L
-
     model = CVAE(latent_dim=2, hidden_dims=[16], lr=2e-3, lr_schedule=schedule)
     data = MNISTDataModule(data_dir=str(data_dir), batch_size=500, val_size=1000)
-    trainer = L.Trainer(
-        max_epochs=2, limit_train_batches=4, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = tiny_trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1)
     trainer.fit(model, datamodule=data)
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr == (2e-3 if schedule == "constant" else pytest.approx(0.0, abs=1e-12))
@@ -109,13 +105,13 @@ def test_lr_schedule_over_a_short_fit(schedule, data_dir):
 def test_conv_net_encodes_and_decodes_images():
     torch.manual_seed(0)
     model = CVAE(latent_dim=5, hidden_dims=[32], net="conv", channels=[8, 16])
-    x, y = torch.rand(3, 1, 28, 28), CVAE.one_hot(torch.tensor([1, 2, 3]))
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
     mu, logvar = model.encode(x, y)
     assert mu.shape == logvar.shape == (3, 5)
     assert model.decode(mu, y).shape == (3, 1, 28, 28)
     assert any(isinstance(m, torch.nn.Conv2d) for m in model.encoder.modules())
     assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.decoder.modules())
-    model.elbo_terms(x, y)["elbo"].backward()
+    model.elbo_terms(x, y)["nelbo"].backward()
     assert all(p.grad is not None for p in model.parameters())
     vae = VAE(latent_dim=5, hidden_dims=[32], net="conv", channels=[8, 16])
     assert vae.sample(2).shape == (2, 1, 28, 28)
@@ -129,7 +125,7 @@ def test_iwae_is_exact_when_the_posterior_is_the_prior_and_the_decoder_ignores_z
     torch.nn.init.zeros_(model.encoder[-1].bias)
     with torch.no_grad():
         model.decoder[0].weight[:, :3] = 0  # the z inputs
-    x, y = torch.rand(4, 1, 28, 28), CVAE.one_hot(torch.tensor([0, 5, 6, 7]))
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 5, 6, 7])
     terms = model.elbo_terms(x, y)
     assert terms["kl"].item() == pytest.approx(0.0, abs=1e-6)
     nll = -model.log_likelihood(x, y, k=250, chunk=100)
@@ -140,8 +136,8 @@ def test_iwae_is_exact_when_the_posterior_is_the_prior_and_the_decoder_ignores_z
 def test_iwae_bound_is_tighter_than_the_elbo():
     torch.manual_seed(0)
     model = CVAE(latent_dim=4, hidden_dims=[32])
-    x, y = torch.rand(16, 1, 28, 28), CVAE.one_hot(torch.arange(16) % 10)
-    elbo = torch.stack([model.elbo_terms(x, y)["elbo"] for _ in range(20)]).mean()
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+    elbo = torch.stack([model.elbo_terms(x, y)["nelbo"] for _ in range(20)]).mean()
     nll_1 = -model.log_likelihood(x, y, k=1).mean()
     nll_200 = -model.log_likelihood(x, y, k=200, chunk=64).mean()
     assert nll_200 < elbo - 0.01 and nll_200 < nll_1
@@ -156,5 +152,7 @@ def test_dynamic_binarization_and_bad_values(data_dir):
     continuous = MNISTDataModule(data_dir=str(data_dir), batch_size=32)
     continuous.setup()
     assert len(next(iter(continuous.train_dataloader()))[0].unique()) > 2
-    with pytest.raises(ValueError, match="data.binarize='static' is not allowed: expected none or dynamic"):
+    with pytest.raises(
+        ValueError, match="data.binarize='static' is not allowed: expected one of none, dynamic"
+    ):
         MNISTDataModule(binarize="static")

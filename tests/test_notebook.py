@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "explore.ipynb"
 
@@ -32,3 +32,27 @@ def test_notebook_runs_top_to_bottom_with_a_tiny_model(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "1 passed" in result.stdout
+
+
+def test_the_notebook_shows_a_bad_checkpoint_in_one_line(tmp_path, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from cvae_lightning.errors import one_line_errors_in_notebook
+
+    shell = InteractiveShell.instance()
+    try:
+        one_line_errors_in_notebook()
+        (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+        code = "from cvae_lightning import load_checkpoint\n"
+        code += f"load_checkpoint('{tmp_path}/notes.ckpt', key='CVAE_CKPT')"
+        result = shell.run_cell(code)
+    finally:
+        InteractiveShell.clear_instance()
+    out = capsys.readouterr()
+    assert not result.success  # the cell fails, so "run all" stops there
+    lines = out.out.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"error: CVAE_CKPT={tmp_path}/notes.ckpt is not allowed: not a readable checkpoint"
+    )
+    assert "Traceback" not in out.out + out.err

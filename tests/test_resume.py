@@ -1,9 +1,7 @@
 """Interrupted runs lose nothing: SIGKILL + resume == uninterrupted, SIGTERM saves and fails loudly."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import lightning as L
@@ -11,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cvae_lightning.training import instantiate_group
-from tests.conftest import ROOT, composed, read_events, run_train
+from cvae_lightning.training import build_group
+from tests.helpers import assert_one_line_error, assert_ran, composed, read_events, run_script, tiny_trainer
 
 # 3 epochs of 12 batches; validation on 4 batches; last.ckpt every 6 steps (mid-epoch) as well as per epoch
 RUN = [
@@ -27,21 +25,9 @@ RUN = [
 ]
 
 
-def start_train(*overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same as run_train's: kernels depend on it
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-
-
 def kill_after_checkpoint(run_dir, overrides, min_step: int, sig=signal.SIGKILL) -> subprocess.Popen:
     """Starts a run and sends `sig` as soon as last.ckpt holds a step >= min_step."""
-    process = start_train(*overrides, f"hydra.run.dir={run_dir}")
+    process = run_script("train.py", *overrides, f"hydra.run.dir={run_dir}", background=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
@@ -60,8 +46,8 @@ def kill_after_checkpoint(run_dir, overrides, min_step: int, sig=signal.SIGKILL)
 
 def final_state(run_dir):
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    scalars, _ = read_events(run_dir / "tensorboard")
-    val = [(e.step, e.value) for e in scalars["val/elbo"]]
+    scalars, _ = read_events(run_dir)
+    val = [(e.step, e.value) for e in scalars["val/nelbo"]]
     return ckpt, val, scalars
 
 
@@ -78,8 +64,7 @@ def assert_same_state(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_dir):
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    result = run_train(*RUN, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert_ran(run_script("train.py", *RUN, f"hydra.run.dir={run_dir}"))
     return final_state(run_dir)
 
 
@@ -92,14 +77,13 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, uninterrupted, mi
     resumed_from = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 0 < resumed_from < 36
 
-    result = run_train(*overrides, f"hydra.run.dir={tmp_path}", "ckpt_path=last")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert_ran(run_script("train.py", *overrides, f"hydra.run.dir={tmp_path}", "ckpt_path=last"))
     ckpt, val, scalars = final_state(tmp_path)
     expected_ckpt, expected_val, expected_scalars = uninterrupted
     assert_same_state(ckpt, expected_ckpt)
     assert val == expected_val  # same steps, same values: no duplicated or missing points
-    assert [e.step for e in scalars["train/elbo"]] == [e.step for e in expected_scalars["train/elbo"]]
-    assert not (tmp_path / "tensorboard" / "version_1").exists()
+    assert [e.step for e in scalars["train/nelbo"]] == [e.step for e in expected_scalars["train/nelbo"]]
+    assert not (tmp_path / "version_1").exists()
 
 
 @pytest.mark.slow
@@ -107,8 +91,7 @@ def test_negative_control_without_rng_restore_differs(tmp_path, uninterrupted):
     """Proves the comparison above can fail: drop the RNG-state callback and the resumed run diverges."""
     overrides = [*RUN, "~callbacks.rng_state"]
     kill_after_checkpoint(tmp_path, overrides, 6)
-    result = run_train(*overrides, f"hydra.run.dir={tmp_path}", "ckpt_path=last")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert_ran(run_script("train.py", *overrides, f"hydra.run.dir={tmp_path}", "ckpt_path=last"))
     ckpt, _, _ = final_state(tmp_path)
     expected_ckpt = uninterrupted[0]
     assert ckpt["global_step"] == expected_ckpt["global_step"]
@@ -129,15 +112,14 @@ def test_sigterm_saves_and_exits_non_zero_with_resume_hint(tmp_path, data_dir):
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, data_dir):
-    result = run_train(f"hydra.run.dir={tmp_path}", "ckpt_path=last", timeout=120)
-    assert result.returncode != 0
-    assert f"error: ckpt_path=last is not allowed: no checkpoint at {tmp_path}/checkpoints/last.ckpt" in (
-        result.stderr
+    result = run_script("train.py", f"hydra.run.dir={tmp_path}", "ckpt_path=last", timeout=120)
+    assert_one_line_error(
+        result, f"ckpt_path=last is not allowed: no checkpoint at {tmp_path}/checkpoints/last.ckpt"
     )
 
 
 class WorseEveryEpoch(L.LightningModule):
-    """Trains (one weight) while its val/elbo gets worse every epoch: only the first epoch is the best."""
+    """Trains (one weight) while its val/nelbo gets worse every epoch: only the first epoch is the best."""
 
     def __init__(self):
         super().__init__()
@@ -147,7 +129,7 @@ class WorseEveryEpoch(L.LightningModule):
         return (self.weight * batch[0]).sum()
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/elbo", 100.0 + self.current_epoch)
+        self.log("val/nelbo", 100.0 + self.current_epoch)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -179,13 +161,8 @@ def test_last_checkpoint_is_the_last_epoch_even_when_validation_got_worse(tmp_pa
     cfg = composed(f"paths.output_dir={tmp_path}")
     checkpoints = {name: cfg.callbacks[name] for name in ("model_checkpoint", "last_checkpoint")}
     probe = LastCheckpointSteps(tmp_path / "checkpoints" / "last.ckpt")
-    trainer = L.Trainer(
-        max_epochs=3,
-        callbacks=[*instantiate_group(checkpoints), probe],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+    trainer = tiny_trainer(
+        max_epochs=3, callbacks=[*build_group(checkpoints, "callbacks"), probe], enable_checkpointing=True
     )
     trainer.fit(WorseEveryEpoch())
     assert probe.steps == [2, 4, 6]  # two steps an epoch

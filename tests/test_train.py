@@ -5,19 +5,11 @@ import torch
 import yaml
 
 from cvae_lightning import CVAE, VAE
-from tests.conftest import read_events, run_train
-
-SHORT = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=5",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-]
+from tests.helpers import SHORT_RUN, assert_ran, read_events, run_script
 
 
 def train_short(tmp_path, *overrides):
-    result = run_train(*SHORT, *overrides, f"hydra.run.dir={tmp_path}", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert_ran(run_script("train.py", *SHORT_RUN, *overrides, f"hydra.run.dir={tmp_path}", timeout=300))
     return tmp_path
 
 
@@ -30,14 +22,15 @@ def test_cvae_run_writes_config_checkpoints_and_tensorboard_images(tmp_path, dat
     assert checkpoints == ["epoch_000.ckpt", "last.ckpt"]
     model = CVAE.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
     assert model.hparams.latent_dim == 20 and model.hparams.hidden_dims == [512, 256]
-    assert model.sample(torch.arange(10)).shape == (10, 1, 28, 28)
+    assert model.sample(labels=torch.arange(10)).shape == (10, 1, 28, 28)
 
-    scalars, images = read_events(run_dir / "tensorboard")
+    scalars, images = read_events(run_dir)  # the run dir is the TensorBoard run: no subfolder
     for stage in ("val", "test"):
-        for part in ("elbo", "recon", "kl"):
+        for part in ("nelbo", "recon", "kl"):
             assert f"{stage}/{part}" in scalars
-    val_elbo = scalars["val/elbo"][-1].value
-    assert 100 < val_elbo < 800  # finite and plausible for 5 steps of training
+    assert not any("elbo" in tag and "nelbo" not in tag for tag in scalars)  # one name per thing
+    val_nelbo = scalars["val/nelbo"][-1].value
+    assert 100 < val_nelbo < 800  # finite and plausible for 5 steps of training
     # one row per digit 0-9, 10 columns, 2px padding: (10*28 + 11*2) square
     generated = images["samples/generated"][-1]
     assert (generated.height, generated.width) == (302, 302)
@@ -50,19 +43,25 @@ def test_vae_run_and_overrides(tmp_path, data_dir):
     run_dir = train_short(tmp_path, "model=vae", "model.latent_dim=8", "data.batch_size=256")
     model = VAE.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
     assert model.hparams.latent_dim == 8 and model.sample(3).shape == (3, 1, 28, 28)
-    _, images = read_events(run_dir / "tensorboard")
+    assert model.hparams.hidden_dims == [512, 256] and model.hparams.prior == "standard"  # cvae.yaml's
+    _, images = read_events(run_dir)
     assert {"samples/generated", "samples/reconstructions"} <= set(images)
+    assert "samples/style_transfer" not in images  # CVAE only
 
 
 @pytest.mark.slow
 def test_two_real_epochs_learn(tmp_path, data_dir):
     """A short real run on the full training set: val -ELBO below 120 nats per image."""
-    result = run_train(
-        "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}", timeout=900, env={"OMP_NUM_THREADS": "2"}
+    result = run_script(
+        "train.py",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={tmp_path}",
+        timeout=900,
+        env={"OMP_NUM_THREADS": "2"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    scalars, _ = read_events(tmp_path / "tensorboard")
-    val = [e.value for e in scalars["val/elbo"]]
+    assert_ran(result)
+    scalars, _ = read_events(tmp_path)
+    val = [e.value for e in scalars["val/nelbo"]]
     assert len(val) == 2 and val[1] < val[0]
     assert val[-1] < 120, val
-    assert scalars["test/elbo"][-1].value < 120
+    assert scalars["test/nelbo"][-1].value < 120

@@ -1,4 +1,5 @@
-"""What a checkpoint holds beyond Lightning's defaults, for a resumed run to equal an uninterrupted one."""
+"""What exact resume needs beyond Lightning's defaults: RNG states in every checkpoint, last.ckpt after every
+epoch and on an interrupt, so that a resumed run equals an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+
+from cvae_lightning import compat
 
 log = logging.getLogger(__name__)
 
@@ -104,5 +107,4 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after the validation and the top-k checkpoint (checkpoint callbacks run last, in config order), so
         # the saved ModelCheckpoint state already holds this epoch's score
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        compat.save_last_checkpoint(self, trainer)

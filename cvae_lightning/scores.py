@@ -1,7 +1,5 @@
-"""How good a trained (C)VAE is: test ELBO, IWAE NLL, conditional accuracy and classifier-FID.
-
-Used by evaluate.py (metrics.json / metrics.md beside the checkpoint) and by the TensorBoard callbacks.
-"""
+"""How good a trained (C)VAE is: test -ELBO, IWAE NLL, conditional accuracy and classifier-FID, and the
+report evaluate.py writes (metrics.json / metrics.md beside the checkpoint)."""
 
 from __future__ import annotations
 
@@ -16,52 +14,11 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae_lightning.classifier import Classifier, ClassifierFeatures
-from cvae_lightning.data import BINARIZE, NUM_CLASSES
-from cvae_lightning.models import CVAE, ELBO_PARTS, VAE
+from cvae_lightning.data import NUM_CLASSES
+from cvae_lightning.models import ELBO_PARTS, VAE
 
-# images per classifier pass: its first activations take 100 KB an image, so 128 images (13 MB) reuse heap
-# memory, where 1000 (100 MB, above glibc's 32 MB mmap limit) were mapped and page-faulted in afresh on
-# every call: ~50k page faults per SampleAccuracy epoch end, a third of its time
+# images per classifier pass: small enough that its activations reuse heap memory instead of fresh mmaps
 CLASSIFIER_BATCH = 128
-
-
-class CheckpointKindError(ValueError):
-    """A checkpoint of another kind than the one asked for: the message says what to pass instead."""
-
-
-def checkpoint_kind(path: str | Path) -> str:
-    """ "cvae", "vae" or "classifier", from the checkpoint's saved model class (or its weights)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={path} is not a file; pass a checkpoint from logs/train/runs/*/checkpoints/"
-        )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    name = checkpoint.get("model_class")
-    state = checkpoint.get("state_dict", {})
-    if name is None and any(k.startswith("head.") for k in state):
-        name = "Classifier"
-    if name is None and "latent_dim" in checkpoint.get("hyper_parameters", {}):
-        decoder_in = next(v for k, v in state.items() if k.startswith("decoder.") and k.endswith("weight"))
-        name = "CVAE" if decoder_in.shape[1] > checkpoint["hyper_parameters"]["latent_dim"] else "VAE"
-    return {"CVAE": "cvae", "VAE": "vae", "Classifier": "classifier"}.get(name, "unknown")
-
-
-def load_generative_model(path: str | Path, map_location: str = "cpu") -> VAE:
-    """The CVAE or VAE at `path`, in eval mode; a one-line error for any other checkpoint."""
-    kind = checkpoint_kind(path)
-    if kind not in ("cvae", "vae"):
-        raise CheckpointKindError(
-            f"ckpt_path={path} is a {kind} checkpoint, not a CVAE or VAE; pass one written by "
-            "`python train.py` (model=cvae or model=vae), e.g. logs/train/runs/<run>/checkpoints/last.ckpt"
-        )
-    return (CVAE if kind == "cvae" else VAE).load_from_checkpoint(path, map_location=map_location).eval()
-
-
-def trained_on_binary_pixels(path: str | Path) -> bool:
-    """Whether the model was trained with data.binarize=dynamic: then it is tested on binary pixels too."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return BINARIZE.get(checkpoint.get("datamodule_hyper_parameters", {}).get("binarize", "none"), False)
 
 
 def _batches(images: Tensor, labels: Tensor, batch_size: int, binarize: bool, generator: torch.Generator):
@@ -82,14 +39,14 @@ def test_elbo_and_nll(
     chunk: int = 100,
     binarize=False,
 ) -> dict[str, float]:
-    """-ELBO (and its recon/KL parts) and the IWAE NLL (k importance samples), in nats per image.
+    """-ELBO (`nelbo`, and its recon/KL parts) and the IWAE NLL (k importance samples), in nats per image.
 
     For the CVAE the NLL is the conditional -log p(x|y); for the VAE it is -log p(x).
     """
     generator = torch.Generator().manual_seed(0)  # the same binarized test set for every model
     sums = dict.fromkeys((*ELBO_PARTS, "nll"), 0.0)
     for x, y in _batches(images, labels, batch_size, binarize, generator):
-        x, y = x.to(model.device), torch.nn.functional.one_hot(y, NUM_CLASSES).float().to(model.device)
+        x, y = x.to(model.device), y.to(model.device)
         terms = model.elbo_terms(x, y)
         for name in ELBO_PARTS:
             sums[name] += terms[name].item() * len(x)
@@ -107,10 +64,7 @@ def generate_per_digit(model: VAE, n_per_digit: int, temperature: float, batch_s
     be asked for a digit, draws as many (10 x n_per_digit) unlabelled samples."""
     labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
     return torch.cat(
-        [
-            model.sample(chunk if model.n_classes else len(chunk), temperature=temperature)
-            for chunk in labels.split(batch_size)
-        ]
+        [model.sample(labels=chunk, temperature=temperature) for chunk in labels.split(batch_size)]
     ).cpu()
 
 
@@ -206,7 +160,7 @@ def markdown(metrics: dict, title: str = "") -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| test -ELBO (nats/image) | {test['elbo']:.2f} |",
+        f"| test -ELBO (nats/image) | {test['nelbo']:.2f} |",
         f"| test reconstruction term | {test['recon']:.2f} |",
         f"| test KL term | {test['kl']:.2f} |",
     ]

@@ -1,37 +1,17 @@
-"""Evaluation: ELBO + IWAE NLL, conditional accuracy, classifier-FID, and evaluate.py's files and errors."""
+"""Scores: test -ELBO + IWAE NLL, conditional accuracy, classifier-FID, and evaluate.py's files and errors;
+checkpoints of every kind told apart and loaded through one module."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from cvae_lightning.classifier import MissingClassifierError, load_classifier
+from cvae_lightning import checkpoints, load_checkpoint
+from cvae_lightning.classifier import load_classifier
 from cvae_lightning.data import load_split
-from cvae_lightning.evaluation import (
-    CheckpointKindError,
-    checkpoint_kind,
-    classifier_fid,
-    conditional_accuracy,
-    evaluate,
-    load_generative_model,
-    markdown,
-)
-from tests.conftest import ROOT
-
-
-def run_script(script, *overrides, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
+from cvae_lightning.errors import CheckpointError
+from cvae_lightning.scores import classifier_fid, conditional_accuracy, evaluate, markdown
+from tests.helpers import assert_one_line_error, assert_ran, run_script
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +20,37 @@ def test_set(data_dir):
 
 
 def test_checkpoint_kinds(tiny_checkpoints):
-    assert {kind: checkpoint_kind(path) for kind, path in tiny_checkpoints.items()} == {
-        "cvae": "cvae",
-        "vae": "vae",
-        "classifier": "classifier",
-    }
-    with pytest.raises(CheckpointKindError, match="is a classifier checkpoint, not a CVAE or VAE"):
-        load_generative_model(tiny_checkpoints["classifier"])
+    kinds = {name: checkpoints.kind(checkpoints.read(path)) for name, path in tiny_checkpoints.items()}
+    assert kinds == {"cvae": "cvae", "vae": "vae", "classifier": "classifier"}
+    # without the stamp (an older checkpoint) the weights tell
+    for name, path in tiny_checkpoints.items():
+        unstamped = {k: v for k, v in checkpoints.read(path).items() if k != "model_class"}
+        assert checkpoints.kind(unstamped) == name
+    assert type(load_checkpoint(tiny_checkpoints["vae"])).__name__ == "VAE"
+    assert not load_checkpoint(tiny_checkpoints["cvae"]).training
     with pytest.raises(
-        MissingClassifierError, match="is not a classifier checkpoint; train one with `make classifier`"
+        CheckpointError, match="is not allowed: it is a classifier checkpoint, not a cvae or vae"
+    ):
+        load_checkpoint(tiny_checkpoints["classifier"])
+    with pytest.raises(
+        CheckpointError,
+        match="classifier_path=.* it is a cvae checkpoint, not a classifier; .*make classifier",
     ):
         load_classifier(tiny_checkpoints["cvae"])
-    with pytest.raises(MissingClassifierError, match="no MNIST classifier at .*make classifier"):
+    with pytest.raises(
+        CheckpointError, match="classifier_path=.*nope.ckpt is not allowed: no file there; .*make classifier"
+    ):
         load_classifier(tiny_checkpoints["cvae"].parent / "nope.ckpt")
+
+
+def test_loading_a_checkpoint_leaves_the_global_rng_as_it_was(tiny_checkpoints):
+    """SampleAccuracy loads the judge as training starts: a run's random draws must not depend on whether
+    checkpoints/classifier.ckpt exists (building the network draws its initial weights)."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_classifier(tiny_checkpoints["classifier"])
+    assert torch.equal(torch.rand(3), expected)
 
 
 class Oracle:
@@ -91,13 +89,13 @@ def test_classifier_fid_is_zero_for_the_same_images_and_large_for_noise(tiny_che
 
 
 def test_evaluate_reports_every_metric(tiny_checkpoints, test_set):
-    model = load_generative_model(tiny_checkpoints["cvae"])
+    model = load_checkpoint(tiny_checkpoints["cvae"])
     classifier = load_classifier(tiny_checkpoints["classifier"])
     images, labels = test_set
     metrics = evaluate(model, classifier, images, labels, k=20, n_per_digit=20, n_images=100, chunk=8)
     test = metrics["test"]
-    assert test["elbo"] == pytest.approx(test["recon"] + test["kl"], rel=1e-6)
-    assert 0 < test["nll"] < test["elbo"] + 1.0  # the IWAE bound is at least as tight as the ELBO
+    assert test["nelbo"] == pytest.approx(test["recon"] + test["kl"], rel=1e-6)
+    assert 0 < test["nll"] < test["nelbo"] + 1.0  # the IWAE bound is at least as tight as the ELBO
     assert set(metrics["accuracy"]) == set(metrics["fid"]) == {"T=1", "T=0.5", "T=0"}
     for acc in metrics["accuracy"].values():
         assert 0 <= acc["overall"] <= 1 and len(acc["per_digit"]) == 10
@@ -119,7 +117,7 @@ def test_evaluate_script_writes_metrics_beside_the_checkpoint(tiny_checkpoints):
         "eval.n_per_digit=10",
         "eval.temperatures=[1.0]",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert_ran(result)
     metrics = json.loads((ckpt.parent / "metrics.json").read_text())
     assert metrics["model"] == "CVAE" and metrics["k"] == 5 and metrics["test_images"] == 50
     assert "| test -ELBO (nats/image) |" in (ckpt.parent / "metrics.md").read_text()
@@ -128,18 +126,9 @@ def test_evaluate_script_writes_metrics_beside_the_checkpoint(tiny_checkpoints):
 
 
 def test_evaluate_script_errors_are_one_line(tiny_checkpoints, tmp_path):
-    wrong_kind = run_script(
-        "evaluate.py",
-        f"ckpt_path={tiny_checkpoints['classifier']}",
-        f"classifier_path={tiny_checkpoints['classifier']}",
-    )
     missing = run_script(
         "evaluate.py", f"ckpt_path={tiny_checkpoints['cvae']}", f"classifier_path={tmp_path}/no.ckpt"
     )
-    for result, message in (
-        (wrong_kind, "is a classifier checkpoint, not a CVAE or VAE; pass one written by `python train.py`"),
-        (missing, "no MNIST classifier at"),
-    ):
-        assert result.returncode != 0
-        assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+    assert_one_line_error(missing, f"classifier_path={tmp_path}/no.ckpt is not allowed: no file there")
     assert "make classifier" in missing.stderr
+    assert_one_line_error(run_script("evaluate.py"), "ckpt_path is required")

@@ -1,5 +1,5 @@
-"""What is logged each epoch to judge a CVAE while it trains: style transfer, interpolation, sample
-accuracy (is a requested 3 read as a 3?) and the number of active latent dimensions."""
+"""Curves that judge a model while it trains: sample accuracy (is a requested 3 read as a 3?) and the
+number of active latent dimensions."""
 
 from __future__ import annotations
 
@@ -9,57 +9,16 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from cvae_lightning.callbacks import _EpochImageLogger
 from cvae_lightning.data import NUM_CLASSES
-from cvae_lightning.generation import lerp, style_transfer
 
 log = logging.getLogger(__name__)
-
-
-class StyleTransfer(_EpochImageLogger):
-    """Fixed validation digits (first column) encoded, then decoded with every label 0-9: the same
-    handwriting, another digit. CVAE only."""
-
-    tag = "samples/style_transfer"
-
-    def __init__(self, n_images: int = 8):
-        self.n_images = n_images
-        self.nrow = NUM_CLASSES + 1
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if pl_module.n_classes:
-            super().on_validation_epoch_end(trainer, pl_module)
-
-    def images(self, trainer, pl_module):
-        x, y = next(iter(trainer.val_dataloaders))
-        x, y = x[: self.n_images].to(pl_module.device), y[: self.n_images].to(pl_module.device)
-        return style_transfer(pl_module, x, y)
-
-
-class Interpolation(_EpochImageLogger):
-    """Decoded straight lines in z between two fixed prior draws, one row per digit (CVAE) or per
-    pair of draws (VAE): smooth rows mean a smooth latent space."""
-
-    tag = "samples/interpolation"
-
-    def __init__(self, steps: int = 10, seed: int = 1):
-        self.nrow, self.seed = steps, seed
-
-    def images(self, trainer, pl_module):
-        generator = torch.Generator().manual_seed(self.seed)
-        shape = (NUM_CLASSES, pl_module.hparams.latent_dim)
-        a, b = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
-        noise = lerp(a, b, self.nrow)
-        if pl_module.n_classes:
-            return pl_module.sample(torch.arange(NUM_CLASSES).repeat_interleave(self.nrow), noise=noise)
-        return pl_module.sample(len(noise), noise=noise)
 
 
 class SampleAccuracy(L.Callback):
     """Conditional accuracy of fixed-noise samples each epoch, judged by the project's classifier:
     `samples/accuracy_T<temperature>` and `_mu` (z = the prior mean), so learning progress is a curve.
 
-    Skipped (with one warning) when the classifier checkpoint is missing: `make classifier` writes it.
+    CVAE only; skipped (with one warning) when the classifier checkpoint is missing: `make classifier`.
     """
 
     def __init__(self, classifier_path: str, n_per_digit: int = 100, temperatures=(1.0, 0.0), seed: int = 0):
@@ -82,20 +41,18 @@ class SampleAccuracy(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if self.classifier is None or trainer.sanity_checking:
             return
-        from cvae_lightning.evaluation import conditional_accuracy
+        from cvae_lightning.scores import conditional_accuracy
 
-        generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(NUM_CLASSES * self.n_per_digit, pl_module.hparams.latent_dim, generator=generator)
+        noise = pl_module.noise(NUM_CLASSES * self.n_per_digit, seed=self.seed)
         labels = torch.arange(NUM_CLASSES).repeat_interleave(self.n_per_digit)
         was_training = pl_module.training
         pl_module.eval()
         for temperature in self.temperatures:
             # temperature 0 decodes the prior mean whatever the noise: one image per digit says it all
             step = self.n_per_digit if temperature == 0 else 1
-            images = pl_module.sample(labels[::step], temperature=temperature, noise=noise[::step])
-            accuracy = conditional_accuracy(self.classifier.to(pl_module.device), images, labels[::step])[
-                "overall"
-            ]
+            images = pl_module.sample(labels=labels[::step], temperature=temperature, noise=noise[::step])
+            judge = self.classifier.to(pl_module.device)
+            accuracy = conditional_accuracy(judge, images, labels[::step])["overall"]
             name = "mu" if temperature == 0 else f"T{temperature:g}"
             pl_module.log(f"samples/accuracy_{name}", accuracy)  # the same on every rank
         pl_module.train(was_training)

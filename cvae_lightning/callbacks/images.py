@@ -1,0 +1,160 @@
+"""The image grids logged to TensorBoard at the end of every validation epoch (rank zero only)."""
+
+from __future__ import annotations
+
+import io
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torchvision.utils import make_grid
+
+from cvae_lightning import compat
+from cvae_lightning.data import NUM_CLASSES
+from cvae_lightning.generation import lerp, style_transfer
+
+
+def tensorboard_writer(trainer: L.Trainer):
+    """The SummaryWriter of the trainer's TensorBoard logger, or None when there is none."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def add_grayscale_image(writer, tag: str, image: torch.Tensor, global_step: int) -> None:
+    """`writer.add_image` for a one-channel image in [0, 1] (C=1, H, W), as a grayscale PNG.
+
+    The same image summary that `add_image` writes, without its conversion to RGB, its same-size LANCZOS
+    resize and its slow PNG compression level (bench/README.md has the cost of each).
+    """
+    pixels = image[0].mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG", compress_level=1)
+    height, width = pixels.shape
+    encoded = Summary.Image(height=height, width=width, colorspace=1, encoded_image_string=png.getvalue())
+    summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
+    compat.tensorboard_file_writer(writer).add_summary(summary, global_step)
+
+
+class ImageLogger(L.Callback):
+    """Base of the image callbacks: a subclass names its `tag` and grid width `nrow` and says which
+    `images` to draw; they are logged as one grid after every validation epoch (not the sanity check).
+    `applies(pl_module)` can skip models the grid means nothing for."""
+
+    tag = ""
+    nrow = 10
+
+    def applies(self, pl_module: L.LightningModule) -> bool:
+        return True
+
+    def images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+        raise NotImplementedError
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or trainer.sanity_checking or not self.applies(pl_module):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        grid = make_grid(self.images(trainer, pl_module).float().cpu(), nrow=self.nrow, pad_value=1.0)
+        pl_module.train(was_training)
+        add_grayscale_image(writer, self.tag, grid[:1], global_step=trainer.global_step)
+
+
+def _validation_batch(trainer: L.Trainer, n: int):
+    x, labels = next(iter(trainer.val_dataloaders))
+    return x[:n], labels[:n]
+
+
+class GeneratedDigits(ImageLogger):
+    """Digits decoded from the same fixed noise every epoch: scroll the step slider to watch them form.
+
+    CVAE: one row per digit 0-9, one column per noise vector (a column keeps its "handwriting").
+    VAE: `n_per_digit` x 10 samples.
+    """
+
+    tag = "samples/generated"
+
+    def __init__(self, n_per_digit: int = 10, seed: int = 0):
+        self.nrow, self.seed = n_per_digit, seed
+
+    def images(self, trainer, pl_module):
+        labels = torch.arange(NUM_CLASSES).repeat_interleave(self.nrow)
+        if pl_module.n_classes:  # the same noise in every row: one handwriting per column
+            return pl_module.sample(
+                labels=labels, noise=pl_module.noise(self.nrow, seed=self.seed).repeat(NUM_CLASSES, 1)
+            )
+        return pl_module.sample(noise=pl_module.noise(len(labels), seed=self.seed))
+
+
+class Reconstructions(ImageLogger):
+    """A fixed batch of validation images (top row) above their reconstructions (bottom row)."""
+
+    tag = "samples/reconstructions"
+
+    def __init__(self, n_images: int = 16):
+        self.nrow = n_images
+
+    def images(self, trainer, pl_module):
+        x, labels = _validation_batch(trainer, self.nrow)
+        recon = pl_module.reconstruct(x, labels)
+        return torch.cat([x.to(recon.device), recon])
+
+
+class StyleTransfer(ImageLogger):
+    """Fixed validation digits (first column) encoded, then decoded with every label 0-9: the same
+    handwriting, another digit. CVAE only."""
+
+    tag = "samples/style_transfer"
+    nrow = NUM_CLASSES + 1
+
+    def __init__(self, n_images: int = 8):
+        self.n_images = n_images
+
+    def applies(self, pl_module):
+        return pl_module.n_classes > 0
+
+    def images(self, trainer, pl_module):
+        return style_transfer(pl_module, *_validation_batch(trainer, self.n_images))
+
+
+class Interpolation(ImageLogger):
+    """Decoded straight lines in z between two fixed prior draws, one row per digit (CVAE) or per
+    pair of draws (VAE): smooth rows mean a smooth latent space."""
+
+    tag = "samples/interpolation"
+
+    def __init__(self, steps: int = 10, seed: int = 1):
+        self.nrow, self.seed = steps, seed
+
+    def images(self, trainer, pl_module):
+        a, b = pl_module.noise(NUM_CLASSES, NUM_CLASSES, seed=self.seed)
+        labels = torch.arange(NUM_CLASSES).repeat_interleave(self.nrow)
+        return pl_module.sample(labels=labels, noise=lerp(a, b, self.nrow))
+
+
+class LatentManifold(ImageLogger):
+    """For a 2-D latent space: the decoder over a grid of z (prior quantiles), for a chosen digit (CVAE).
+
+    The picture people expect from a 2-D VAE: how the decoded digit changes across the latent plane.
+    Skipped for other latent sizes.
+    """
+
+    tag = "samples/latent_manifold"
+
+    def __init__(self, n: int = 15, digit: int = 5):
+        self.nrow, self.digit = n, digit
+
+    def applies(self, pl_module):
+        return pl_module.hparams.latent_dim == 2
+
+    def images(self, trainer, pl_module):
+        quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, self.nrow))
+        grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), dim=-1).view(-1, 2)
+        # the grid as standard-normal noise: mapped through the digit's prior, N(0, I) or p(z|y)
+        return pl_module.sample(labels=torch.full((len(grid),), self.digit), noise=grid)

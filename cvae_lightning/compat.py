@@ -1,0 +1,53 @@
+"""Every private API of Lightning, TensorBoard and Hydra that the project uses, fenced here.
+
+Each has a test (tests/test_compat.py) that fails loudly, naming the API, when an upgrade removes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
+    """The trainer a module is attached to, or None (`module.trainer` raises when there is none)."""
+    return module._trainer
+
+
+def logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether the loggers write at this training step (`trainer.log_every_n_steps`): Lightning's own rule."""
+    return trainer._logger_connector.should_update_logs
+
+
+def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
+    """`callback`'s last.ckpt, written now, unless Lightning would skip saving at this point (sanity check,
+    fast_dev_run, a step already saved)."""
+    if not callback._should_skip_saving_checkpoint(trainer):
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def tensorboard_file_writer(writer: Any):
+    """The event-file writer behind a torch SummaryWriter, reopened if the writer was closed."""
+    return writer._get_file_writer()
+
+
+def hydra_args_parser():
+    """Hydra's own command-line parser (it separates flags such as -m from the overrides)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+def log_hparams_session(logger, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    """A run's HPARAMS row, as Lightning's `TensorBoardLogger.log_hyperparams` writes it but without its
+    experiment summary: without one, TensorBoard builds the table from all runs and puts the columns whose
+    values differ first, where a summary per run would fix them in alphabetical order."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    logger.log_metrics(metrics)
+    _, session_start, session_end = hparams_summaries(hparams, metrics)
+    writer = tensorboard_file_writer(logger.experiment)
+    writer.add_summary(session_start)
+    writer.add_summary(session_end)

@@ -1,0 +1,123 @@
+"""The project's errors: each says in one line what is wrong and what is allowed. Entry points print it as
+`error: <message>` and exit non-zero (`one_line_errors`), never with a traceback."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class Error(Exception):
+    """Base of every error a user can cause; its message is one line that names the fix."""
+
+
+class ConfigError(Error, ValueError):
+    """A config value that cannot work: the message names the key, the value and what is allowed."""
+
+
+class DataError(Error):
+    """Missing, corrupt or unreachable data: the message says how to fix it."""
+
+
+class CheckpointError(Error):
+    """A file that is not a checkpoint of the kind asked for: the message says what to pass instead."""
+
+
+class NonFiniteLossError(Error, FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the loss parts."""
+
+
+class Interrupted(Error):
+    """Training stopped by a signal; last.ckpt holds the state to resume from."""
+
+
+def one_line_errors(main: Callable) -> Callable:
+    """Runs an entry point, turning the project's errors into `error: <message>` and exit status 1."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Error as error:
+            raise SystemExit(f"error: {error}") from None
+
+    return wrapper
+
+
+def one_line_errors_in_notebook() -> None:
+    """In Jupyter/IPython: the project's errors print as `error: <message>` instead of a traceback (the cell
+    still fails, so "run all" stops there)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc(
+            (Error,), lambda shell, etype, value, tb, tb_offset=None: print(f"error: {value}")
+        )
+
+
+# -- value checks: the objects that own a value call these in their constructors ----------------------
+def shown(value: Any) -> str:
+    """A value as the user would type it back: strings quoted (so a typed number shows as text)."""
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "_content"):  # an OmegaConf container
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.to_container(value)
+    return repr(value)
+
+
+def refuse(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{key}={shown(value)} is not allowed: expected {expected}")
+
+
+def check(key: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise refuse(key, value, expected)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_int(key: str, value: Any, low: int = 0) -> int:
+    check(key, value, _is_int(value) and value >= low, f"an integer >= {low}")
+    return value
+
+
+def check_number(key: str, value: Any, low: float = 0.0, *, above: bool = False) -> float:
+    ok = _is_number(value) and (value > low if above else value >= low)
+    check(key, value, ok, f"a number {'>' if above else '>='} {low:g}")
+    return value
+
+
+def check_bool(key: str, value: Any) -> bool:
+    check(key, value, isinstance(value, bool), "true or false")
+    return value
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any]) -> Any:
+    choices = tuple(choices)
+    check(
+        key,
+        value,
+        isinstance(value, str | bool) and value in choices,
+        "one of " + ", ".join(map(str, choices)),
+    )
+    return value
+
+
+def check_int_list(key: str, value: Any, low: int = 1, example: str = "[512,256]") -> list[int]:
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+    ok = ok and all(_is_int(v) and v >= low for v in value)
+    check(key, value, ok, f"a list of integers >= {low}, e.g. {example}")
+    return [int(v) for v in value]

@@ -1,0 +1,128 @@
+"""What the tests share: the composed config, one way to run a script, one short run, one tiny trainer, the
+TensorBoard reader, and probes that report on a train.py process from inside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a run of a few steps: enough to write every file and log every tag
+SHORT_RUN = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=5",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+)
+
+
+def composed(*overrides: str):
+    """The `train` config as `python train.py OVERRIDES` composes it (not validated, nothing built)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def run_script(script: str, *args: str, timeout: float = 600, env: dict | None = None, background=False):
+    """`python SCRIPT ARGS` from the project root as a user runs it, with one torch thread so that parallel
+    runs don't thrash; a finished CompletedProcess, or with `background` a running Popen."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    command = [sys.executable, str(ROOT / script), *args]
+    if background:
+        return subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def assert_ran(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
+    """A non-zero exit whose last line is `error: ...` holding `expected`, and no traceback."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, result.stderr[-3000:]
+
+
+def tiny_trainer(**kwargs) -> L.Trainer:
+    """A CPU Trainer with nothing around the loop: no logger, checkpoints, progress bar or summary."""
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def read_events(log_dir: Path):
+    """(scalars, images) tag -> events of the one TensorBoard run in log_dir.
+
+    Lightning closes the writer after fit, so `trainer.test` appends another event file to the same
+    folder; TensorBoard reads a folder's files as one run, and so does this.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = list(Path(log_dir).rglob("events.out.tfevents.*"))
+    assert files and {f.parent for f in files} == {Path(log_dir)}, files  # no version_N or other sub-runs
+    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return (
+        {t: acc.Scalars(t) for t in tags["scalars"]},
+        {t: acc.Images(t) for t in tags["images"]},
+    )
+
+
+def denormals_flushed_per_thread(n: int = 1 << 20) -> list[float]:
+    """The fraction of denormal products flushed to zero in each half of one parallel op: with two threads,
+    one half is the calling thread's, the other its OpenMP worker's (the setting is per thread)."""
+    tiny = torch.full((n,), 713, dtype=torch.int32).view(torch.float32)  # a denormal, made without arithmetic
+    flushed = (tiny * 1.0).view(torch.int32) == 0
+    return [half.float().mean().item() for half in flushed.chunk(2)]
+
+
+class SettingsProbe(L.Callback):
+    """Writes the process-wide settings `train()` makes to `path` as JSON when fitting starts:
+    `python train.py +callbacks.probe._target_=tests.helpers.SettingsProbe +callbacks.probe.path=...`"""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer, pl_module):
+        settings = {
+            "denormals_flushed": denormals_flushed_per_thread(),
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "nvml_cuda_check": os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"),
+            "cuda_available": torch.cuda.is_available(),
+        }
+        self.path.write_text(json.dumps(settings))
+
+
+def read_hparams(log_dir: Path) -> dict:
+    """The HPARAMS tab's row of the run in log_dir: hyperparameter -> value (asserting that the run writes no
+    experiment summary, which would fix TensorBoard's columns in alphabetical order)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    assert metadata.EXPERIMENT_TAG not in content
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    return {
+        name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+        for name, value in start.hparams.items()
+    }

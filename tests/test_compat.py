@@ -1,0 +1,72 @@
+"""Each private library API the project uses (cvae_lightning/compat.py) still exists and still does what the
+project relies on: an upgrade that removes or changes one fails here, by name, not deep in a training run."""
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from cvae_lightning import compat
+from tests.helpers import read_events, read_hparams, tiny_trainer
+
+
+class OneWeight(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.logged_steps = []
+
+    def training_step(self, batch, batch_idx):
+        if compat.logs_this_step(self.trainer):
+            self.logged_steps.append(self.global_step)
+        return (self.weight * batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.ones(12, 1)), batch_size=2)
+
+
+def test_lightnings_logging_rule_is_readable():
+    """Trainer._logger_connector.should_update_logs: true on the steps the loggers write; and
+    LightningModule._trainer, None until a trainer attaches the module."""
+    model = OneWeight()
+    assert compat.attached_trainer(model) is None
+    tiny_trainer(max_epochs=1, log_every_n_steps=2, logger=True, default_root_dir="/tmp/cvae-compat").fit(
+        model
+    )
+    assert model.logged_steps == [1, 3, 5]
+    assert isinstance(compat.attached_trainer(model), L.Trainer)
+
+
+def test_a_model_checkpoint_writes_last_on_request(tmp_path):
+    """ModelCheckpoint._should_skip_saving_checkpoint, _save_last_checkpoint, _monitor_candidates."""
+
+    class SaveLastAtEpochEnd(ModelCheckpoint):
+        def on_train_epoch_end(self, trainer, pl_module):
+            compat.save_last_checkpoint(self, trainer)
+
+    callback = SaveLastAtEpochEnd(dirpath=tmp_path, save_top_k=0, save_last=True)
+    tiny_trainer(max_epochs=2, callbacks=[callback], enable_checkpointing=True).fit(OneWeight())
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 12
+
+
+def test_tensorboards_file_writer_and_hparams_session(tmp_path):
+    """SummaryWriter._get_file_writer, reopened after close; an HPARAMS row without an experiment summary."""
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    compat.log_hparams_session(
+        logger, {"model.latent_dim": 2, "model.hidden_dims": "[8]"}, {"hparams/x": 1.5}
+    )
+    logger.finalize("success")
+    assert compat.tensorboard_file_writer(logger.experiment) is not None
+    logger.finalize("success")
+    scalars, _ = read_events(tmp_path)
+    assert scalars["hparams/x"][-1].value == 1.5
+    assert read_hparams(tmp_path) == {"model.latent_dim": 2, "model.hidden_dims": "[8]"}
+
+
+def test_hydras_command_line_parser_separates_flags_from_overrides():
+    args = compat.hydra_args_parser().parse_args(["-m", "model.latent_dim=2,4", "seed=1"])
+    assert args.multirun and args.overrides == ["model.latent_dim=2,4", "seed=1"]
