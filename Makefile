@@ -23,10 +23,15 @@ train: install  ## the default experiment: CVAE on CPU, offline MNIST, logs/ (AR
 # the newest run's last checkpoint, unless CKPT=... is given
 CKPT ?= $(lastword $(sort $(wildcard logs/train/runs/*/checkpoints/last.ckpt)))
 
-classifier: install  ## the MNIST classifier that judges generated digits: checkpoints/classifier.ckpt
+CLASSIFIER := checkpoints/classifier.ckpt
+
+classifier: install  ## (re)train the MNIST classifier that judges generated digits: checkpoints/classifier.ckpt
 	$(PY) train.py experiment=classifier $(ARGS)
 
-evaluate: install  ## metrics.json/.md beside CKPT (default: the newest run's last.ckpt); needs `make classifier`
+$(CLASSIFIER): | install
+	$(PY) train.py experiment=classifier
+
+evaluate: install $(CLASSIFIER)  ## metrics.json/.md beside CKPT (default: the newest run's last.ckpt)
 	$(PY) evaluate.py ckpt_path=$(CKPT) $(ARGS)
 
 generate: install  ## a grid of digits from CKPT (ARGS="digits=[2,0,2,6] n=8 out=digits.png")
