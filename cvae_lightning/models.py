@@ -117,17 +117,19 @@ class VAE(Stamped):
         return self.decoder(z, self.condition(labels))
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        mu, logvar = self.encode(x, labels)
+        y = self.condition(labels)  # once: encoder and decoder take the same one-hot rows
+        mu, logvar = self.encode(x, y)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return self.decode(z, labels), mu, logvar
+        return self.decode(z, y), mu, logvar
 
     # -- objective --------------------------------------------------------------------------------
     def elbo_terms(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
         """The negative ELBO (`nelbo`) in nats per image (batch mean), its two parts, and the KL of each
         latent dimension (`kl_per_dim`, batch mean: a dimension above ~0.01 nats is "active")."""
         # the loss in fp32 under bf16/fp16 autocast: sums over 784 pixels need more than bf16's 8 bits
-        logits, mu, logvar = [t.float() for t in self(x, labels)]
-        prior = [t.float() for t in self.prior_params(labels)]
+        y = self.condition(labels)
+        logits, mu, logvar = [t.float() for t in self(x, y)]
+        prior = [t.float() for t in self.prior_params(y)]
         kl_per_dim = gaussian_kl_per_dim(mu, logvar, *prior).mean(dim=0)
         recon, kl = bernoulli_nll(logits, x).mean(), kl_per_dim.sum()
         return {"nelbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
