@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-fast sweep tensorboard bench lint clean classifier evaluate generate
+.PHONY: install train test test-fast sweep tensorboard bench lint clean classifier evaluate generate slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,12 @@ test: install  ## the whole suite, slow end-to-end tests included
 
 test-fast: install  ## everything but the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+slurm-up:  ## a real two-node SLURM cluster on this machine (root; installs slurm-wlm, slurmdbd, munge, mariadb)
+	bash cluster/local_slurm.sh start
+
+slurm-down:  ## stop it
+	bash cluster/local_slurm.sh stop
 
 sweep: install  ## a Hydra multirun over latent size
 	$(PY) train.py -m model.latent_dim=2,4,8,16,32 $(ARGS)
