@@ -16,6 +16,12 @@ def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
     return module._trainer
 
 
+def stop_at_end_of_step(trainer: L.Trainer) -> None:
+    """What Lightning's own SIGTERM handler does: training stops at the end of the current step (all ranks),
+    raising SIGTERMException, with every callback's on_exception called."""
+    trainer._signal_connector.received_sigterm = True
+
+
 def logs_this_step(trainer: L.Trainer) -> bool:
     """Whether the loggers write at this training step (`trainer.log_every_n_steps`): Lightning's own rule."""
     return trainer._logger_connector.should_update_logs

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import OmegaConf
 
 from cvae_lightning.errors import check_bool, check_choice
 
@@ -125,3 +126,15 @@ class WritableOutputDir(HydraCallback):
                 f"error: {key}={folder} is not allowed: {why}; expected a folder this user can write "
                 "(set paths.log_dir, or the folder itself)"
             )
+
+
+def run_name(num, overrides: str) -> str:
+    """A sweep job's folder name, which is also its run name in TensorBoard: its number, then its overrides
+    (hydra.job.override_dirname), without '/' and cut short (a folder name holds at most 255 bytes)."""
+    name = f"{num}_{overrides}".replace("/", "_") if overrides else str(num)
+    return name if len(name) <= 120 else name[:117] + "..."
+
+
+# Registered on import: Hydra instantiates the callbacks of conf/hydra/default.yaml (this module's
+# WritableOutputDir) in every process that resolves a job's folder, a submitit job's too, before it does.
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)

@@ -16,18 +16,21 @@ METRICS = ("val/nelbo", "test/nelbo", "val/recon", "val/kl", "test/recon", "test
 
 
 def collect(sweep_dir: Path) -> list[dict]:
-    """One row per job that finished (wrote results.json), sorted by val/nelbo (best first)."""
+    """One row per job that ended (wrote results.json): the completed ones by val/nelbo (best first), then
+    the failed ones with their reason."""
     runs = [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.glob("*/results.json"))]
     # show what differs between the jobs, not the overrides they all share
     shared = set.intersection(*(set(r["overrides"]) for _, r in runs)) if runs else set()
     rows = [
         {
-            "job": job_dir.name,
+            "job": job_dir.name.split("_", 1)[0],
             "overrides": " ".join(o for o in r["overrides"] if o not in shared),
-            **{name: r["metrics"].get(name) for name in METRICS},
-            "epochs": r["epochs"],
-            "fit_seconds": r["fit_seconds"],
-            "best_checkpoint": r["best_checkpoint"],
+            "status": r.get("status", "completed"),
+            **{name: r.get("metrics", {}).get(name) for name in METRICS},
+            "epochs": r.get("epochs"),
+            "fit_seconds": r.get("fit_seconds"),
+            "best_checkpoint": r.get("best_checkpoint"),
+            "error": r.get("error", ""),
         }
         for job_dir, r in runs
     ]
@@ -35,14 +38,15 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else "–" if v is None else str(v)  # noqa: E731
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(cell(v) for v in row.values()) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 class SweepSummary(Callback):
-    """Writes summary.csv and summary.md (one row per run, sorted by val/nelbo) when a multirun ends."""
+    """Writes summary.csv and summary.md (one row per job, sorted by val/nelbo) when a multirun ends, and
+    exits non-zero in one line if a job failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -57,3 +61,10 @@ class SweepSummary(Callback):
         table = to_markdown(rows)
         (sweep_dir / "summary.md").write_text(table)
         log.info(f"sweep summary ({sweep_dir / 'summary.md'}):\n{table}")
+        failed = [row for row in rows if row["status"] != "completed"]
+        if failed:
+            first = failed[0]
+            raise SystemExit(
+                f"error: {len(failed)} of {len(rows)} jobs failed, e.g. job {first['job']}: {first['error']} "
+                f"(summary: {sweep_dir / 'summary.md'})"
+            )

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning import checkpoints, compat
+from cvae_lightning import checkpoints, compat, slurm
+from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
 from cvae_lightning.config import build, validate
-from cvae_lightning.errors import Interrupted
+from cvae_lightning.errors import Error, Interrupted
 from cvae_lightning.process import one_job_per_ddp_launch, process_settings
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,14 @@ def build_group(group: DictConfig | None, key: str, **kwargs) -> list:
 
 
 def resume_checkpoint(cfg: DictConfig, kind: str) -> tuple[Path | None, int]:
-    """The checkpoint named by `ckpt_path` (`last`: the run dir's checkpoints/last.ckpt) and its step."""
+    """The checkpoint named by `ckpt_path` (`last`: the run dir's checkpoints/last.ckpt) and its step; a
+    job that SLURM requeued continues from its run dir's last.ckpt without being told."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.get("ckpt_path") is None and slurm.restarts() and last.is_file():
+        log.info(f"requeued by SLURM (restart {slurm.restarts()}): resuming from {last}")
+        return last, checkpoints.read(last)["global_step"]
     if cfg.get("ckpt_path") is None:
         return None, 0
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
     if cfg.ckpt_path == "last" and not path.is_file():
         raise checkpoints.CheckpointError(
@@ -65,10 +71,29 @@ def resume_checkpoint(cfg: DictConfig, kind: str) -> tuple[Path | None, int]:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers."""
-    validate(cfg)
-    with process_settings(cfg.flush_denormal, cfg.matmul_precision), one_job_per_ddp_launch():
-        return _train(cfg)
+    """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers.
+
+    In a sweep, a job that fails on a project error records it in its results.json and returns None, so the
+    other jobs run on and the sweep summary names it (the sweep then exits non-zero).
+    """
+    try:
+        validate(cfg)
+        with process_settings(cfg.flush_denormal, cfg.matmul_precision), one_job_per_ddp_launch():
+            return _train(cfg)
+    except Error as error:
+        if isinstance(error, Interrupted) or not _in_multirun():
+            raise
+        overrides = list(HydraConfig.get().overrides.task)
+        failed = {"overrides": overrides, "status": "failed", "error": str(error)}
+        Path(cfg.paths.output_dir, "results.json").write_text(json.dumps(failed, indent=2))
+        log.error(f"error: {error}")
+        return None
+
+
+def _in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _train(cfg: DictConfig) -> float | None:
@@ -78,11 +103,15 @@ def _train(cfg: DictConfig) -> float | None:
     ckpt_path, step = resume_checkpoint(cfg, checkpoints.KINDS[type(model).__name__])
     # TensorBoard drops events logged after the checkpoint by the interrupted run, so the stream stays one
     purge = {"purge_step": step + 1} if ckpt_path else {}
+    # under SLURM, Lightning's own auto-requeue (a checkpoint mid-step on SIGUSR1) stays off: the project's
+    # requeue (callbacks.checkpoint_on_interrupt) stops at the end of a step, so the job resumes exactly
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer: L.Trainer = build(
         cfg.trainer,
         "trainer",
         callbacks=build_group(cfg.get("callbacks"), "callbacks"),
         logger=build_group(cfg.get("logger"), "logger", **purge),
+        plugins=plugins,
     )
     batch, processes = cfg.data.batch_size, trainer.world_size
     rank_zero_info(
@@ -94,8 +123,15 @@ def _train(cfg: DictConfig) -> float | None:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
+        interrupt = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
+        stopped_by = (interrupt and interrupt.stopped_by) or "SIGTERM"
+        if interrupt and interrupt.requeued:
+            raise Interrupted(
+                f"stopped by {stopped_by} at step {trainer.global_step}; SLURM job {slurm.job_id()} requeued "
+                f"(restart {slurm.restarts() + 1}): it resumes from its run dir's checkpoints/last.ckpt"
+            ) from None
         raise Interrupted(
-            f"stopped by SIGTERM at step {trainer.global_step}; resume with the same overrides plus "
+            f"stopped by {stopped_by} at step {trainer.global_step}; resume with the same overrides plus "
             f"hydra.run.dir={cfg.paths.output_dir} ckpt_path=last"
         ) from None
     fit_seconds = time.perf_counter() - start

@@ -23,12 +23,15 @@ SHORT_RUN = (
 )
 
 
-def composed(*overrides: str):
+def composed(*overrides: str, return_hydra_config: bool = False):
     """The `train` config as `python train.py OVERRIDES` composes it (not validated, nothing built)."""
     from hydra import compose, initialize_config_dir
 
+    import cvae_lightning.process  # noqa: F401  (registers the resolvers of conf/hydra)
+    import cvae_lightning.slurm  # noqa: F401
+
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def run_script(script: str, *args: str, timeout: float = 600, env: dict | None = None, background=False):

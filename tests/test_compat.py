@@ -70,3 +70,20 @@ def test_tensorboards_file_writer_and_hparams_session(tmp_path):
 def test_hydras_command_line_parser_separates_flags_from_overrides():
     args = compat.hydra_args_parser().parse_args(["-m", "model.latent_dim=2,4", "seed=1"])
     assert args.multirun and args.overrides == ["model.latent_dim=2,4", "seed=1"]
+
+
+def test_lightning_stops_at_the_end_of_the_step_as_for_sigterm():
+    """Trainer._signal_connector.received_sigterm: set during step 4, training ends after it."""
+    import pytest
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class StopInStep4(OneWeight):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 3:
+                compat.stop_at_end_of_step(self.trainer)
+            return super().training_step(batch, batch_idx)
+
+    trainer = tiny_trainer(max_epochs=1)
+    with pytest.raises(SIGTERMException):
+        trainer.fit(StopInStep4())
+    assert trainer.global_step == 4  # the step it was in, finished

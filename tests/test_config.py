@@ -154,3 +154,13 @@ def test_a_run_dir_is_checked_without_leaving_folders_behind(tmp_path):
     (tmp_path / "file").write_text("")
     assert _can_create(tmp_path / "file" / "run") == f"{tmp_path}/file is not a folder"
     assert _can_create(tmp_path / "file") == f"{tmp_path}/file is not a folder"
+
+
+def test_a_sweep_jobs_folder_name_says_what_it_is_and_fits_a_file_system():
+    from cvae_lightning.process import run_name
+
+    assert run_name(0, "model.latent_dim=2") == "0_model.latent_dim=2"
+    assert run_name(3, "") == "3"
+    assert run_name(1, "paths.data_dir=/tmp/x") == "1_paths.data_dir=_tmp_x"
+    long = run_name(12, ",".join(f"trainer.key_{i}=1" for i in range(40)))
+    assert len(long) == 120 and long.startswith("12_trainer.key_0=1,") and long.endswith("...")

@@ -69,11 +69,17 @@ def uninterrupted(tmp_path_factory, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("min_step", [12, 6], ids=["after-first-epoch", "mid-epoch"])
-def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, uninterrupted, min_step):
+@pytest.mark.parametrize(
+    "min_step, sig",
+    [(12, signal.SIGKILL), (6, signal.SIGKILL), (6, signal.SIGTERM)],
+    ids=["killed-after-first-epoch", "killed-mid-epoch", "terminated-mid-epoch"],
+)
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, uninterrupted, min_step, sig):
+    """SIGKILL: resumes from the last periodic last.ckpt; SIGTERM (what a cluster sends to preempt or requeue
+    a job): from the last.ckpt written as the run stops, at the end of the step it was in."""
     overrides = RUN
-    killed = kill_after_checkpoint(tmp_path, overrides, min_step)
-    assert killed.returncode == -signal.SIGKILL
+    killed = kill_after_checkpoint(tmp_path, overrides, min_step, sig=sig)
+    assert killed.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 1)
     resumed_from = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 0 < resumed_from < 36
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from cvae_lightning.process import run_name
 from cvae_lightning.training import KEY_HPARAMS
 from tests.helpers import SHORT_RUN, assert_ran, read_events, read_hparams, run_script
 
@@ -40,14 +41,15 @@ def test_multirun_summary_matches_each_run(tmp_path, data_dir):
     assert_ran(result)
     # each job's folder (its TensorBoard run name) says what it is; the shared overrides are in each too
     shared = ",".join(sorted(SHORT_RUN))
-    jobs = [f"0_model.latent_dim=2,{shared}", f"1_model.latent_dim=4,{shared}"]
+    jobs = [run_name(0, f"model.latent_dim=2,{shared}"), run_name(1, f"model.latent_dim=4,{shared}")]
+    assert jobs[0].startswith("0_model.latent_dim=2,trainer.limit_test_batches=2,")
     assert run_dirs(tmp_path) == [tmp_path / job for job in jobs]
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["overrides"] for r in rows) == ["model.latent_dim=2", "model.latent_dim=4"]
     assert float(rows[0]["val/nelbo"]) <= float(rows[1]["val/nelbo"])  # sorted, best first
     for row in rows:
-        run = tmp_path / row["job"]
+        run = next(p for p in run_dirs(tmp_path) if p.name.split("_")[0] == row["job"])
         own = json.loads((run / "results.json").read_text())["metrics"]
         for name in ("val/nelbo", "test/nelbo", "val/kl", "test/recon"):
             assert float(row[name]) == pytest.approx(own[name], rel=1e-6)

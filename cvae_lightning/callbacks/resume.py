@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
-from cvae_lightning import compat
+from cvae_lightning import compat, slurm
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,57 @@ class RNGStateCheckpoint(L.Callback):
 
 
 class CheckpointOnInterrupt(Checkpoint):
-    """Writes `last.ckpt` when training stops on an exception (SIGTERM, Ctrl-C, a non-finite loss).
+    """Writes `last.ckpt` when training stops on an exception (SIGTERM, Ctrl-C, a non-finite loss), and under
+    SLURM requeues the job when `requeue_signal` (sent ahead of the time limit, or to preempt) stopped it.
 
     Unlike Lightning's OnExceptionCheckpoint, the file is kept after the run (it is the resume point), and it
-    is skipped when the weights are no longer finite, so it always holds the last good state.
+    is skipped when the weights are no longer finite, so it always holds the last good state. The requeue
+    signal is handled as Lightning handles SIGTERM: training stops at the end of the step it is in, so the
+    checkpoint resumes exactly; the requeued job finds it (training.py) and continues. This replaces both
+    Lightning's SLURM auto-requeue (SIGUSR1, a checkpoint mid-step, turned off in training.py) and
+    submitit's (its USR2 handler, replaced here); a job is requeued at most `max_requeues` times.
     """
 
-    def __init__(self, dirpath: str, filename: str = "last"):
+    def __init__(
+        self,
+        dirpath: str,
+        filename: str = "last",
+        requeue_signal: str | None = "SIGUSR2",
+        max_requeues: int = 3,
+    ):
         self.ckpt_path = f"{dirpath}/{filename}.ckpt"
+        self.max_requeues = max_requeues
+        self.stopped_by: str | None = None  # the requeue signal's name, once it came
+        self.requeued = False
+        self._trainer: L.Trainer | None = None
+        if requeue_signal and slurm.job_id():
+            # from now on, not only during fit: SLURM may signal a short job before training has started
+            signal.signal(getattr(signal, requeue_signal), self._stop_and_requeue)
+
+    def _stop_and_requeue(self, signum, frame) -> None:
+        self.stopped_by = signal.Signals(signum).name
+        if self._trainer is not None:
+            compat.stop_at_end_of_step(self._trainer)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trainer = trainer
+        if self.stopped_by:  # signalled while the run was starting
+            compat.stop_at_end_of_step(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        self._save(trainer, pl_module)
+        if (
+            self.stopped_by and trainer.is_global_zero
+        ):  # requeued even with nothing new saved: nothing is lost
+            if slurm.restarts() < self.max_requeues:
+                slurm.requeue()
+                self.requeued = True
+            else:
+                log.warning(f"not requeued: the job was requeued {slurm.restarts()} times (max_requeues)")
+
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_step == 0:
             return  # nothing trained yet: nothing worth resuming from
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):

@@ -1,0 +1,114 @@
+"""SLURM, as the project uses it: the launcher's GPU request, a check of the request against the cluster
+before anything is submitted, and the job's own requeue (docs/slurm.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def gpus_per_node(accelerator: str, devices) -> int | None:
+    """hydra.launcher.gpus_per_node: the trainer's devices when it asks for GPUs, else none (a CPU job)."""
+    return devices if accelerator in GPU_ACCELERATORS and isinstance(devices, int) else None
+
+
+def job_id() -> str | None:
+    """This process's SLURM job (each task of an array has its own), or None outside SLURM."""
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def restarts() -> int:
+    """How often SLURM has requeued this job (0 on its first run)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
+def requeue() -> None:
+    """Puts this job back in the queue: SLURM ends this run (SIGTERM) and starts it again, same job id."""
+    subprocess.run(["scontrol", "requeue", job_id()], check=True, capture_output=True, text=True)
+
+
+def _cluster_nodes(partition: str | None) -> list[dict[str, str]]:
+    """One dict per node of the partition (the default one if None): cpus, memory (MB), gres."""
+    command = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P"]
+    if partition:
+        command += ["-p", partition]
+    lines = subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout.split("\n")
+    nodes = []
+    for line in filter(None, lines):
+        name, cpus, memory, gres, part = line.split("|")
+        if partition or part.endswith("*"):  # without a partition, sbatch uses the default one
+            nodes.append({"name": name, "cpus": cpus, "memory": memory, "gres": gres})
+    return nodes
+
+
+def request_problem(config: DictConfig, nodes: list[dict[str, str]]) -> str | None:
+    """Why the cluster cannot run a job of this request (None if it can), as one line naming the keys."""
+    for key in ("devices", "num_nodes"):  # the launcher's tasks and nodes: SLURM needs numbers
+        value = config.trainer.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return (
+                f"trainer.{key}={value!r} is not allowed with hydra/launcher=slurm: expected an integer >= 1"
+            )
+    launcher = config.hydra.launcher
+    where = f"the nodes of {launcher.get('partition') or 'the default partition'}"
+    if not nodes:
+        return f"hydra.launcher.partition={launcher.get('partition')} is not allowed: SLURM has no such one"
+    tasks, cpus, gpus = launcher.tasks_per_node, launcher.cpus_per_task, launcher.get("gpus_per_node")
+    fit = [n for n in nodes if int(n["cpus"]) >= tasks * cpus]
+    if not fit:
+        most = max(int(n["cpus"]) for n in nodes)
+        return (
+            f"hydra.launcher.cpus_per_task={cpus} x tasks_per_node={tasks} (trainer.devices) is not allowed: "
+            f"{where} have at most {most} CPUs"
+        )
+    fit = [n for n in fit if int(n["memory"]) >= (launcher.get("mem_gb") or 0) * 1024]
+    if not fit:
+        most = max(int(n["memory"]) for n in nodes) // 1024
+        return f"hydra.launcher.mem_gb={launcher.mem_gb} is not allowed: {where} have at most {most} GB"
+    fit = [n for n in fit if not gpus or "gpu" in n["gres"]]
+    if not fit:
+        return f"hydra.launcher.gpus_per_node={gpus} is not allowed: {where} have no GPUs (gres)"
+    if launcher.nodes > len(fit):
+        return (
+            f"trainer.num_nodes={launcher.nodes} is not allowed: {where} that fit the request are {len(fit)}"
+        )
+    return None
+
+
+class SlurmPreflight(HydraCallback):
+    """Refuses, in one line and before submitting, a sweep the cluster cannot run (hydra/launcher=slurm)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.launcher
+        if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+            return
+        if shutil.which("sinfo") is None:
+            raise SystemExit(
+                "error: hydra/launcher=slurm is not allowed here: no SLURM (sinfo) on this machine"
+            )
+        try:
+            nodes = _cluster_nodes(launcher.get("partition"))
+        except (subprocess.SubprocessError, OSError) as error:
+            reason = getattr(error, "stderr", None) or str(error)
+            raise SystemExit(
+                f"error: hydra/launcher=slurm is not allowed: sinfo failed ({reason.strip()})"
+            ) from None
+        problem = request_problem(config, nodes)
+        if problem:
+            raise SystemExit(f"error: {problem}")
+
+
+def register_resolvers() -> None:
+    """`${slurm_gpus:accelerator,devices}` for conf/hydra/launcher/slurm.yaml; needed before composing."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("slurm_gpus", gpus_per_node, replace=True)
+
+
+register_resolvers()  # on import: the job processes submitit starts import this module before resolving
