@@ -13,6 +13,9 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from cvae_lightning.slurm import catch_requeue_signal
+
+    catch_requeue_signal()  # before the heavy imports: SLURM may send it while a short job starts
     from cvae_lightning.errors import one_line_errors
     from cvae_lightning.training import train
 

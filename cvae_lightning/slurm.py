@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 
 from hydra.experimental.callback import Callback as HydraCallback
@@ -26,6 +27,28 @@ def job_id() -> str | None:
 def restarts() -> int:
     """How often SLURM has requeued this job (0 on its first run)."""
     return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
+_received_signal: str | None = None  # process-wide, as signal handlers are
+
+
+def catch_requeue_signal(name: str = "SIGUSR2") -> None:
+    """Under SLURM, from now on: the signal SLURM sends ahead of the time limit (`--signal`, USR2 as submitit
+    asks for it) is only recorded, for CheckpointOnInterrupt to act on at the end of a training step; in place
+    of submitit's handler, which would requeue and exit on the spot. Called first thing in a job (train.py),
+    so that a signal during start-up is not lost."""
+    if job_id():
+        signal.signal(getattr(signal, name), _record_signal)
+
+
+def _record_signal(signum, frame) -> None:
+    global _received_signal
+    _received_signal = signal.Signals(signum).name
+
+
+def requeue_signal() -> str | None:
+    """The requeue signal's name once it came, else None."""
+    return _received_signal
 
 
 def requeue() -> None:

@@ -124,7 +124,7 @@ def _train(cfg: DictConfig) -> float | None:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         interrupt = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
-        stopped_by = (interrupt and interrupt.stopped_by) or "SIGTERM"
+        stopped_by = slurm.requeue_signal() or "SIGTERM"
         if interrupt and interrupt.requeued:
             raise Interrupted(
                 f"stopped by {stopped_by} at step {trainer.global_step}; SLURM job {slurm.job_id()} requeued "

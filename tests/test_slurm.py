@@ -312,7 +312,7 @@ def test_a_job_requeues_itself_at_most_max_requeues_times(monkeypatch, tmp_path)
     requeued = []
     monkeypatch.setattr(resume.slurm, "requeue", lambda: requeued.append(resume.slurm.restarts()))
     callback = resume.CheckpointOnInterrupt(str(tmp_path), max_requeues=2)
-    callback.stopped_by = "SIGUSR2"  # as the handler records it
+    monkeypatch.setattr(resume.slurm, "requeue_signal", lambda: "SIGUSR2")  # as the handler records it
     trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"), is_global_zero=True)  # nothing to save
     for restarts in range(4):
         monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))

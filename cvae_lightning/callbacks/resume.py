@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 
 import lightning as L
 import numpy as np
@@ -71,14 +70,15 @@ class RNGStateCheckpoint(L.Callback):
 
 class CheckpointOnInterrupt(Checkpoint):
     """Writes `last.ckpt` when training stops on an exception (SIGTERM, Ctrl-C, a non-finite loss), and under
-    SLURM requeues the job when `requeue_signal` (sent ahead of the time limit, or to preempt) stopped it.
+    SLURM requeues the job when `requeue_signal` (sent ahead of the time limit) stopped it.
 
     Unlike Lightning's OnExceptionCheckpoint, the file is kept after the run (it is the resume point), and it
     is skipped when the weights are no longer finite, so it always holds the last good state. The requeue
     signal is handled as Lightning handles SIGTERM: training stops at the end of the step it is in, so the
     checkpoint resumes exactly; the requeued job finds it (training.py) and continues. This replaces both
     Lightning's SLURM auto-requeue (SIGUSR1, a checkpoint mid-step, turned off in training.py) and
-    submitit's (its USR2 handler, replaced here); a job is requeued at most `max_requeues` times.
+    submitit's (its USR2 handler, replaced: slurm.catch_requeue_signal); a job is requeued at most
+    `max_requeues` times.
     """
 
     def __init__(
@@ -90,30 +90,25 @@ class CheckpointOnInterrupt(Checkpoint):
     ):
         self.ckpt_path = f"{dirpath}/{filename}.ckpt"
         self.max_requeues = max_requeues
-        self.stopped_by: str | None = None  # the requeue signal's name, once it came
         self.requeued = False
-        self._trainer: L.Trainer | None = None
-        if requeue_signal and slurm.job_id():
-            # from now on, not only during fit: SLURM may signal a short job before training has started
-            signal.signal(getattr(signal, requeue_signal), self._stop_and_requeue)
+        if requeue_signal:
+            slurm.catch_requeue_signal(requeue_signal)
 
-    def _stop_and_requeue(self, signum, frame) -> None:
-        self.stopped_by = signal.Signals(signum).name
-        if self._trainer is not None:
-            compat.stop_at_end_of_step(self._trainer)
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._trainer = trainer
-        if self.stopped_by:  # signalled while the run was starting
-            compat.stop_at_end_of_step(trainer)
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if slurm.job_id() is None:
+            return
+        signalled = bool(slurm.requeue_signal())
+        if trainer.world_size > 1:  # every rank stops after the same step, or the others wait for it forever
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        if signalled and not trainer.received_sigterm:
+            compat.stop_at_end_of_step(trainer)  # this step is done: stop here, as for SIGTERM
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._save(trainer, pl_module)
-        if (
-            self.stopped_by and trainer.is_global_zero
-        ):  # requeued even with nothing new saved: nothing is lost
+        # requeued even when nothing new was saved (signalled while starting): nothing is lost
+        if slurm.requeue_signal() and trainer.is_global_zero:
             if slurm.restarts() < self.max_requeues:
                 slurm.requeue()
                 self.requeued = True
