@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
 
 import lightning as L
 import numpy as np
@@ -110,8 +111,11 @@ class CheckpointOnInterrupt(Checkpoint):
         # requeued even when nothing new was saved (signalled while starting): nothing is lost
         if slurm.requeue_signal() and trainer.is_global_zero:
             if slurm.restarts() < self.max_requeues:
-                slurm.requeue()
-                self.requeued = True
+                try:
+                    slurm.requeue()
+                    self.requeued = True
+                except (OSError, subprocess.CalledProcessError) as error:  # the run still ends with its hint
+                    log.warning(f"scontrol requeue failed: {getattr(error, 'stderr', None) or error}")
             else:
                 log.warning(f"not requeued: the job was requeued {slurm.restarts()} times (max_requeues)")
 
