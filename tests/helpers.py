@@ -129,3 +129,13 @@ def read_hparams(log_dir: Path) -> dict:
         name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
         for name, value in start.hparams.items()
     }
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints at the same step, with bit-identical weights and Adam moments."""
+    assert a["global_step"] == b["global_step"]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    moments_a, moments_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in moments_a:
+        assert torch.equal(moments_a[i]["exp_avg"], moments_b[i]["exp_avg"]), i

@@ -10,7 +10,15 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cvae_lightning.training import build_group
-from tests.helpers import assert_one_line_error, assert_ran, composed, read_events, run_script, tiny_trainer
+from tests.helpers import (
+    assert_one_line_error,
+    assert_ran,
+    assert_same_state,
+    composed,
+    read_events,
+    run_script,
+    tiny_trainer,
+)
 
 # 3 epochs of 12 batches; validation on 4 batches; last.ckpt every 6 steps (mid-epoch) as well as per epoch
 RUN = [
@@ -49,16 +57,6 @@ def final_state(run_dir):
     scalars, _ = read_events(run_dir)
     val = [(e.step, e.value) for e in scalars["val/nelbo"]]
     return ckpt, val, scalars
-
-
-def assert_same_state(a, b):
-    """Same step, bit-identical weights and Adam moments."""
-    assert a["global_step"] == b["global_step"]
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    moments_a, moments_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
-    for i in moments_a:
-        assert torch.equal(moments_a[i]["exp_avg"], moments_b[i]["exp_avg"]), i
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +171,32 @@ def test_last_checkpoint_is_the_last_epoch_even_when_validation_got_worse(tmp_pa
     trainer.fit(WorseEveryEpoch())
     assert probe.steps == [2, 4, 6]  # two steps an epoch
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+
+
+@pytest.mark.parametrize(
+    "stage, saved_step, writes",
+    [("train", None, True), ("validate", None, False), ("sanity_check", None, False), ("train", 5, False)],
+    ids=["end-of-step", "inside-validation", "sanity-check", "epoch-end-already-saved"],
+)
+def test_an_interrupt_writes_last_ckpt_only_where_a_resume_is_exact(tmp_path, stage, saved_step, writes):
+    """Stopped at the end of a training step: written. Inside a validation: the older periodic last.ckpt
+    stays (a state from there would resume without the rest of the validation). At an epoch's end the
+    epoch's own last.ckpt already holds the state."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from lightning.pytorch.trainer.states import RunningStage
+
+    from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
+
+    if saved_step is not None:
+        torch.save({"global_step": saved_step}, tmp_path / "last.ckpt")
+    callback = CheckpointOnInterrupt(str(tmp_path))
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(fn="fit", stage=RunningStage(stage)),
+        global_step=5,
+        is_global_zero=True,
+        save_checkpoint=mock.Mock(),
+    )
+    callback.on_exception(trainer, torch.nn.Linear(1, 1), RuntimeError())
+    assert trainer.save_checkpoint.called == writes

@@ -14,7 +14,15 @@ import torch
 from omegaconf import OmegaConf
 
 from cvae_lightning.slurm import request_problem
-from tests.helpers import SHORT_RUN, assert_one_line_error, assert_ran, composed, read_events, run_script
+from tests.helpers import (
+    SHORT_RUN,
+    assert_one_line_error,
+    assert_ran,
+    assert_same_state,
+    composed,
+    read_events,
+    run_script,
+)
 
 
 def slurm_reachable() -> bool:
@@ -103,15 +111,6 @@ class ReleaseRequeued(threading.Thread):
 
 def final_weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-
-
-def assert_same_weights(a, b):
-    assert a["global_step"] == b["global_step"]
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    moments_a, moments_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
-    for i in moments_a:
-        assert torch.equal(moments_a[i]["exp_avg"], moments_b[i]["exp_avg"]), i
 
 
 # -- without a cluster: what is asked of SLURM ----------------------------------------------------------
@@ -287,7 +286,7 @@ def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path
     assert "requeued by SLURM (restart 1): resuming from" in log
     stop = "stopped by SIGTERM" if how == "preempted" else "stopped by SIGUSR2"
     assert stop in logs(interrupted) or stop in log
-    assert_same_weights(final_weights(run), final_weights(ref_run))
+    assert_same_state(final_weights(run), final_weights(ref_run))
     # one TensorBoard stream: every validation once, at the same steps and values as the reference's
     (scalars, _), (ref_scalars, _) = read_events(run), read_events(ref_run)
     assert [(e.step, e.value) for e in scalars["val/nelbo"]] == [

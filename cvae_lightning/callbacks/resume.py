@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import random
 import subprocess
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.trainer.states import RunningStage
 
 from cvae_lightning import compat, slurm
 
@@ -69,6 +71,10 @@ class RNGStateCheckpoint(L.Callback):
             self._to_restore = None
 
 
+def read_step(path: str | Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
 class CheckpointOnInterrupt(Checkpoint):
     """Writes `last.ckpt` when training stops on an exception (SIGTERM, Ctrl-C, a non-finite loss), and under
     SLURM requeues the job when `requeue_signal` (sent ahead of the time limit) stopped it.
@@ -120,8 +126,16 @@ class CheckpointOnInterrupt(Checkpoint):
                 log.warning(f"not requeued: the job was requeued {slurm.restarts()} times (max_requeues)")
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_step == 0:
-            return  # nothing trained yet: nothing worth resuming from
+        if (
+            trainer.state.fn != "fit"
+            or trainer.state.stage != RunningStage.TRAINING
+            or trainer.global_step == 0
+        ):
+            # nothing trained yet, or stopped inside a validation: a state saved there would resume without
+            # the rest of it; the last periodic last.ckpt resumes exactly
+            return
+        if Path(self.ckpt_path).is_file() and read_step(self.ckpt_path) == trainer.global_step:
+            return  # stopped at an epoch's end, whose last.ckpt (LastCheckpoint) already holds this state
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             log.warning("weights are not finite: no checkpoint written on interrupt")
             return
