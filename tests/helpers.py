@@ -139,3 +139,19 @@ def assert_same_state(a: dict, b: dict) -> None:
     moments_a, moments_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     for i in moments_a:
         assert torch.equal(moments_a[i]["exp_avg"], moments_b[i]["exp_avg"]), i
+
+
+def wait_for_checkpoint(folder: Path, pattern: str, step: int, process, timeout: float = 300) -> None:
+    """Returns once a checkpoint `folder/pattern` (a glob) holds a step >= `step`, while `process` runs."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end and process.poll() is None:
+        for path in folder.glob(pattern):
+            try:
+                if torch.load(path, weights_only=True)["global_step"] >= step:
+                    return
+            except Exception:  # mid-rename: try again
+                pass
+        time.sleep(0.02)
+    raise AssertionError("the run ended, or never got there, before it could be interrupted")

@@ -2,7 +2,6 @@
 
 import signal
 import subprocess
-import time
 
 import lightning as L
 import pytest
@@ -18,6 +17,7 @@ from tests.helpers import (
     read_events,
     run_script,
     tiny_trainer,
+    wait_for_checkpoint,
 )
 
 # 3 epochs of 12 batches; validation on 4 batches; last.ckpt every 6 steps (mid-epoch) as well as per epoch
@@ -36,17 +36,7 @@ RUN = [
 def kill_after_checkpoint(run_dir, overrides, min_step: int, sig=signal.SIGKILL) -> subprocess.Popen:
     """Starts a run and sends `sig` as soon as last.ckpt holds a step >= min_step."""
     process = run_script("train.py", *overrides, f"hydra.run.dir={run_dir}", background=True)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if last.is_file():
-            try:
-                if torch.load(last, weights_only=True)["global_step"] >= min_step:
-                    break
-            except Exception:  # mid-rename: try again
-                pass
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be interrupted"
+    wait_for_checkpoint(run_dir, "checkpoints/last.ckpt", min_step, process, timeout=240)
     process.send_signal(sig)
     process.wait(timeout=120)
     return process

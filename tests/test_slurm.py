@@ -22,6 +22,7 @@ from tests.helpers import (
     composed,
     read_events,
     run_script,
+    wait_for_checkpoint,
 )
 
 
@@ -235,20 +236,6 @@ def test_a_failing_job_is_reported_and_the_others_complete(tmp_path):
     )
 
 
-def wait_for_step(run_glob, sweep_dir, step: int, process, deadline=300):
-    """The job's last.ckpt once it holds a step >= `step` (mid-run)."""
-    end = time.time() + deadline
-    while time.time() < end and process.poll() is None:
-        for last in sweep_dir.glob(run_glob):
-            try:
-                if torch.load(last, weights_only=True)["global_step"] >= step:
-                    return
-            except Exception:  # mid-rename: try again
-                pass
-        time.sleep(0.1)
-    raise AssertionError("the job ended, or never got there, before it could be interrupted")
-
-
 @pytest.mark.slurm
 @needs_slurm
 @pytest.mark.parametrize("how", ["preempted", "time limit"])
@@ -274,7 +261,7 @@ def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path
         first = slurm_sweep(reference, *overrides, background=True)
         second = slurm_sweep(interrupted, *overrides, *limit, background=True)
         if how == "preempted":
-            wait_for_step("0_*/checkpoints/last.ckpt", interrupted, 50, second)  # within epoch 2
+            wait_for_checkpoint(interrupted, "0_*/checkpoints/last.ckpt", 50, second)  # within epoch 2
             (job,) = submitted_jobs(interrupted)
             subprocess.run(["scontrol", "requeue", job], check=True)
         for process in (first, second):
