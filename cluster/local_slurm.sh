@@ -106,7 +106,10 @@ wait_for() {  # wait_for NAME COMMAND: up to 60 s for COMMAND to succeed
 start() {
   install_packages
   configure
-  pgrep -x munged >/dev/null || runuser -u munge -- munged
+  if ! (munge -n </dev/null | unmunge) >/dev/null 2>&1; then
+    runuser -u munge -- munged
+    wait_for "munged" "munge -n </dev/null | unmunge"
+  fi
   start_database
   sacctmgr -n list cluster format=cluster | grep -qw cvae-local || sacctmgr -i add cluster cvae-local >/dev/null
   pgrep -x slurmctld >/dev/null || slurmctld
@@ -132,6 +135,17 @@ stop() {
   pkill -x slurmdbd || true
   mariadb-admin shutdown 2>/dev/null || true
   pkill -x munged || true
+  # gone before this returns, so that a start right after finds nothing half-stopped
+  for _ in $(seq 60); do
+    running=0
+    for daemon in slurmd slurmctld slurmdbd mariadbd munged; do
+      pgrep -x "$daemon" >/dev/null && running=1
+    done
+    ((running)) || return 0
+    sleep 0.5
+  done
+  echo "some SLURM daemons did not stop in 30 s" >&2
+  return 1
 }
 
 case "${1:-}" in
