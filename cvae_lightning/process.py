@@ -56,6 +56,14 @@ def process_settings(flush_denormal: bool, matmul_precision: str):
         yield
 
 
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -69,11 +77,10 @@ def one_job_per_ddp_launch():
     job launches its own children rather than waiting for them.
     """
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
     from omegaconf import open_dict, read_write
 
     argv, env = list(sys.argv), {k: os.environ.get(k) for k in DDP_LAUNCH_ENV}
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_multirun():
         hydra_cfg = HydraConfig.get()
         sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
         with read_write(hydra_cfg), open_dict(hydra_cfg):

@@ -19,7 +19,7 @@ from cvae_lightning import checkpoints, compat, slurm
 from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
 from cvae_lightning.config import build, validate
 from cvae_lightning.errors import Error, Interrupted
-from cvae_lightning.process import one_job_per_ddp_launch, process_settings
+from cvae_lightning.process import in_multirun, one_job_per_ddp_launch, process_settings
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +81,13 @@ def train(cfg: DictConfig) -> float | None:
         with process_settings(cfg.flush_denormal, cfg.matmul_precision), one_job_per_ddp_launch():
             return _train(cfg)
     except Error as error:
-        if isinstance(error, Interrupted) or not _in_multirun():
+        if isinstance(error, Interrupted) or not in_multirun():
             raise
         overrides = list(HydraConfig.get().overrides.task)
         failed = {"overrides": overrides, "status": "failed", "error": str(error)}
         Path(cfg.paths.output_dir, "results.json").write_text(json.dumps(failed, indent=2))
         log.error(f"error: {error}")
         return None
-
-
-def _in_multirun() -> bool:
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _train(cfg: DictConfig) -> float | None:

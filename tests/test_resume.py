@@ -180,7 +180,7 @@ def test_an_interrupt_writes_last_ckpt_only_where_a_resume_is_exact(tmp_path, st
     from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
 
     if saved_step is not None:
-        torch.save({"global_step": saved_step}, tmp_path / "last.ckpt")
+        torch.save({"global_step": saved_step, "state_dict": {}}, tmp_path / "last.ckpt")
     callback = CheckpointOnInterrupt(str(tmp_path))
     trainer = SimpleNamespace(
         state=SimpleNamespace(fn="fit", stage=RunningStage(stage)),

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import RunningStage
 
-from cvae_lightning import compat, slurm
+from cvae_lightning import checkpoints, compat, slurm
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,6 @@ class RNGStateCheckpoint(L.Callback):
         if self._to_restore is not None:
             set_rng_states(self._to_restore)
             self._to_restore = None
-
-
-def read_step(path: str | Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
 
 
 class CheckpointOnInterrupt(Checkpoint):
@@ -134,7 +130,10 @@ class CheckpointOnInterrupt(Checkpoint):
             # nothing trained yet, or stopped inside a validation: a state saved there would resume without
             # the rest of it; the last periodic last.ckpt resumes exactly
             return
-        if Path(self.ckpt_path).is_file() and read_step(self.ckpt_path) == trainer.global_step:
+        if (
+            Path(self.ckpt_path).is_file()
+            and checkpoints.read(self.ckpt_path)["global_step"] == trainer.global_step
+        ):
             return  # stopped at an epoch's end, whose last.ckpt (LastCheckpoint) already holds this state
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             log.warning("weights are not finite: no checkpoint written on interrupt")
