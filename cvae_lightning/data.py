@@ -179,12 +179,10 @@ class MNISTDataModule(L.LightningDataModule):
             isinstance(data_dir, str | Path) and str(data_dir) != "",
             "a folder path",
         )
-        for key, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("val_size", val_size),
-        ):
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             check_int(f"data.{key}", value, 1)
+        # 0: train on all 60k images without validation (the published benchmark's setup)
+        check_int("data.val_size", val_size, 0)
         check(
             "data.val_size",
             val_size,
@@ -255,8 +253,9 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> InMemoryLoader:
         return self._loader(self.train_images, self.train_labels, train=True)
 
-    def val_dataloader(self) -> InMemoryLoader:
-        return self._loader(self.val_images, self.val_labels)
+    def val_dataloader(self) -> InMemoryLoader | list:
+        # no batches with val_size=0: Lightning then skips validation instead of running empty epochs
+        return self._loader(self.val_images, self.val_labels) if self.hparams.val_size else []
 
     def test_dataloader(self) -> InMemoryLoader:
         return self._loader(self.test_images, self.test_labels)

@@ -33,6 +33,8 @@ KEY_HPARAMS = (
     "model.lr_schedule",
     "model.beta",
     "model.kl_warmup_epochs",
+    "model.objective",
+    "model.k",
     "data.batch_size",
     "data.binarize",
     "trainer.max_epochs",
@@ -133,7 +135,8 @@ def _train(cfg: DictConfig) -> float | None:
 
     # validation and test metrics of the best checkpoint (the validation pass is not logged again)
     loggers, trainer.loggers = trainer.loggers, []
-    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    metrics = validated[0] if validated else {}  # data.val_size=0: no validation set
     trainer.loggers = loggers
     if cfg.get("test"):
         metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]

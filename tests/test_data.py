@@ -161,3 +161,9 @@ def test_a_data_dir_that_cannot_be_written_is_refused_in_one_line(path):
     message = str(error.value)
     assert message.startswith(f"data.data_dir={path} is not allowed: MNIST cannot be written there (")
     assert message.endswith("expected a folder this user can write") and "\n" not in message
+
+
+def test_val_size_zero_trains_on_all_60k_and_has_no_validation_batches(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), val_size=0)
+    dm.setup()
+    assert len(dm.train_images) == 60_000 and dm.val_dataloader() == []

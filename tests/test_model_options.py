@@ -69,7 +69,7 @@ def test_the_conditional_prior_is_learned():
         (
             CVAE,
             {"lr_schedule": "step"},
-            "model.lr_schedule='step' is not allowed: expected one of constant, cosine",
+            "model.lr_schedule='step' is not allowed: expected one of constant, cosine, iwae",
         ),
     ],
 )
@@ -156,3 +156,112 @@ def test_dynamic_binarization_and_bad_values(data_dir):
         ValueError, match="data.binarize='static' is not allowed: expected one of none, dynamic"
     ):
         MNISTDataModule(binarize="static")
+
+
+def _by_hand_log_weights(model, x, y, eps):
+    """log p(x|z) + log p(z|y) - log q(z|x,y) at z = mu + sigma * eps, with torch.distributions."""
+    from torch.distributions import Bernoulli
+
+    mu, logvar = model.encode(x, y)
+    prior_mu, prior_logvar = model.prior_params(y)
+    z = mu + (0.5 * logvar).exp() * eps  # (k, B, latent)
+    k = len(eps)
+    logits = model.decode(z.flatten(0, 1), y.repeat(k)).view(k, len(x), -1)
+    log_px = Bernoulli(logits=logits).log_prob(x.flatten(1).expand_as(logits)).sum(-1)
+    log_pz = Normal(prior_mu, (0.5 * prior_logvar).exp()).log_prob(z).sum(-1)
+    log_qz = Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    return log_px + log_pz - log_qz
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_iwae_objective_matches_a_hand_computation_with_the_same_noise(k):
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=3, hidden_dims=[16], prior="conditional", objective="iwae", k=k)
+    torch.nn.init.normal_(model.prior_net.weight, std=0.3)
+    x, y = torch.bernoulli(torch.rand(6, 1, 28, 28)), torch.tensor([0, 1, 2, 3, 4, 9])
+    torch.manual_seed(1)
+    terms = model.elbo_terms(x, y)
+    torch.manual_seed(1)
+    eps = torch.randn(k, 6, 3)  # the draws elbo_terms made
+    log_w = _by_hand_log_weights(model, x, y, eps)
+    expected = -(torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(k)))).mean()
+    assert terms["niwae"].item() == pytest.approx(expected.item(), rel=1e-5)
+    if k == 1:  # one sample: the IWAE bound is that sample's ELBO estimate (KL sampled, not closed-form)
+        assert terms["niwae"].item() == pytest.approx(-log_w.mean().item(), rel=1e-6)
+    # the closed-form KL estimate and the sampled one agree in expectation: same -ELBO within noise
+    assert abs(terms["nelbo"].item() - (-log_w.mean().item())) < 5.0
+
+
+def test_iwae_bound_tightens_with_k_in_expectation():
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4, hidden_dims=[32], objective="iwae")
+    x = torch.bernoulli(torch.rand(32, 1, 28, 28))
+    mean_bound = {
+        k: torch.stack([model.elbo_terms(x, k=k)["niwae"] for _ in range(30)]).mean().item()
+        for k in (1, 5, 50)
+    }
+    nelbo = torch.stack([model.elbo_terms(x, k=1)["nelbo"] for _ in range(30)]).mean().item()
+    assert mean_bound[50] < mean_bound[5] < mean_bound[1]
+    assert mean_bound[1] == pytest.approx(nelbo, abs=0.5)  # k=1: the ELBO
+
+
+def test_elbo_objective_with_k_samples_averages_the_reconstruction_term():
+    torch.manual_seed(0)
+    model = VAE(latent_dim=3, hidden_dims=[16], k=4)
+    x = torch.bernoulli(torch.rand(5, 1, 28, 28))
+    torch.manual_seed(2)
+    terms = model.elbo_terms(x)
+    torch.manual_seed(2)
+    eps = torch.randn(4, 5, 3)
+    mu, logvar = model.encode(x)
+    logits = model.decode((mu + (0.5 * logvar).exp() * eps).flatten(0, 1)).flatten(1)
+    recon = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, x.flatten(1).repeat(4, 1), reduction="sum"
+    )
+    assert terms["recon"].item() == pytest.approx(recon.item() / 20, rel=1e-5)
+    assert "niwae" not in terms
+
+
+def test_iwae_objective_trains_and_logs_its_bound(data_dir):
+    model = CVAE(latent_dim=2, hidden_dims=[16], objective="iwae", k=3)
+    data = MNISTDataModule(data_dir=str(data_dir), batch_size=200, val_size=1000, binarize="dynamic")
+    trainer = tiny_trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=1, log_every_n_steps=1)
+    trainer.fit(model, datamodule=data)
+    logged = trainer.callback_metrics
+    assert {"train/niwae_k3", "val/niwae_k3", "val/nelbo"} <= set(logged)
+    assert logged["val/niwae_k3"] <= logged["val/nelbo"] + 1.0  # the bound is at least as tight, up to noise
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_log_likelihood_is_the_same_however_it_is_chunked_and_compiled(chunk):
+    torch.manual_seed(0)
+    model = VAE(latent_dim=3, hidden_dims=[16])
+    x = torch.bernoulli(torch.rand(4, 1, 28, 28))
+    torch.manual_seed(5)
+    whole = model.log_likelihood(x, k=64, chunk=64)
+    torch.manual_seed(5)
+    assert torch.allclose(model.log_likelihood(x, k=64, chunk=chunk), whole, atol=1e-4)
+    if chunk == 7:
+        torch.manual_seed(5)
+        assert torch.allclose(model.log_likelihood(x, k=64, chunk=chunk, compile=True), whole, atol=1e-3)
+
+
+def test_the_iwae_learning_rate_schedule_has_the_papers_stages():
+    from cvae_lightning.models import iwae_lr_factor
+
+    stage_of = lambda epoch: round(-7 * torch.log10(torch.tensor(iwae_lr_factor(epoch))).item())  # noqa: E731
+    # stage i lasts 3^i epochs: 1, 3, 9, ..., 2187 (3,280 in all), then stays at the last
+    assert [stage_of(e) for e in (0, 1, 3, 4, 12, 13, 39, 40, 1092, 1093, 3279, 3280)] == [
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+        6,
+        7,
+        7,
+        7,
+    ]

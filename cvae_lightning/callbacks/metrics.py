@@ -3,7 +3,9 @@ number of active latent dimensions."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -78,3 +80,53 @@ class ActiveUnits(L.Callback):
         if self.count:
             active = (self.kl_sum / self.count > self.threshold).sum().float()
             pl_module.log("val/active_units", active, sync_dist=True)
+
+
+class TestNLL(L.Callback):
+    """`test/nll_k<k>` every `every_n_epochs` training epochs and after the last: the IWAE bound with k
+    samples on the first `n_images` test images, binarized with evaluate.py's fixed seed, in float32. Each
+    point is also appended to `<run dir>/test_nll.json` with its epoch and seconds since the fit began, so a
+    benchmark run shows how far it got and where it was heading (docs/results.md plots them)."""
+
+    def __init__(
+        self,
+        k: int = 100,
+        every_n_epochs: int = 10,
+        n_images: int | None = None,
+        chunk: int = 100,
+        compile: bool = False,
+    ):
+        self.k, self.every_n_epochs, self.n_images, self.chunk = k, every_n_epochs, n_images, chunk
+        self.compile = compile
+
+    def on_fit_start(self, trainer, pl_module):
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        epoch = trainer.current_epoch + 1  # epochs completed
+        if epoch % self.every_n_epochs and epoch < trainer.max_epochs and not trainer.should_stop:
+            return
+        from cvae_lightning.process import float32_matmul_precision
+        from cvae_lightning.scores import test_elbo_and_nll
+
+        data = trainer.datamodule
+        images, labels = data.test_images[: self.n_images], data.test_labels[: self.n_images]
+        binarize = data.hparams.get("binarize") == "dynamic"
+        was_training = pl_module.training
+        pl_module.eval()
+        # its own random draws: the training run's RNG stream (and so exact resume) stays untouched
+        with torch.random.fork_rng(devices=[]), float32_matmul_precision("highest"):
+            nll = test_elbo_and_nll(
+                pl_module, images, labels, self.k, chunk=self.chunk, binarize=binarize, compile=self.compile
+            )
+        pl_module.train(was_training)
+        pl_module.log(f"test/nll_k{self.k}", nll["nll"], on_epoch=True)
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / "test_nll.json"
+            points = json.loads(path.read_text()) if path.is_file() else []
+            points = [p for p in points if p["epoch"] < epoch]  # a resumed run rewrites its later points
+            seconds = round(time.perf_counter() - self.started, 1)
+            points.append(
+                {"epoch": epoch, "step": trainer.global_step, "nll": nll["nll"], "seconds": seconds}
+            )
+            path.write_text(json.dumps(points, indent=1) + "\n")
