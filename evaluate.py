@@ -1,7 +1,8 @@
 """Evaluate a trained CVAE/VAE: `python evaluate.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt`.
 
 Writes metrics.json, metrics.md and confusion_matrix.png beside the checkpoint and prints the table
-(see conf/eval.yaml for eval.k, eval.n_per_digit, ...).
+(see conf/eval.yaml for eval.k, eval.n_per_digit, ...; `eval.cas=true` adds the Classification Accuracy
+Score, which trains a classifier on the model's samples).
 """
 
 import os
@@ -24,7 +25,7 @@ def main(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig) -> None:
     from cvae_lightning import checkpoints
     from cvae_lightning.classifier import load_classifier
-    from cvae_lightning.data import MNISTDataModule
+    from cvae_lightning.data import MNISTDataModule, load_split
     from cvae_lightning.errors import ConfigError
     from cvae_lightning.scores import evaluate, write_report
 
@@ -35,6 +36,8 @@ def evaluate(cfg: DictConfig) -> None:
     datamodule = MNISTDataModule(data_dir=cfg.paths.data_dir)
     datamodule.prepare_data()
     datamodule.setup("test")
+    # CAS generates as many of each digit as the 60k real training images hold
+    train_labels = load_split(cfg.paths.data_dir, train=True)[1] if cfg.eval.get("cas") else None
     metrics = evaluate(
         model,
         classifier,
@@ -42,6 +45,7 @@ def evaluate(cfg: DictConfig) -> None:
         datamodule.test_labels,
         binarize=checkpoints.binary_pixels(checkpoints.read(cfg.ckpt_path)),
         seed=cfg.seed,
+        train_labels=train_labels,
         **cfg.eval,
     )
     out_dir = Path(cfg.out_dir or Path(cfg.ckpt_path).parent)

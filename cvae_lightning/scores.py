@@ -1,5 +1,6 @@
-"""How good a trained (C)VAE is: test -ELBO, IWAE NLL, conditional accuracy and classifier-FID, and the
-report evaluate.py writes (metrics.json / metrics.md beside the checkpoint)."""
+"""How good a trained (C)VAE is: test -ELBO, IWAE NLL, conditional accuracy, classifier-FID and the
+Classification Accuracy Score, and the report evaluate.py writes (metrics.json / metrics.md beside the
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae_lightning.classifier import Classifier, ClassifierFeatures
-from cvae_lightning.data import NUM_CLASSES
+from cvae_lightning.data import NUM_CLASSES, InMemoryLoader
+from cvae_lightning.errors import ConfigError, check_bool, check_int
 from cvae_lightning.models import ELBO_PARTS, VAE
 
 # images per classifier pass: small enough that its activations reuse heap memory instead of fresh mmaps
 CLASSIFIER_BATCH = 128
+# the classifier's training recipe, as `python train.py experiment=classifier` runs it: 4 epochs
+# (conf/experiment/classifier.yaml) of batches of 128 (conf/data/mnist.yaml)
+CAS_EPOCHS, CAS_BATCH = 4, 128
+CAS_NOT_DEFINED = "a VAE cannot be asked for a digit, so its samples have no labels to train a classifier on"
 
 
 def _batches(images: Tensor, labels: Tensor, batch_size: int, binarize: bool, generator: torch.Generator):
@@ -38,6 +45,7 @@ def test_elbo_and_nll(
     batch_size: int = 100,
     chunk: int = 100,
     binarize=False,
+    compile: bool = False,
 ) -> dict[str, float]:
     """-ELBO (`nelbo`, and its recon/KL parts) and the IWAE NLL (k importance samples), in nats per image.
 
@@ -51,7 +59,7 @@ def test_elbo_and_nll(
         for name in ELBO_PARTS:
             sums[name] += terms[name].item() * len(x)
         if k:
-            sums["nll"] -= model.log_likelihood(x, y, k=k, chunk=chunk).sum().item()
+            sums["nll"] -= model.log_likelihood(x, y, k=k, chunk=chunk, compile=compile).sum().item()
     results = {name: total / len(images) for name, total in sums.items()}
     if not k:
         del results["nll"]
@@ -59,13 +67,18 @@ def test_elbo_and_nll(
 
 
 @torch.no_grad()
+def generate(model: VAE, labels: Tensor, temperature: float, batch_size: int = 1000) -> Tensor:
+    """One sample per label at `temperature`, on the CPU (a VAE draws as many unlabelled samples)."""
+    return torch.cat(
+        [model.sample(labels=chunk, temperature=temperature) for chunk in labels.split(batch_size)]
+    ).cpu()
+
+
 def generate_per_digit(model: VAE, n_per_digit: int, temperature: float, batch_size: int = 1000) -> Tensor:
     """n_per_digit samples of every digit 0-9 (digit-major order) at `temperature`; a VAE, which cannot
     be asked for a digit, draws as many (10 x n_per_digit) unlabelled samples."""
     labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
-    return torch.cat(
-        [model.sample(labels=chunk, temperature=temperature) for chunk in labels.split(batch_size)]
-    ).cpu()
+    return generate(model, labels, temperature, batch_size)
 
 
 @torch.no_grad()
@@ -101,6 +114,72 @@ def classifier_fid(
     return fid.compute().item()
 
 
+def label_counts(labels: Tensor) -> list[int]:
+    """How many of each digit 0-9 `labels` holds."""
+    return torch.bincount(labels, minlength=NUM_CLASSES).tolist()
+
+
+def _test_accuracy(classifier: Classifier, images: Tensor, labels: Tensor) -> dict[str, object]:
+    accuracy = conditional_accuracy(classifier, images, labels)
+    return {"overall": accuracy["overall"], "per_digit": accuracy["per_digit"]}
+
+
+def classification_accuracy_score(
+    model: VAE,
+    test_images: Tensor,
+    test_labels: Tensor,
+    train_counts: Sequence[int] | int,
+    real_classifier: Classifier | None = None,
+    epochs: int = CAS_EPOCHS,
+    batch_size: int = CAS_BATCH,
+    binarize: bool = False,
+    seed: int = 0,
+) -> dict:
+    """The Classification Accuracy Score (Ravuri & Vinyals 2019): a fresh classifier trained only on the
+    CVAE's samples at temperature 1, `train_counts[d]` of each digit d (the real training set's
+    `label_counts`, or one number for every digit), then tested on the real test images (uint8): overall
+    and per digit. With `real_classifier` (trained on real digits: checkpoints/classifier.ckpt), its accuracy
+    on the same test images comes beside it as `real_data`.
+
+    The new classifier has the real one's architecture and learning rate (the defaults without one) and
+    trains as `experiment=classifier` does, but keeps its last epoch: picking one by real validation digits
+    would let real data into its training. `binarize`: the model was trained on dynamically binarized
+    pixels, so its samples become Bernoulli draws from the decoder's means, afresh every batch, as its own
+    training images were. The test images are the real grayscale ones for every model, so `real_data` is
+    one baseline for all.
+    """
+    if not model.n_classes:
+        raise ConfigError(f"CAS is not defined for a {type(model).__name__}: {CAS_NOT_DEFINED}")
+    started = time.perf_counter()
+    counts = [train_counts] * NUM_CLASSES if isinstance(train_counts, int) else list(train_counts)
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(torch.tensor(counts))
+    # its own seed, leaving the caller's random state as it was (evaluate's other metrics do not move)
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        # the decoder's means in [0, 1] (model.sample), kept as 8-bit pixels like MNIST's own: the loader the
+        # models train with then shuffles them every epoch and, with binarize, draws the Bernoulli pixels
+        pixels = generate(model, labels, temperature=1.0).mul(255).round().to(torch.uint8)
+        loader = InMemoryLoader(pixels, labels, batch_size, shuffle=True, seed=seed, binarize=binarize)
+        classifier = Classifier(**(real_classifier.hparams if real_classifier is not None else {}))
+        trainer = L.Trainer(
+            accelerator=model.device.type,
+            devices=1,
+            max_epochs=epochs,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(classifier, train_dataloaders=loader)
+    real = test_images.float().div(255.0)
+    result = _test_accuracy(classifier.eval(), real, test_labels)
+    if real_classifier is not None:
+        result["real_data"] = _test_accuracy(real_classifier, real, test_labels)
+    result.update(train_images=len(labels), epochs=epochs, seconds=round(time.perf_counter() - started, 1))
+    return result
+
+
 def evaluate(
     model: VAE,
     classifier: Classifier | None,
@@ -114,16 +193,45 @@ def evaluate(
     chunk: int = 100,
     binarize: bool = False,
     seed: int = 0,
+    compile: bool = False,
+    cas: bool = False,
+    cas_epochs: int = CAS_EPOCHS,
+    train_labels: Tensor | None = None,
 ) -> dict:
-    """All metrics of one model (see evaluate.py); the classifier is needed for accuracy and FID."""
+    """All metrics of one model (see evaluate.py); the classifier is needed for accuracy and FID. `cas`
+    adds the Classification Accuracy Score, with as many samples of each digit as `train_labels` holds."""
+    check_bool("eval.cas", cas)
+    check_int("eval.cas_epochs", cas_epochs, 1)
+    if cas and train_labels is None:
+        raise ValueError("cas=True needs train_labels: CAS generates as many of each digit as they hold")
     torch.manual_seed(seed)
     started = time.perf_counter()
     subset = slice(0, n_images)
     metrics: dict = {"model": type(model).__name__, "test_images": len(test_images[subset]), "k": k}
     metrics["test"] = test_elbo_and_nll(
-        model, test_images[subset], test_labels[subset], k, batch_size, chunk, binarize=binarize
+        model,
+        test_images[subset],
+        test_labels[subset],
+        k,
+        batch_size,
+        chunk,
+        binarize=binarize,
+        compile=compile,
     )
     metrics["seconds_elbo_nll"] = round(time.perf_counter() - started, 1)
+    if cas and not model.n_classes:
+        metrics["cas"] = {"skipped": f"not defined for a VAE: {CAS_NOT_DEFINED}"}
+    elif cas:
+        metrics["cas"] = classification_accuracy_score(
+            model,
+            test_images,
+            test_labels,
+            label_counts(train_labels),
+            classifier,
+            epochs=cas_epochs,
+            binarize=binarize,
+            seed=seed,
+        )
     if classifier is None:
         return metrics
 
@@ -151,8 +259,12 @@ def evaluate(
     return metrics
 
 
+def _percent_row(name: str, fractions: Sequence[float]) -> str:
+    return f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in fractions) + " |"
+
+
 def markdown(metrics: dict, title: str = "") -> str:
-    """metrics.md: the headline numbers, then per-digit accuracy and FID."""
+    """metrics.md: the headline numbers, then per-digit accuracy, FID and CAS."""
     test = metrics["test"]
     lines = [f"# {title}".rstrip(), ""] if title else []
     lines += [
@@ -171,16 +283,30 @@ def markdown(metrics: dict, title: str = "") -> str:
         lines.append(f"| conditional accuracy {key} | {100 * acc['overall']:.2f}% |")
     for key, fid in metrics.get("fid", {}).items():
         lines.append(f"| classifier-FID {key} | {fid['overall']:.3f} |")
-    if metrics.get("accuracy"):
+    cas = metrics.get("cas", {})
+    if "skipped" in cas:
+        lines.append(f"| CAS | skipped: {cas['skipped']} |")
+    elif cas:
+        trained = f"{cas['train_images']} generated digits, epochs={cas['epochs']}"
+        lines.append(f"| CAS (classifier trained on {trained}) | {100 * cas['overall']:.2f}% |")
+        if "real_data" in cas:
+            real = cas["real_data"]["overall"]
+            lines.append(f"| CAS baseline: the classifier trained on real digits | {100 * real:.2f}% |")
+    rows = [
+        _percent_row(f"accuracy {key}", acc["per_digit"]) for key, acc in metrics.get("accuracy", {}).items()
+    ]
+    rows += [
+        f"| FID {key} | " + " | ".join(f"{f:.2f}" for f in fid["per_digit"]) + " |"
+        for key, fid in metrics.get("fid", {}).items()
+        if "per_digit" in fid
+    ]
+    if "per_digit" in cas:
+        rows.append(_percent_row("CAS", cas["per_digit"]))
+    if "real_data" in cas:
+        rows.append(_percent_row("CAS baseline", cas["real_data"]["per_digit"]))
+    if rows:
         digits = " | ".join(str(d) for d in range(NUM_CLASSES))
-        lines += ["", f"| per digit | {digits} |", "|---|" + "---|" * NUM_CLASSES]
-        for key, acc in metrics["accuracy"].items():
-            lines.append(
-                f"| accuracy {key} | " + " | ".join(f"{100 * a:.1f}" for a in acc["per_digit"]) + " |"
-            )
-        for key, fid in metrics["fid"].items():
-            if "per_digit" in fid:
-                lines.append(f"| FID {key} | " + " | ".join(f"{f:.2f}" for f in fid["per_digit"]) + " |")
+        lines += ["", f"| per digit | {digits} |", "|---|" + "---|" * NUM_CLASSES, *rows]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,5 @@
-"""The callbacks: image grids (what TensorBoard shows) and metric curves (sample accuracy, active units)."""
+"""The callbacks: image grids and the latent projector (what TensorBoard shows), and metric curves (sample
+accuracy, active units)."""
 
 import io
 from types import SimpleNamespace
@@ -7,21 +8,23 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from cvae_lightning import CVAE, VAE
+from cvae_lightning import CVAE, VAE, MNISTDataModule
 from cvae_lightning.callbacks.images import (
     GeneratedDigits,
     ImageLogger,
     Interpolation,
     LatentManifold,
+    LatentProjector,
     add_grayscale_image,
 )
 from cvae_lightning.callbacks.metrics import ActiveUnits, SampleAccuracy
 from cvae_lightning.models import gaussian_kl_per_dim
-from tests.helpers import SHORT_RUN, assert_ran, read_events, run_script
+from tests.helpers import SHORT_RUN, assert_ran, read_events, run_script, tiny_trainer
 
 
 def test_latent_manifold_decodes_a_grid_of_the_plane_for_one_digit():
@@ -121,6 +124,10 @@ def test_a_short_run_logs_the_grids_and_curves(tmp_path, tiny_checkpoints):
     assert (style.height, style.width) == (8 * 28 + 9 * 2, 11 * 28 + 12 * 2)
     interpolation = images["samples/interpolation"][-1]
     assert (interpolation.height, interpolation.width) == (10 * 28 + 11 * 2, 10 * 28 + 11 * 2)
+    # the default callbacks end with the projector's 1000 validation digits (conf/callbacks/images.yaml)
+    (embedding,) = _projector_files(tmp_path)
+    assert embedding.tensor_name == "latent/mu:00005"
+    assert len((tmp_path / embedding.metadata_path).read_text().split()) == 1000
 
 
 class _Module:
@@ -209,3 +216,46 @@ def test_sample_accuracy_judges_n_per_digit_samples_and_one_image_per_digit_at_t
     assert module.drawn[1.0].tolist() == module.drawn[0.5].tolist() == sorted(list(range(10)) * 7)
     assert module.drawn[0.0].tolist() == list(range(10))  # z = the prior mean: the noise plays no part
     assert module.training
+
+
+def _projector_files(log_dir):
+    """The embeddings in log_dir's projector_config.pbtxt, as TensorBoard's projector reads them."""
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    config = text_format.Parse((log_dir / "projector_config.pbtxt").read_text(), ProjectorConfig())
+    return list(config.embeddings)
+
+
+@pytest.mark.parametrize("model_class", [VAE, CVAE])
+def test_the_projector_holds_the_encoder_means_of_labelled_validation_digits(tmp_path, data_dir, model_class):
+    torch.manual_seed(0)
+    model = model_class(latent_dim=3, hidden_dims=[16])
+    datamodule = MNISTDataModule(data_dir=str(data_dir), batch_size=32, eval_batch_size=20)
+    logger = TensorBoardLogger(tmp_path, name="", version="")  # as conf/logger/tensorboard.yaml
+    trainer = tiny_trainer(max_steps=2, limit_val_batches=1, logger=logger, callbacks=[LatentProjector(50)])
+    trainer.fit(model, datamodule=datamodule)
+
+    (embedding,) = _projector_files(tmp_path)
+    assert embedding.tensor_name == "latent/mu:00002" and list(embedding.sprite.single_image_dim) == [28, 28]
+    # 50 digits from three validation batches of 20
+    x, labels = datamodule.val_images[:50].float() / 255, datamodule.val_labels[:50]
+    metadata = (tmp_path / embedding.metadata_path).read_text().split()
+    assert metadata == [str(y) for y in labels.tolist()]
+    mu = np.loadtxt(tmp_path / embedding.tensor_path, ndmin=2)
+    assert mu.shape == (50, 3)
+    expected = model.encode(x, labels)[0].detach().numpy()
+    assert np.allclose(mu[[0, 17, 49]], expected[[0, 17, 49]], atol=1e-5)
+    # the sprite: a square of 8 x 8 digits (the projector's layout: 50 rounded up to a square)
+    assert Image.open(tmp_path / embedding.sprite.image_path).size == (8 * 28, 8 * 28)
+
+
+def test_the_projector_is_skipped_without_tensorboard(tmp_path, data_dir):
+    datamodule = MNISTDataModule(data_dir=str(data_dir), batch_size=32, eval_batch_size=20)
+    trainer = tiny_trainer(
+        max_steps=1, limit_val_batches=1, default_root_dir=tmp_path, callbacks=[LatentProjector(5)]
+    )
+    with mock.patch("cvae_lightning.callbacks.images._validation_batch") as validation_batch:
+        trainer.fit(CVAE(latent_dim=3, hidden_dims=[16]), datamodule=datamodule)
+    validation_batch.assert_not_called()
+    assert not list(tmp_path.rglob("projector_config.pbtxt"))

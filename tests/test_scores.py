@@ -1,5 +1,5 @@
-"""Scores: test -ELBO + IWAE NLL, conditional accuracy, classifier-FID, and evaluate.py's files and errors;
-checkpoints of every kind told apart and loaded through one module."""
+"""Scores: test -ELBO + IWAE NLL, conditional accuracy, classifier-FID, CAS, and evaluate.py's files and
+errors; checkpoints of every kind told apart and loaded through one module."""
 
 import json
 
@@ -7,10 +7,18 @@ import pytest
 import torch
 
 from cvae_lightning import checkpoints, load_checkpoint
-from cvae_lightning.classifier import load_classifier
+from cvae_lightning.classifier import Classifier, load_classifier
 from cvae_lightning.data import load_split
-from cvae_lightning.errors import CheckpointError
-from cvae_lightning.scores import classifier_fid, conditional_accuracy, evaluate, markdown
+from cvae_lightning.errors import CheckpointError, ConfigError
+from cvae_lightning.scores import (
+    CAS_NOT_DEFINED,
+    classification_accuracy_score,
+    classifier_fid,
+    conditional_accuracy,
+    evaluate,
+    label_counts,
+    markdown,
+)
 from tests.helpers import assert_one_line_error, assert_ran, run_script
 
 
@@ -132,3 +140,91 @@ def test_evaluate_script_errors_are_one_line(tiny_checkpoints, tmp_path):
     assert_one_line_error(missing, f"classifier_path={tmp_path}/no.ckpt is not allowed: no file there")
     assert "make classifier" in missing.stderr
     assert_one_line_error(run_script("evaluate.py"), "ckpt_path is required")
+    cas = run_script(
+        "evaluate.py",
+        f"ckpt_path={tiny_checkpoints['cvae']}",
+        f"classifier_path={tiny_checkpoints['classifier']}",
+        "eval.cas=maybe",
+    )
+    assert_one_line_error(cas, "eval.cas='maybe' is not allowed: expected true or false")
+
+
+@pytest.fixture(scope="module")
+def train_set(data_dir):
+    return load_split(data_dir, train=True)
+
+
+class RealDigits:
+    """A stand-in CVAE whose samples are real training images: of the digit asked for or, with `shift=1`,
+    of the next one ((y + 1) % 10), a model whose labels name the wrong digit. Records what was asked."""
+
+    n_classes, device = 10, torch.device("cpu")
+
+    def __init__(self, train_set, shift=0):
+        images, labels = train_set
+        self.pools = [images[labels == (d + shift) % 10][:200].float() / 255 for d in range(10)]
+        self.asked = []
+
+    def sample(self, labels, temperature):
+        assert temperature == 1.0
+        used = [self.asked.count(d) for d in range(10)]  # a new image for every request
+        images = []
+        for y in labels.tolist():
+            images.append(self.pools[y][used[y]])
+            used[y] += 1
+        self.asked += labels.tolist()
+        return torch.stack(images)
+
+
+def test_cas_of_a_tiny_cvae_has_every_field_and_leaves_the_random_state_alone(tiny_checkpoints, test_set):
+    model = load_checkpoint(tiny_checkpoints["cvae"])
+    classifier = load_classifier(tiny_checkpoints["classifier"])
+    images, labels = test_set[0][:500], test_set[1][:500]
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    result = classification_accuracy_score(model, images, labels, 5, classifier, epochs=1)
+    assert torch.equal(torch.rand(3), expected)
+    assert set(result) == {"overall", "per_digit", "real_data", "train_images", "epochs", "seconds"}
+    assert result["train_images"] == 50 and result["epochs"] == 1
+    for accuracy in (result, result["real_data"]):
+        assert 0 <= accuracy["overall"] <= 1 and len(accuracy["per_digit"]) == 10
+    real = conditional_accuracy(classifier, images.float() / 255, labels)["overall"]
+    assert result["real_data"]["overall"] == real
+
+
+def test_cas_is_high_for_the_right_digits_and_low_for_the_wrong_ones(train_set, test_set):
+    # real_classifier sets the architecture CAS trains: a small one, quick to train (its own real_data score,
+    # untrained, is not what this test looks at)
+    small = Classifier(channels=[8, 16], feature_dim=32)
+    images, labels = test_set[0][:1000], test_set[1][:1000]
+    counts = [100 + d for d in range(10)]
+    right, wrong = RealDigits(train_set), RealDigits(train_set, shift=1)
+    scores = [
+        classification_accuracy_score(model, images, labels, counts, small, epochs=2, batch_size=16)
+        for model in (right, wrong)
+    ]
+    assert label_counts(torch.tensor(right.asked)) == counts
+    assert scores[0]["overall"] > 0.6 and scores[1]["overall"] < 0.1, scores
+
+
+def test_evaluate_adds_cas_for_a_cvae_and_a_note_for_a_vae(tiny_checkpoints, test_set):
+    images, labels = test_set
+    options = dict(k=0, n_images=50, n_per_digit=5, temperatures=(1.0,), cas=True, cas_epochs=1)
+    train_labels = torch.arange(10).repeat(2)
+    classifier = load_classifier(tiny_checkpoints["classifier"])
+    cvae = load_checkpoint(tiny_checkpoints["cvae"])
+    metrics = evaluate(cvae, classifier, images[:500], labels[:500], train_labels=train_labels, **options)
+    assert metrics["cas"]["train_images"] == 20 and "real_data" in metrics["cas"]
+    table = markdown({k: v for k, v in metrics.items() if not k.startswith("_")})
+    assert "| CAS (classifier trained on 20 generated digits, epochs=1) |" in table
+    assert "| CAS baseline |" in table and "| accuracy T=1 |" in table
+
+    vae = load_checkpoint(tiny_checkpoints["vae"])
+    metrics = evaluate(vae, None, images, labels, train_labels=train_labels, **options)
+    assert metrics["cas"] == {"skipped": f"not defined for a VAE: {CAS_NOT_DEFINED}"}
+    assert "| CAS | skipped: not defined for a VAE" in markdown(metrics)
+    with pytest.raises(ConfigError, match="CAS is not defined for a VAE"):
+        classification_accuracy_score(vae, images, labels, 1)
+    with pytest.raises(ConfigError, match="eval.cas='yes' is not allowed: expected true or false"):
+        evaluate(cvae, None, images, labels, k=0, cas="yes")

@@ -1,4 +1,5 @@
-"""The image grids logged to TensorBoard at the end of every validation epoch (rank zero only)."""
+"""The image grids logged to TensorBoard at the end of every validation epoch, and the latent codes in its
+projector at the end of training (rank zero only)."""
 
 from __future__ import annotations
 
@@ -67,8 +68,15 @@ class ImageLogger(L.Callback):
 
 
 def _validation_batch(trainer: L.Trainer, n: int):
-    x, labels = next(iter(trainer.val_dataloaders))
-    return x[:n], labels[:n]
+    """The first n validation images and their labels, from as many batches as it takes."""
+    images, labels, have = [], [], 0
+    for x, y in trainer.val_dataloaders:
+        images.append(x)
+        labels.append(y)
+        have += len(x)
+        if have >= n:
+            break
+    return torch.cat(images)[:n], torch.cat(labels)[:n]
 
 
 class GeneratedDigits(ImageLogger):
@@ -158,3 +166,34 @@ class LatentManifold(ImageLogger):
         grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), dim=-1).view(-1, 2)
         # the grid as standard-normal noise: mapped through the digit's prior, N(0, I) or p(z|y)
         return pl_module.sample(labels=torch.full((len(grid),), self.digit), noise=grid)
+
+
+class LatentProjector(L.Callback):
+    """The encoder means mu of Q(z|x[,y]) of the first `n_images` validation digits, once training ends, in
+    TensorBoard's PROJECTOR tab (`latent/mu`): one point per digit, labelled by its digit and drawn as its
+    image, for PCA, t-SNE or UMAP of the latent space (a VAE's z has to tell the digits apart, a CVAE's need
+    not: its label is given). Skipped without a TensorBoard logger or validation data."""
+
+    tag = "latent/mu"
+
+    def __init__(self, n_images: int = 1000):
+        self.n_images = n_images
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or trainer.val_dataloaders is None:
+            return
+        x, labels = _validation_batch(trainer, self.n_images)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            mu = pl_module.encode(x.to(pl_module.device), labels)[0]
+        pl_module.train(was_training)
+        writer.add_embedding(
+            mu.float().cpu(),
+            metadata=labels.tolist(),
+            label_img=x.float().cpu(),
+            global_step=trainer.global_step,
+            tag=self.tag,
+        )
