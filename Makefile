@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-fast sweep tensorboard bench lint clean classifier evaluate generate slurm-up slurm-down
+.PHONY: install train test test-fast sweep tensorboard bench bench-gpu lint clean classifier evaluate generate slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,9 @@ tensorboard: install  ## browse scalars and image logs of every run
 
 bench: install  ## training images/s: the ordinary pipeline vs compute only vs train.py (ARGS="--quick")
 	$(PY) bench/throughput.py $(ARGS)
+
+bench-gpu: install  ## on NVIDIA GPUs: train.py eager, bf16, compiled and DDP, images/s and checks (ARGS="--epochs 10")
+	$(PY) bench/gpu.py $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
