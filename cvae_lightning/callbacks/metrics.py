@@ -85,8 +85,9 @@ class ActiveUnits(L.Callback):
 class TestNLL(L.Callback):
     """`test/nll_k<k>` every `every_n_epochs` training epochs and after the last: the IWAE bound with k
     samples on the first `n_images` test images, binarized with evaluate.py's fixed seed, in float32. Each
-    point is also appended to `<run dir>/test_nll.json` with its epoch and seconds since the fit began, so a
-    benchmark run shows how far it got and where it was heading (docs/results.md plots them)."""
+    point is also appended to `<run dir>/test_nll.json` with its epoch and the wall and CPU seconds since the
+    fit began, so a benchmark run shows how far it got and where it was heading (docs/results.md plots
+    them)."""
 
     def __init__(
         self,
@@ -100,7 +101,7 @@ class TestNLL(L.Callback):
         self.compile = compile
 
     def on_fit_start(self, trainer, pl_module):
-        self.started = time.perf_counter()
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
     def on_train_epoch_end(self, trainer, pl_module):
         epoch = trainer.current_epoch + 1  # epochs completed
@@ -126,7 +127,16 @@ class TestNLL(L.Callback):
             points = json.loads(path.read_text()) if path.is_file() else []
             points = [p for p in points if p["epoch"] < epoch]  # a resumed run rewrites its later points
             seconds = round(time.perf_counter() - self.started, 1)
+            # CPU seconds too: unlike wall time they stop while the process is paused or waits for a core
+            cpu_seconds = round(time.process_time() - self.cpu_started, 1)
+            step = trainer.global_step
             points.append(
-                {"epoch": epoch, "step": trainer.global_step, "nll": nll["nll"], "seconds": seconds}
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "nll": nll["nll"],
+                    "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
+                }
             )
             path.write_text(json.dumps(points, indent=1) + "\n")

@@ -1,0 +1,208 @@
+"""Training speed as a user measures it (issue #17): whole processes timed from outside, side by side.
+
+    python bench/outside.py                 # `make bench`: per epoch (3 repeats), end to end, time to quality
+    python bench/outside.py --repeats 1 --skip-end-to-end      # a quicker per-epoch check
+    python bench/outside.py --variant fast=experiment=fast     # another train.py configuration beside them
+
+- per epoch: `python train.py trainer.max_epochs=E` and `python bench/ordinary.py --epochs E` for E = 1 and
+  3, alternated, `--repeats` times; the medians' difference / 2 is one epoch with start-up, data preparation
+  and the final test cancelled out. Per training image: the project trains on 55k images an epoch (5k held
+  out for validation), the ordinary script on 60k.
+- end to end: `python train.py` as it is (20 epochs, validation, checkpoints, images, the final test) and
+  `python bench/ordinary.py --test-every-epoch` (20 epochs of 60k); each variant's train.py likewise.
+- time to quality: from the command until test -ELBO <= 98 (train.py: its one test, at the end, so the run's
+  time when reached; ordinary: the first epoch whose test reached it) and until the run ends.
+
+Writes bench/outside.md and bench/outside.json. Run it on a quiet machine: nothing else on the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 98.0
+IMAGES = {"project": 55_000, "ordinary": 60_000}
+
+
+def run(command: list[str]) -> tuple[float, str]:
+    """Wall seconds of one process, from before its start to after its exit, and its stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"error: `{' '.join(command)}` failed ({tail})")
+    return seconds, done.stdout
+
+
+def project(epochs: int | None, run_dir: Path, *overrides: str) -> list[str]:
+    limit = [f"trainer.max_epochs={epochs}"] if epochs else []
+    return [sys.executable, "train.py", *overrides, *limit, f"hydra.run.dir={run_dir}"]
+
+
+def ordinary(epochs: int, *flags: str) -> list[str]:
+    return [sys.executable, "bench/ordinary.py", "--epochs", str(epochs), *flags]
+
+
+def per_epoch(repeats: int, tmp: Path) -> dict:
+    times: dict[str, dict[int, list[float]]] = {"project": {1: [], 3: []}, "ordinary": {1: [], 3: []}}
+    for r in range(repeats):
+        for epochs in (1, 3):
+            times["project"][epochs].append(run(project(epochs, tmp / f"p{epochs}_{r}"))[0])
+            times["ordinary"][epochs].append(run(ordinary(epochs))[0])
+            print(
+                f"repeat {r + 1}, {epochs} epoch(s): "
+                + ", ".join(f"{k} {v[epochs][-1]:.1f} s" for k, v in times.items())
+            )
+    result = {}
+    for name, by_epochs in times.items():
+        epoch = (statistics.median(by_epochs[3]) - statistics.median(by_epochs[1])) / 2
+        result[name] = {
+            "seconds": by_epochs,
+            "epoch_seconds": epoch,
+            "images_per_second": IMAGES[name] / epoch,
+        }
+    return result
+
+
+def end_to_end(tmp: Path, variants: dict[str, list[str]]) -> dict:
+    result = {}
+    for name, overrides in {"project": [], **variants}.items():
+        run_dir = tmp / f"e2e_{name}"
+        seconds, _ = run(project(None, run_dir, *overrides))
+        metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
+        nelbo = metrics.get("test/nelbo")
+        result[name] = {
+            "command": "python train.py " + " ".join(overrides),
+            "seconds": seconds,
+            "test_nelbo": nelbo,
+            "seconds_to_target": seconds if nelbo is not None and nelbo <= TARGET else None,
+            "accuracy_T1_fixed_noise": metrics.get("samples/accuracy_T1"),
+        }
+        print(f"end to end, {name}: {seconds:.1f} s, test -ELBO {nelbo}")
+    seconds, out = run(ordinary(20, "--test-every-epoch"))
+    report = json.loads(out.strip().splitlines()[-1])
+    result["ordinary"] = {
+        "command": "python bench/ordinary.py --epochs 20 --test-every-epoch",
+        "seconds": seconds,
+        "test_nelbo": report["test_nelbo"],
+        "seconds_to_target": report["seconds_to_target"],
+        "seconds_in_per_epoch_tests": report["seconds_in_per_epoch_tests"],
+        "test_nelbo_per_epoch": report["test_nelbo_per_epoch"],
+    }
+    print(f"end to end, ordinary: {seconds:.1f} s, test -ELBO {report['test_nelbo']}")
+    return result
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    )
+    return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Training speed measured from outside",
+        "",
+        f"`{report['command']}`, {report['date']}, commit {report['commit']}; {report['machine']}; "
+        f"load average before {report['load_before']}, after {report['load_after']}. Wall seconds of whole "
+        "processes.",
+        "",
+    ]
+    if "per_epoch" in report:
+        p, o = report["per_epoch"]["project"], report["per_epoch"]["ordinary"]
+        lines += [
+            "## One epoch (3-epoch minus 1-epoch process, medians, / 2)",
+            "",
+            "| | 1 epoch (s) | 3 epochs (s) | one epoch (s) | training images/s |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, row in (("`python train.py`", p), ("ordinary pipeline", o)):
+            s = row["seconds"]
+            lines.append(
+                f"| {name} | {statistics.median(s['1']):.1f} | {statistics.median(s['3']):.1f} | "
+                f"{row['epoch_seconds']:.2f} | {row['images_per_second']:,.0f} |"
+            )
+        lines += [
+            "",
+            f"Per training image the project is **{p['images_per_second'] / o['images_per_second']:.2f}×** "
+            "the ordinary pipeline.",
+            "",
+        ]
+    if "end_to_end" in report:
+        e = report["end_to_end"]
+        lines += [
+            "## End to end and time to quality (test −ELBO ≤ 98)",
+            "",
+            "| command | wall (s) | test −ELBO | until ≤ 98 (s) | × ordinary |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for row in e.values():
+            reached = f"{row['seconds_to_target']:.1f}" if row["seconds_to_target"] else "not reached"
+            lines.append(
+                f"| `{row['command']}` | {row['seconds']:.1f} | {row['test_nelbo']:.2f} | {reached} | "
+                f"{e['ordinary']['seconds'] / row['seconds']:.2f} |"
+            )
+        lines += [
+            "",
+            f"The ordinary run's wall time includes {e['ordinary']['seconds_in_per_epoch_tests']} s of "
+            "per-epoch tests (for its time to quality).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-per-epoch", action="store_true")
+    parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="NAME=OVERRIDE[ OVERRIDE...] for train.py"
+    )
+    parser.add_argument("--out", default=str(ROOT / "bench" / "outside"), help="path without suffix")
+    args = parser.parse_args()
+    variants = {v.split("=", 1)[0]: v.split("=", 1)[1].split() for v in args.variant}
+
+    report = {
+        "command": "python bench/outside.py " + " ".join(sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "commit": commit(),
+        "machine": f"{os.cpu_count()} cores, {cpu_name()}, Python {platform.python_version()}",
+        "load_before": "{:.2f}/{:.2f}/{:.2f}".format(*os.getloadavg()),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_per_epoch:
+            report["per_epoch"] = per_epoch(args.repeats, Path(tmp))
+        if not args.skip_end_to_end:
+            report["end_to_end"] = end_to_end(Path(tmp), variants)
+    report["load_after"] = "{:.2f}/{:.2f}/{:.2f}".format(*os.getloadavg())
+    report = json.loads(json.dumps(report))  # the same str keys in the .md as in the .json
+    Path(args.out + ".json").write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.out + ".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""bench/outside.py and bench/ordinary.py: what they run and what they report (no timings asserted)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.helpers import ROOT, assert_ran, run_script
+
+
+def load_outside():
+    spec = importlib.util.spec_from_file_location("outside", ROOT / "bench" / "outside.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ordinary_pipeline_trains_and_reports_its_test_nelbo():
+    result = run_script("bench/ordinary.py", "--epochs", "2", "--limit-batches", "3", "--test-every-epoch")
+    assert_ran(result)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["epoch_seconds"]) == 2 and len(report["test_nelbo_per_epoch"]) == 2
+    assert 100 < report["test_nelbo"] < 800  # a few steps in: far from the target
+    assert report["seconds_to_target"] is None
+
+
+def test_per_epoch_is_the_difference_of_the_medians_of_whole_processes(monkeypatch, tmp_path):
+    outside = load_outside()
+    fake = {("train.py", 1): [10.0, 11.0, 30.0], ("train.py", 3): [16.0, 17.0, 18.0]}
+    fake |= {("bench/ordinary.py", 1): [12.0, 12.0, 12.0], ("bench/ordinary.py", 3): [28.0, 29.0, 27.0]}
+    calls = []
+
+    def run(command):
+        script = command[1]
+        if script == "train.py":
+            epochs = int(next(a for a in command if a.startswith("trainer.max_epochs=")).split("=")[1])
+        else:
+            epochs = int(command[command.index("--epochs") + 1])
+        calls.append((script, epochs))
+        return fake[(script, epochs)][calls.count((script, epochs)) - 1], ""
+
+    monkeypatch.setattr(outside, "run", run)
+    result = outside.per_epoch(3, tmp_path)
+    assert result["project"]["epoch_seconds"] == pytest.approx((17.0 - 11.0) / 2)
+    assert result["ordinary"]["epoch_seconds"] == pytest.approx((28.0 - 12.0) / 2)
+    assert result["project"]["images_per_second"] == pytest.approx(55_000 / 3.0)
+    assert len(calls) == 12  # 3 repeats x (1 and 3 epochs) x (project and ordinary)
+
+
+def test_the_report_names_its_command_date_commit_and_ratios():
+    outside = load_outside()
+    report = {
+        "command": "python bench/outside.py",
+        "date": "2026-12-02",
+        "commit": "abc1234",
+        "machine": "2 cores",
+        "load_before": "0.1/0.1/0.1",
+        "load_after": "0.2/0.2/0.2",
+        "per_epoch": {
+            "project": {
+                "seconds": {"1": [10], "3": [16]},
+                "epoch_seconds": 3.0,
+                "images_per_second": 55000 / 3,
+            },
+            "ordinary": {
+                "seconds": {"1": [12], "3": [28]},
+                "epoch_seconds": 8.0,
+                "images_per_second": 60000 / 8,
+            },
+        },
+        "end_to_end": {
+            "project": {
+                "command": "python train.py ",
+                "seconds": 80.0,
+                "test_nelbo": 97.9,
+                "seconds_to_target": 80.0,
+            },
+            "ordinary": {
+                "command": "python bench/ordinary.py --epochs 20 --test-every-epoch",
+                "seconds": 200.0,
+                "test_nelbo": 99.5,
+                "seconds_to_target": None,
+                "seconds_in_per_epoch_tests": 9.0,
+            },
+        },
+    }
+    text = outside.markdown(report)
+    assert "`python bench/outside.py`, 2026-12-02, commit abc1234" in text
+    assert "**2.44×**" in text  # (55000 / 3) / (60000 / 8)
+    assert "| `python train.py ` | 80.0 | 97.90 | 80.0 | 2.50 |" in text
+    assert "not reached" in text
