@@ -63,7 +63,7 @@ def rows(runs: Path) -> list[dict]:
                 "cpu_minutes": last["cpu_seconds"] / 60 if "cpu_seconds" in last else None,
                 "wall_minutes": results["fit_seconds"] / 60,
                 "eval_seconds": float(seconds.read_text().split()[0])
-                if metrics and seconds.is_file()
+                if metrics and seconds.is_file() and seconds.read_text().strip()
                 else None,
                 "curve": curve or [],
             }
