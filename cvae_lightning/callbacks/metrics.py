@@ -95,10 +95,8 @@ class TestNLL(L.Callback):
         every_n_epochs: int = 10,
         n_images: int | None = None,
         chunk: int = 100,
-        compile: bool = False,
     ):
         self.k, self.every_n_epochs, self.n_images, self.chunk = k, every_n_epochs, n_images, chunk
-        self.compile = compile
 
     def on_fit_start(self, trainer, pl_module):
         self.started, self.cpu_started = time.perf_counter(), time.process_time()
@@ -117,9 +115,7 @@ class TestNLL(L.Callback):
         pl_module.eval()
         # its own random draws: the training run's RNG stream (and so exact resume) stays untouched
         with torch.random.fork_rng(devices=[]), float32_matmul_precision("highest"):
-            nll = test_elbo_and_nll(
-                pl_module, images, labels, self.k, chunk=self.chunk, binarize=binarize, compile=self.compile
-            )
+            nll = test_elbo_and_nll(pl_module, images, labels, self.k, chunk=self.chunk, binarize=binarize)
         pl_module.train(was_training)
         pl_module.log(f"test/nll_k{self.k}", nll["nll"], on_epoch=True)
         if trainer.is_global_zero:
