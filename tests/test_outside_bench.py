@@ -74,6 +74,14 @@ def test_the_report_names_its_command_date_commit_and_ratios():
                 "seconds": 80.0,
                 "test_nelbo": 97.9,
                 "seconds_to_target": 80.0,
+                "accuracy_T1": 0.9814,
+            },
+            "fast": {
+                "command": "python train.py experiment=fast",
+                "seconds": 50.0,
+                "test_nelbo": 97.6,
+                "seconds_to_target": 50.0,
+                "accuracy_T1": 0.9607,
             },
             "ordinary": {
                 "command": "python bench/ordinary.py --epochs 20 --test-every-epoch",
@@ -87,5 +95,6 @@ def test_the_report_names_its_command_date_commit_and_ratios():
     text = outside.markdown(report)
     assert "`python bench/outside.py`, 2026-12-02, commit abc1234" in text
     assert "**2.44×**" in text  # (55000 / 3) / (60000 / 8)
-    assert "| `python train.py ` | 80.0 | 97.90 | 80.0 | 2.50 |" in text
-    assert "not reached" in text
+    assert "| `python train.py ` | 80.0 | 97.90 | 80.0 | 98.14% | yes | 2.50 |" in text
+    assert "| `python train.py experiment=fast` | 50.0 | 97.60 | 50.0 | 96.07% | no | 4.00 |" in text
+    assert "| 99.50 | not reached | – | – | 1.00 |" in text  # the ordinary script has no judge
