@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,39 @@ def test_the_report_names_its_command_date_commit_and_ratios():
     assert "| `python train.py ` | 80.0 | 97.90 | 80.0 | 98.14% | yes | 2.50 |" in text
     assert "| `python train.py experiment=fast` | 50.0 | 97.60 | 50.0 | 96.07% | no | 4.00 |" in text
     assert "| 99.50 | not reached | – | – | 1.00 |" in text  # the ordinary script has no judge
+
+
+def test_end_to_end_judges_each_train_py_run_at_t1_and_not_the_ordinary_script(monkeypatch, tmp_path):
+    outside = load_outside()
+    nelbo = {"e2e_project": 97.9, "e2e_fast": 98.4}
+    accuracy = {"e2e_project": 0.981, "e2e_fast": 0.975}
+
+    def run(command):
+        args = dict(a.split("=", 1) for a in command[2:] if "=" in a)
+        if command[1] == "train.py":
+            run_dir = Path(args["hydra.run.dir"])
+            run_dir.mkdir(parents=True)
+            results = {
+                "metrics": {"test/nelbo": nelbo[run_dir.name]},
+                "best_checkpoint": str(run_dir / "b.ckpt"),
+            }
+            (run_dir / "results.json").write_text(json.dumps(results))
+            return 50.0, ""
+        if command[1] == "evaluate.py":
+            assert args["eval.k"] == "0" and args["eval.temperatures"] == "[1.0]"
+            out = Path(args["out_dir"])
+            out.mkdir()
+            run_name = Path(args["ckpt_path"]).parent.name
+            metrics = {"accuracy": {"T=1": {"overall": accuracy[run_name]}}}
+            (out / "metrics.json").write_text(json.dumps(metrics))
+            return 30.0, ""
+        line = {"test_nelbo": 95.8, "seconds_to_target": 90.0, "seconds_in_per_epoch_tests": 10.0}
+        return 160.0, json.dumps(line | {"test_nelbo_per_epoch": [99.0, 95.8]})
+
+    monkeypatch.setattr(outside, "run", run)
+    result = outside.end_to_end(tmp_path, {"fast": ["experiment=fast"]})
+    assert result["project"]["accuracy_T1"] == 0.981 and result["fast"]["accuracy_T1"] == 0.975
+    assert result["project"]["seconds_to_target"] == 50.0 and result["fast"]["seconds_to_target"] is None
+    assert "accuracy_T1" not in result["ordinary"]
+    skipped = outside.end_to_end(tmp_path / "again", {}, accuracy=False)
+    assert skipped["project"]["accuracy_T1"] is None
