@@ -12,6 +12,15 @@ from cvae_lightning.process import process_settings
 from tests.helpers import assert_one_line_error, composed, run_script
 
 
+def test_experiment_fast_is_the_default_with_batch_256_and_kl_weight_1_1():
+    """bench/README.md measured this recipe against the default over four seeds; anything else is a new one."""
+    default, fast = composed(), composed("experiment=fast")
+    validate(fast)
+    assert (fast.data.batch_size, fast.model.beta) == (256, 1.1)
+    fast.data.batch_size, fast.model.beta = default.data.batch_size, default.model.beta
+    assert fast == default
+
+
 def test_default_config_is_valid_and_builds_the_cvae():
     cfg = composed()
     validate(cfg)
