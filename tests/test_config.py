@@ -13,7 +13,7 @@ from tests.helpers import assert_one_line_error, composed, run_script
 
 
 def test_experiment_fast_is_the_default_with_batch_256_and_kl_weight_1_1():
-    """bench/README.md measured this recipe against the default over four seeds; anything else is a new one."""
+    """bench/README.md measured this recipe against the default over four seeds; anything else is new."""
     default, fast = composed(), composed("experiment=fast")
     validate(fast)
     assert (fast.data.batch_size, fast.model.beta) == (256, 1.1)

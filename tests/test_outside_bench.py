@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,11 @@ def test_end_to_end_judges_each_train_py_run_at_t1_and_not_the_ordinary_script(m
     assert "accuracy_T1" not in result["ordinary"]
     skipped = outside.end_to_end(tmp_path / "again", {}, accuracy=False)
     assert skipped["project"]["accuracy_T1"] is None
+
+
+def test_threads_bench_times_a_step_in_a_process_per_thread_count():
+    result = run_script("bench/threads.py", "--batch-size", "8", "--threads", "1", "2", "--rounds", "1")
+    assert_ran(result)
+    rows = re.findall(r"round 1, (\d) thread\(s\): ([\d.]+) ms a step", result.stdout)
+    assert [threads for threads, _ in rows] == ["1", "2"]
+    assert all(float(ms) > 0 for _, ms in rows)
