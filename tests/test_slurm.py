@@ -90,21 +90,29 @@ def summary(sweep_dir) -> list[dict]:
 
 
 class ReleaseRequeued(threading.Thread):
-    """SLURM holds a requeued job for about two minutes (BeginTime); this releases it at once, so the tests
-    need not wait. It does nothing else."""
+    """SLURM holds a requeued job for about two minutes (BeginTime); this releases it after `settle_s`, so
+    the tests need not wait. It does nothing else. Not at once: a job started again while its previous
+    run's step was still being torn down ended FAILED on the spot (2026-12-02, job 157)."""
 
-    def __init__(self):
+    def __init__(self, settle_s: float = 5.0):
         super().__init__(daemon=True)
         self.done = threading.Event()
+        self.settle_s = settle_s
 
     def run(self):
+        held_since: dict[str, float] = {}
         while not self.done.wait(1.0):
             pending = subprocess.run(
                 ["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True
             )
-            for line in pending.stdout.splitlines():
-                job, reason = line.split(maxsplit=1)
-                if reason == "BeginTime":
+            held = [
+                line.split(maxsplit=1)[0]
+                for line in pending.stdout.splitlines()
+                if line.endswith(" BeginTime")
+            ]
+            held_since = {job: held_since.get(job, time.monotonic()) for job in held}
+            for job, since in held_since.items():
+                if time.monotonic() - since >= self.settle_s:
                     subprocess.run(
                         ["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True
                     )
@@ -245,13 +253,15 @@ def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path
     continues in its own folder from last.ckpt and ends bit-identical to the same job never interrupted."""
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     overrides = list(LONG_RUN)
-    if how == "time limit":  # SIGUSR2 ~15 s into each run of the job, before it has trained 40 epochs
+    if how == "time limit":
+        # SIGUSR2 45 s before a 1-minute limit: slurmctld checks limits every 30 s, so it comes 15-45 s into
+        # each run of the job; the job must outlast 45 s (100 epochs of 40 steps) or it can end unsignalled
         overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")]
-        overrides.append("trainer.max_epochs=40")
+        overrides.append("trainer.max_epochs=100")
         limit = [
             "hydra.launcher.timeout_min=1",
             "hydra.launcher.signal_delay_s=45",
-            "callbacks.checkpoint_on_interrupt.max_requeues=10",
+            "callbacks.checkpoint_on_interrupt.max_requeues=20",
         ]
     else:
         limit = []
