@@ -82,9 +82,8 @@ def per_epoch(repeats: int, tmp: Path) -> dict:
     return result
 
 
-def accuracy_t1(run_dir: Path) -> float:
+def accuracy_t1(run_dir: Path, best: str) -> float:
     """How often the classifier reads the requested digit in 10,000 T=1 samples of a run's best checkpoint."""
-    best = json.loads((run_dir / "results.json").read_text())["best_checkpoint"]
     command = [sys.executable, "evaluate.py", f"ckpt_path={best}", "eval.k=0", "eval.temperatures=[1.0]"]
     run([*command, f"out_dir={run_dir / 'eval'}"])
     return json.loads((run_dir / "eval" / "metrics.json").read_text())["accuracy"]["T=1"]["overall"]
@@ -95,9 +94,10 @@ def end_to_end(tmp: Path, variants: dict[str, list[str]], accuracy: bool = True)
     for name, overrides in {"project": [], **variants}.items():
         run_dir = tmp / f"e2e_{name}"
         seconds, _ = run(project(None, run_dir, *overrides))
-        metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
+        results = json.loads((run_dir / "results.json").read_text())
+        metrics = results["metrics"]
         nelbo = metrics.get("test/nelbo")
-        acc = accuracy_t1(run_dir) if accuracy else None
+        acc = accuracy_t1(run_dir, results["best_checkpoint"]) if accuracy else None
         result[name] = {
             "command": "python train.py " + " ".join(overrides),
             "seconds": seconds,
