@@ -49,7 +49,9 @@ def rows(runs: Path) -> list[dict]:
         if results is None:
             continue
         last = (curve or [{}])[-1]
-        seconds = runs / f"{name}.eval.seconds"
+        # /usr/bin/time's "<seconds> s", once written: the file can be missing, or empty while the eval runs
+        timed = runs / f"{name}.eval.seconds"
+        seconds = timed.read_text().split() if metrics and timed.is_file() else []
         out.append(
             {
                 "name": name,
@@ -62,9 +64,7 @@ def rows(runs: Path) -> list[dict]:
                 "epochs": results["epochs"],
                 "cpu_minutes": last["cpu_seconds"] / 60 if "cpu_seconds" in last else None,
                 "wall_minutes": results["fit_seconds"] / 60,
-                "eval_seconds": float(seconds.read_text().split()[0])
-                if metrics and seconds.is_file() and seconds.read_text().strip()
-                else None,
+                "eval_seconds": float(seconds[0]) if seconds else None,
                 "curve": curve or [],
             }
         )
