@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
+from torchvision.datasets import MNIST
 
 from cvae_lightning.errors import DataError, check, check_bool, check_choice, check_int
 
@@ -87,19 +88,14 @@ def write_raw_from_offline_copy(data_dir: str | Path, source: Path | None = None
         tmp.replace(out / name)
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    data = path.read_bytes()
-    ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).reshape(shape)
-
-
 def load_split(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N,1,28,28), labels int64 (N,)) of the 60k training or the 10k test set."""
-    prefix = "train" if train else "t10k"
-    images = read_idx(raw_dir(data_dir) / f"{prefix}-images-idx3-ubyte").unsqueeze(1)
-    labels = read_idx(raw_dir(data_dir) / f"{prefix}-labels-idx1-ubyte").long()
-    return images, labels
+    try:
+        dataset = MNIST(data_dir, train=train, download=False)
+    except Exception:
+        verify_raw_files(data_dir)  # torchvision names no file: this refuses the missing or corrupt one
+        raise
+    return dataset.data.unsqueeze(1), dataset.targets
 
 
 class InMemoryLoader:
@@ -213,8 +209,6 @@ class MNISTDataModule(L.LightningDataModule):
         verify_raw_files(self.data_dir)
 
     def _download(self) -> None:
-        from torchvision.datasets import MNIST
-
         try:
             for train in (True, False):
                 MNIST(self.data_dir, train=train, download=True)

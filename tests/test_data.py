@@ -1,5 +1,6 @@
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,6 +8,7 @@ from cvae_lightning.data import (
     RAW_SHA256,
     InMemoryLoader,
     MNISTDataModule,
+    _idx_bytes,
     load_split,
     raw_dir,
     verify_raw_files,
@@ -32,12 +34,19 @@ def test_offline_conversion_reproduces_mnist(converted):
     assert train_x.dtype == torch.uint8 and int(train_x.max()) == 255
 
 
-def test_torchvision_reads_the_same_files(converted):
-    from torchvision.datasets import MNIST
-
-    dataset = MNIST(converted, train=False, download=False)
-    images, labels = load_split(converted, train=False)
-    assert torch.equal(dataset.data, images.squeeze(1)) and torch.equal(dataset.targets, labels)
+def test_load_split_returns_the_files_images_and_labels_in_order(tmp_path):
+    rng = np.random.default_rng(0)
+    written = {}
+    raw_dir(tmp_path).mkdir(parents=True)
+    for prefix, n in (("train", 7), ("t10k", 3)):
+        written[prefix] = rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.uint8)
+        for kind, array in zip(("images-idx3", "labels-idx1"), written[prefix], strict=True):
+            (raw_dir(tmp_path) / f"{prefix}-{kind}-ubyte").write_bytes(_idx_bytes(array))
+    for train, prefix in ((True, "train"), (False, "t10k")):
+        images, labels = load_split(tmp_path, train=train)
+        assert images.dtype == torch.uint8 and labels.dtype == torch.int64  # torch.equal ignores dtypes
+        assert torch.equal(images, torch.from_numpy(written[prefix][0]).unsqueeze(1))
+        assert torch.equal(labels, torch.from_numpy(written[prefix][1]).long())
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate"])
@@ -55,13 +64,16 @@ def test_corrupt_file_is_refused_with_a_fix(converted, tmp_path, damage):
     assert "\n" not in message
 
 
-def test_missing_file_is_named(converted, tmp_path):
+def test_missing_file_is_named_in_one_line(converted, tmp_path):
     shutil.copytree(raw_dir(converted), raw_dir(tmp_path))
-    (raw_dir(tmp_path) / "t10k-images-idx3-ubyte").unlink()
-    with pytest.raises(
-        DataError, match="MNIST file missing: .*t10k-images-idx3-ubyte; run with data.download=true"
-    ):
-        verify_raw_files(tmp_path)
+    missing = raw_dir(tmp_path) / "t10k-images-idx3-ubyte"
+    missing.unlink()
+    for read in (verify_raw_files, lambda d: load_split(d, train=True)):
+        with pytest.raises(DataError) as error:
+            read(tmp_path)
+        message = str(error.value)
+        assert message.startswith(f"MNIST file missing: {missing}; run with data.download=true")
+        assert "\n" not in message
 
 
 def test_prepare_data_writes_missing_files(tmp_path):
