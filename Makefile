@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-fast sweep tensorboard bench bench-inprocess bench-gpu lint clean classifier evaluate generate slurm-up slurm-down
+.PHONY: install train test test-fast sweep tensorboard bench bench-gpu lint clean classifier evaluate generate slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -57,9 +57,6 @@ tensorboard: install  ## browse scalars and image logs of every run
 
 bench: install  ## train.py vs the ordinary pipeline, whole processes timed from outside: bench/outside.md
 	$(PY) bench/outside.py $(ARGS)
-
-bench-inprocess: install  ## the in-process diagnosis: images/s of each path and speed choice (ARGS="--quick")
-	$(PY) bench/throughput.py $(ARGS)
 
 bench-gpu: install  ## on NVIDIA GPUs: train.py eager, bf16, compiled and DDP, images/s and checks (ARGS="--epochs 10")
 	$(PY) bench/gpu.py $(ARGS)

@@ -1,8 +1,9 @@
 """Evaluate a trained CVAE/VAE: `python evaluate.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt`.
 
-Writes metrics.json, metrics.md and confusion_matrix.png beside the checkpoint and prints the table
-(see conf/eval.yaml for eval.k, eval.n_per_digit, ...; `eval.cas=true` adds the Classification Accuracy
-Score, which trains a classifier on the model's samples).
+Composes the data module and trainer from conf/eval.yaml as train.py does (the checkpoint's own data
+settings, its binarization among them, on top), tests the model with the callbacks of `callbacks` (the IWAE
+NLL), then judges its samples with the project's classifier. Writes metrics.json, metrics.md and
+confusion_matrix.png beside the checkpoint and prints the table.
 """
 
 import os
@@ -22,28 +23,53 @@ def main(cfg: DictConfig) -> None:
     one_line_errors(evaluate)(cfg)
 
 
-def evaluate(cfg: DictConfig) -> None:
+def evaluate(cfg: DictConfig) -> dict:
+    import lightning as L
+
     from cvae_lightning import checkpoints
-    from cvae_lightning.classifier import load_classifier
-    from cvae_lightning.data import MNISTDataModule, load_split
-    from cvae_lightning.errors import ConfigError
-    from cvae_lightning.scores import evaluate, write_report
+    from cvae_lightning.config import build
+    from cvae_lightning.data import load_split
+    from cvae_lightning.errors import ConfigError, check_bool, check_int
+    from cvae_lightning.scores import sample_scores, write_report
+    from cvae_lightning.training import build_group
 
     if not cfg.ckpt_path:
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
-    model = checkpoints.load(cfg.ckpt_path)
-    classifier = load_classifier(cfg.classifier_path)
-    datamodule = MNISTDataModule(data_dir=cfg.paths.data_dir)
-    datamodule.prepare_data()
-    datamodule.setup("test")
+    check_bool("eval.cas", cfg.eval.cas)  # before any work: the test pass takes minutes
+    check_int("eval.cas_epochs", cfg.eval.cas_epochs, 1)
+    module = checkpoints.load_module(cfg.ckpt_path)
+    classifier = checkpoints.load_classifier(cfg.classifier_path)
+    trained_on = checkpoints.data_config(checkpoints.read(cfg.ckpt_path))
+    binarize = trained_on.get("binarize", "none")
+    datamodule = build(cfg.data, "data", binarize=binarize)
+
+    L.seed_everything(cfg.seed, verbose=False)
+    trainer = build(
+        cfg.trainer, "trainer", callbacks=build_group(cfg.get("callbacks"), "callbacks"), logger=False
+    )
+    tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    test = {name.removeprefix("test/"): value for name, value in sorted(tested.items())}
+    k = cfg.callbacks.log_likelihood.k if cfg.get("callbacks") and "log_likelihood" in cfg.callbacks else 0
+    if k:
+        test["nll"] = test.pop(f"nll_k{k}")
+    n_images = min(
+        len(datamodule.test_images), trainer.num_test_batches[0] * datamodule.hparams.eval_batch_size
+    )
+    metrics = {
+        "model": "CVAE" if module.model.n_labels else "VAE",
+        "test_images": n_images,
+        "k": k,
+        "test": test,
+    }
+
     # CAS generates as many of each digit as the 60k real training images hold
     train_labels = load_split(cfg.paths.data_dir, train=True)[1] if cfg.eval.get("cas") else None
-    metrics = evaluate(
-        model,
+    metrics |= sample_scores(
+        module.model,
         classifier,
         datamodule.test_images,
         datamodule.test_labels,
-        binarize=checkpoints.binary_pixels(checkpoints.read(cfg.ckpt_path)),
+        binarize=binarize == "dynamic",
         seed=cfg.seed,
         train_labels=train_labels,
         **cfg.eval,
@@ -52,6 +78,7 @@ def evaluate(cfg: DictConfig) -> None:
     paths = write_report(metrics, out_dir, title=str(cfg.ckpt_path))
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
+    return metrics
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def generate(cfg: DictConfig) -> None:
     check_int("seed", cfg.seed)
     check("interpolate", cfg.interpolate, cfg.interpolate in (None, "z", "digits"), "one of null, z, digits")
     digits = integers("digits", cfg.digits, NUM_CLASSES)
-    model = checkpoints.load(cfg.ckpt_path)
-    if not model.n_classes and (cfg.style_from is not None or cfg.interpolate == "digits"):
+    model = checkpoints.load_checkpoint(cfg.ckpt_path)
+    if not model.n_labels and (cfg.style_from is not None or cfg.interpolate == "digits"):
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} is a VAE: style_from and interpolate=digits need a CVAE"
         )

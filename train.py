@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    import cvae_lightning.process  # noqa: F401  (registers conf/hydra's resolvers)
+    import cvae_lightning.runs  # noqa: F401  (registers conf/hydra's resolvers)
     import cvae_lightning.slurm  # noqa: F401  (and conf/hydra/launcher/slurm.yaml's)
     from cvae_lightning.config import check_group_choices
     from cvae_lightning.errors import one_line_errors

@@ -26,8 +26,9 @@ row() {
   wait_for "out_dir=$dir "
   if [ ! -f "$dir/metrics.json" ]; then
     /usr/bin/time -f "%e s" -o "$OUT/$name.eval.seconds" \
-      $PY evaluate.py ckpt_path="$dir/checkpoints/last.ckpt" out_dir="$dir" eval.k=5000 eval.compile=true \
-      "eval.temperatures=[1.0]" > "$OUT/$name.eval.log" 2>&1
+      $PY evaluate.py ckpt_path="$dir/checkpoints/last.ckpt" out_dir="$dir" \
+      callbacks.log_likelihood.k=5000 callbacks.log_likelihood.compile=true "eval.temperatures=[1.0]" \
+      > "$OUT/$name.eval.log" 2>&1
   fi
   echo "$(date -u +%FT%TZ) done $name"
 }

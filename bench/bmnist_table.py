@@ -13,10 +13,15 @@ import argparse
 import datetime
 import json
 import math
-import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/bmnist_table.py` puts bench/ on the path, not the project root
+    sys.path.insert(0, str(ROOT))
+
+from bench import machine  # noqa: E402
+
 RESULTS_MD = ROOT / "docs" / "results.md"
 PLOT = ROOT / "docs" / "bmnist_nll.png"
 BEGIN, END = "<!-- bmnist table -->", "<!-- /bmnist table -->"
@@ -76,10 +81,9 @@ def fmt(value, spec: str = ".2f", missing: str = "–") -> str:
 
 
 def table(rows: list[dict], runs: Path) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     how = (
         f"`bash bench/bmnist_cpu.sh` then `python bench/bmnist_table.py` ({datetime.date.today()}, table "
-        f"written at commit {commit.stdout.strip()}). Test NLL: −log p(x) (VAE) or −log p(x|y) (CVAE), the "
+        f"written at commit {machine.commit()}). Test NLL: −log p(x) (VAE) or −log p(x|y) (CVAE), the "
         "IWAE bound with k = 5000 on all 10,000 test images binarized once (seed 0), float32, nats. Each "
         "row is `python train.py experiment=bmnist_<row>`."
     )

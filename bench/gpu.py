@@ -14,8 +14,8 @@ which also checks that
     `torch.cuda.set_sync_debug_mode("warn")`, except those where Lightning logs, the progress bar redraws
     or an epoch ends, which read values back by design.
 
-Writes bench/gpu_results.md and bench/gpu_results.json; exits 1 with one line if a run fails or a check
-does not hold.
+Writes bench/gpu_results.md and bench/gpu_results.json (with bench/machine.py's commit, host and versions);
+exits 1 with one line if a run fails or a check does not hold.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import shlex
 import statistics
 import subprocess
@@ -39,12 +38,17 @@ import torch
 from cvae_lightning import compat
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/gpu.py` puts bench/ on the path, not the project root
+    sys.path.insert(0, str(ROOT))
+
+from bench import machine  # noqa: E402
+
 RESULTS = ROOT / "bench" / "gpu_results.md"
 SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's text under set_sync_debug_mode("warn")
 MODES = {
     "eager fp32": ("trainer.precision=32-true",),
     "bf16-mixed": ("trainer.precision=bf16-mixed",),
-    "compiled": ("model.compile=true",),
+    "compiled": ("compile=true",),
 }
 
 
@@ -148,7 +152,8 @@ class GpuProbe(L.Callback):
 def reads_back(trainer: L.Trainer, batch_idx: int) -> str | None:
     """Why a training step reads a value back from the device by design, or None: Lightning converts the
     logged metrics to numbers when it logs (after the step) and when the progress bar redraws (inside its
-    on_train_batch_end, before GpuProbe's); an epoch's last step reads the model's non-finite check."""
+    on_train_batch_end, before GpuProbe's); at an epoch's last step the non-finite loss check
+    (`callbacks.loss.StopOnNonFiniteLoss`, deferred on a GPU) reads the losses it gathered."""
     if compat.logs_this_step(trainer):
         return "Lightning logs"
     if batch_idx + 1 >= trainer.num_training_batches:
@@ -241,14 +246,6 @@ def violations(runs: list[dict]) -> list[str]:
 
 
 # -- the results file --------------------------------------------------------------------------------
-def git_commit() -> str:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if dirty else "")
-
-
 def table(runs: list[dict]) -> list[str]:
     lines = [
         "| mode | images/s, epoch | images/s, training steps | epochs (s) | process (s) | data on the GPU "
@@ -280,12 +277,14 @@ def write_results(results: dict, path: Path = RESULTS) -> None:
         f"- date: {results['date']}; commit: {results['commit']}; command: `{results['command']}`",
         f"- GPU: {results['gpu']} x {results['gpus']}; torch {results['torch']} (CUDA {results['cuda']}), "
         f"lightning {results['lightning']}, python {results['python']}",
+        f"- host: {results['machine']}; load average before {results['load_before']}, after "
+        f"{results['load_after']}",
         "- images/s: training images of an epoch (all ranks) over its seconds, the median epoch after the "
         "first (which pays warming up and compiling); *epoch* includes the validation and checkpoints, "
         "*training steps* stops at the validation. *process*: the whole `train.py` process timed from "
         "outside (start, imports, data, compiling, every epoch).",
         "- *eager fp32* is `trainer.precision=32-true` with the project's `matmul_precision=medium`, which "
-        "lets float32 matmuls use TF32 on NVIDIA GPUs; *compiled* is `model.compile=true` in that precision.",
+        "lets float32 matmuls use TF32 on NVIDIA GPUs; *compiled* is `compile=true` in that precision.",
         "",
         *table(runs),
         "",
@@ -336,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --gpus={gpus} is not allowed: expected 1 to {visible} (the GPUs visible)")
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = machine.load()
     runs = []
     for r in plan(gpus, args.epochs, *args.overrides):
         print(f"{r['mode']}: {preview(r)}", flush=True)
@@ -345,16 +345,20 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {table([r])[-1]}", flush=True)
         runs.append(r)
     measured = next((r for r in runs if "device_name" in r), {})
+    versions = machine.versions()
     results = {
         "date": f"{started:%Y-%m-%d %H:%M %Z}",
-        "commit": git_commit(),
+        "commit": machine.commit(),
         "command": shlex.join(["python", "bench/gpu.py", *(sys.argv[1:] if argv is None else argv)]),
         "gpu": measured.get("device_name", "unknown"),
         "gpus": visible,
-        "torch": torch.__version__,
+        "torch": versions["torch"],
         "cuda": measured.get("cuda", torch.version.cuda),
-        "lightning": L.__version__,
-        "python": platform.python_version(),
+        "lightning": versions["lightning"],
+        "python": versions["python"],
+        "machine": machine.machine(),
+        "load_before": load_before,
+        "load_after": machine.load(),
         "runs": runs,
     }
     write_results(results, RESULTS)

@@ -13,8 +13,9 @@
 - time to quality: from the command until test -ELBO <= 98 (train.py: its one test, at the end, so the run's
   time when reached; ordinary: the first epoch whose test reached it) and until the run ends.
 - the other bar, samples that read as the requested digit at T=1: each train.py run's best checkpoint through
-  `python evaluate.py eval.k=0 "eval.temperatures=[1.0]"` (10,000 samples, the project's classifier), after
-  its timed run; skipped with a note when checkpoints/classifier.ckpt is missing or with --skip-accuracy.
+  `python evaluate.py ~callbacks.log_likelihood "eval.temperatures=[1.0]"` (10,000 samples, the project's
+  classifier, no test NLL), after its timed run; skipped with a note when checkpoints/classifier.ckpt is
+  missing or with --skip-accuracy.
 
 Writes bench/outside.md and bench/outside.json. Run it on a quiet machine: nothing else on the cores.
 """
@@ -25,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,17 +34,26 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/outside.py` puts bench/ on the path, not the project root
+    sys.path.insert(0, str(ROOT))
+
+from bench import machine  # noqa: E402
+
 TARGET = 98.0
 ACCURACY_TARGET = 0.98
 CLASSIFIER = ROOT / "checkpoints" / "classifier.ckpt"
 IMAGES = {"project": 55_000, "ordinary": 60_000}
 
 
+def child_env() -> dict[str, str]:
+    """The environment each timed process gets: this one without thread limits (torch's default threads)."""
+    return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 def run(command: list[str]) -> tuple[float, str]:
     """Wall seconds of one process, from before its start to after its exit, and its stdout."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -84,8 +93,9 @@ def per_epoch(repeats: int, tmp: Path) -> dict:
 
 def accuracy_t1(run_dir: Path, best: str) -> float:
     """How often the classifier reads the requested digit in 10,000 T=1 samples of a run's best checkpoint."""
-    command = [sys.executable, "evaluate.py", f"ckpt_path={best}", "eval.k=0", "eval.temperatures=[1.0]"]
-    run([*command, f"out_dir={run_dir / 'eval'}"])
+    # the samples only: ~callbacks.log_likelihood drops the test NLL
+    command = [sys.executable, "evaluate.py", f"ckpt_path={best}", "~callbacks.log_likelihood"]
+    run([*command, "eval.temperatures=[1.0]", f"out_dir={run_dir / 'eval'}"])
     return json.loads((run_dir / "eval" / "metrics.json").read_text())["accuracy"]["T=1"]["overall"]
 
 
@@ -119,21 +129,6 @@ def end_to_end(tmp: Path, variants: dict[str, list[str]], accuracy: bool = True)
     }
     print(f"end to end, ordinary: {seconds:.1f} s, test -ELBO {report['test_nelbo']}")
     return result
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
-    )
-    return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def markdown(report: dict) -> str:
@@ -188,8 +183,9 @@ def markdown(report: dict) -> str:
             "",
             f"The ordinary run's wall time includes {e['ordinary']['seconds_in_per_epoch_tests']} s of "
             "per-epoch tests (for its time to quality). T=1 accuracy: `python evaluate.py ckpt_path=<best> "
-            'eval.k=0 "eval.temperatures=[1.0]"` after each train.py run, outside its time (10,000 samples, '
-            "checkpoints/classifier.ckpt); not measured for the ordinary script, which has no classifier.",
+            '~callbacks.log_likelihood "eval.temperatures=[1.0]"` after each train.py run, outside its time '
+            "(10,000 samples, checkpoints/classifier.ckpt); not measured for the ordinary script, which has "
+            "no classifier.",
             "",
         ]
     return "\n".join(lines)
@@ -211,9 +207,9 @@ def main() -> None:
     report = {
         "command": "python bench/outside.py " + " ".join(sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
-        "commit": commit(),
-        "machine": f"{os.cpu_count()} cores, {cpu_name()}, Python {platform.python_version()}",
-        "load_before": "{:.2f}/{:.2f}/{:.2f}".format(*os.getloadavg()),
+        "commit": machine.commit(),
+        "machine": machine.machine(child_env()),
+        "load_before": machine.load(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_per_epoch:
@@ -223,7 +219,7 @@ def main() -> None:
             if not args.skip_accuracy and not accuracy:
                 print(f"note: no {CLASSIFIER.relative_to(ROOT)} (make classifier): T=1 accuracy not measured")
             report["end_to_end"] = end_to_end(Path(tmp), variants, accuracy)
-    report["load_after"] = "{:.2f}/{:.2f}/{:.2f}".format(*os.getloadavg())
+    report["load_after"] = machine.load()
     report = json.loads(json.dumps(report))  # the same str keys in the .md as in the .json
     Path(args.out + ".json").write_text(json.dumps(report, indent=2) + "\n")
     Path(args.out + ".md").write_text(markdown(report))

@@ -1,23 +1,33 @@
-"""Checkpoints, in one place: read any checkpoint the project writes, tell its kind, load it as a model, and
-refuse anything else in one line. The models stamp their class into every checkpoint they save."""
+"""Checkpoints, in one place: what each kind holds and what writes it, reading one (refusing anything else in
+one line), loading it as a model without Hydra, its data settings, and which one a run resumes from. The
+callbacks that write them are in callbacks/resume.py."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
+from hydra.utils import get_class
 
 from cvae_lightning.errors import CheckpointError
 
-# what a checkpoint can hold, by the `model_class` the models stamp into it
-KINDS = {"CVAE": "cvae", "VAE": "vae", "Classifier": "classifier"}
-WRITTEN_BY = {
-    "cvae": "`python train.py` (model=cvae), e.g. logs/train/runs/<run>/checkpoints/last.ckpt",
-    "vae": "`python train.py model=vae`, e.g. logs/train/runs/<run>/checkpoints/last.ckpt",
-    "classifier": "`make classifier` (checkpoints/classifier.ckpt)",
+log = logging.getLogger(__name__)
+
+# kind -> (the LightningModule it holds, what writes it)
+KINDS = {
+    "cvae": (
+        "cvae_lightning.module.CVAEModule",
+        "`python train.py` (model=cvae), e.g. logs/train/runs/<run>/checkpoints/last.ckpt",
+    ),
+    "vae": (
+        "cvae_lightning.module.CVAEModule",
+        "`python train.py model=vae`, e.g. logs/train/runs/<run>/checkpoints/last.ckpt",
+    ),
+    "classifier": ("cvae_lightning.classifier.Classifier", "`make classifier` (checkpoints/classifier.ckpt)"),
 }
+RETRAIN = "it was written before the model's networks became configs; retrain it with `python train.py`"
 
 
 def read(
@@ -26,7 +36,7 @@ def read(
     """The checkpoint at `path` (tensors on CPU, nothing unpickled but tensors and plain data); a one-line
     CheckpointError naming `key` when there is no file or it is not a Lightning checkpoint."""
     path = Path(path)
-    expected = f"expected a checkpoint written by {WRITTEN_BY.get(kinds[0], WRITTEN_BY['cvae'])}"
+    expected = f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
     if not path.is_file():
         raise CheckpointError(f"{key}={path} is not allowed: no file there; {expected}")
     try:
@@ -44,18 +54,14 @@ def read(
 
 
 def kind(checkpoint: dict[str, Any]) -> str:
-    """ "cvae", "vae", "classifier" or "unknown"; checkpoints without a stamp are told by their weights."""
-    name = checkpoint.get("model_class")
-    state, hparams = checkpoint.get("state_dict", {}), checkpoint.get("hyper_parameters", {})
-    if name is None and any(k.startswith("head.") for k in state):
-        name = "Classifier"
-    if name is None and "latent_dim" in hparams:
-        decoder_in = next(
-            (v for k, v in state.items() if k.startswith("decoder.") and k.endswith("weight")), None
-        )
-        if decoder_in is not None:
-            name = "CVAE" if decoder_in.shape[1] > hparams["latent_dim"] else "VAE"
-    return KINDS.get(name, "unknown")
+    """ "cvae", "vae", "classifier", "old" (a (C)VAE of the earlier format) or "unknown", by its
+    hyperparameters."""
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "encoder" in hparams and "n_labels" in hparams:
+        return "cvae" if hparams["n_labels"] else "vae"
+    if "feature_dim" in hparams:
+        return "classifier"
+    return "old" if "latent_dim" in hparams else "unknown"
 
 
 def expect(
@@ -63,69 +69,77 @@ def expect(
 ) -> str:
     """The checkpoint's kind, which must be one of `kinds`; else a one-line error saying what to pass."""
     found = kind(checkpoint)
+    if found == "old" and "classifier" not in kinds:
+        raise CheckpointError(f"{key}={path} is not allowed: {RETRAIN}")
     if found not in kinds:
         raise CheckpointError(
             f"{key}={path} is not allowed: it is a {found} checkpoint, not a {' or '.join(kinds)}; "
-            f"expected one written by {WRITTEN_BY[kinds[0]]}"
+            f"expected one written by {KINDS[kinds[0]][1]}"
         )
     return found
 
 
-def load(
+def load_module(
     path: str | Path, kinds: tuple[str, ...] = ("cvae", "vae"), key: str = "ckpt_path", map_location="cpu"
 ):
-    """The model in the checkpoint at `path`, in eval mode, if it is one of `kinds`."""
-    from cvae_lightning.classifier import Classifier
-    from cvae_lightning.models import CVAE, VAE
-
+    """The LightningModule in the checkpoint at `path`, in eval mode, if it is one of `kinds`."""
     found = expect(read(path, key, kinds), path, kinds, key)
-    model_class = {"cvae": CVAE, "vae": VAE, "classifier": Classifier}[found]
     # building a model draws initial weights from torch's global RNG: fork it, so that loading (as
     # SampleAccuracy does when training starts) leaves a training run's random draws as they would be
     with torch.random.fork_rng(devices=[]):
-        return model_class.load_from_checkpoint(path, map_location=map_location).eval()
-
-
-def binary_pixels(checkpoint: dict[str, Any]) -> bool:
-    """Whether the model was trained on dynamically binarized pixels (then it is tested on binary pixels)."""
-    return checkpoint.get("datamodule_hyper_parameters", {}).get("binarize", "none") in ("dynamic", True)
-
-
-class Stamped(L.LightningModule):
-    """A LightningModule whose checkpoints name its class, and that refuses, in one line, a checkpoint of
-    another class or of other sizes, or a file that is not a checkpoint."""
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["model_class"] = type(self).__name__
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("model_class")
-        if saved is not None and saved != type(self).__name__:
-            raise CheckpointError(
-                f"the checkpoint holds a {saved}, not a {type(self).__name__}: "
-                f"load it with {saved}.load_from_checkpoint (or train.py model={saved.lower()})"
-            )
-        own = self.state_dict()
-        for name, tensor in checkpoint["state_dict"].items():
-            if name in own and own[name].shape != tensor.shape:
-                built = ", ".join(
-                    f"{k}={v}" for k, v in self.hparams.items() if k in ("latent_dim", "hidden_dims")
-                )
-                raise CheckpointError(
-                    f"the checkpoint's {name} has shape {tuple(tensor.shape)}, this model's "
-                    f"{tuple(own[name].shape)}: the checkpoint was trained with other sizes than {built}"
-                )
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
-        """Lightning's loader, with one-line errors for a missing or unreadable file or other weights."""
-        read(checkpoint_path, key="checkpoint_path", kinds=(cls.__name__.lower(),))
         try:
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+            module = get_class(KINDS[found][0]).load_from_checkpoint(path, map_location=map_location)
         except (RuntimeError, KeyError, TypeError) as error:
-            lines = str(error).strip().splitlines()
-            reason = lines[0] if lines else type(error).__name__
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise CheckpointError(
-                f"checkpoint_path={checkpoint_path} is not allowed: "
-                f"it does not load as a {cls.__name__} ({reason})"
+                f"{key}={path} is not allowed: it does not load as a {found} ({reason})"
             ) from None
+    if found == "classifier":  # channels-last weights: oneDNN's faster convolution layout on CPU
+        module = module.to(memory_format=torch.channels_last)
+    return module.eval()
+
+
+def load_checkpoint(
+    path: str | Path, kinds: tuple[str, ...] = ("cvae", "vae"), key="ckpt_path", map_location="cpu"
+):
+    """The trained model (`cvae_lightning.model.CVAE`: a CVAE, or a VAE) in the checkpoint at `path`, in eval
+    mode: `model.sample(labels=torch.tensor([2, 0, 2, 6]))`."""
+    return load_module(path, kinds, key, map_location).model
+
+
+def load_classifier(path: str | Path, map_location="cpu"):
+    """The project's MNIST classifier (`make classifier` writes it), in eval mode."""
+    return load_module(path, kinds=("classifier",), key="classifier_path", map_location=map_location)
+
+
+def data_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The data module's settings the model was trained with (its binarization among them)."""
+    return dict(checkpoint.get("datamodule_hyper_parameters", {}))
+
+
+def resume_point(
+    ckpt_path: str | None, output_dir: str | Path, kind_: str, restarts: int
+) -> tuple[Path | None, int]:
+    """The checkpoint a run starts from and its step: `ckpt_path` (`last`: the run dir's
+    checkpoints/last.ckpt); a job that SLURM requeued (`restarts` > 0) continues from its last.ckpt
+    unasked."""
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and restarts and last.is_file():
+        log.info(f"requeued by SLURM (restart {restarts}): resuming from {last}")
+        return last, read(last)["global_step"]
+    if ckpt_path is None:
+        return None, 0
+    path = last if ckpt_path == "last" else Path(ckpt_path)
+    if ckpt_path == "last" and not path.is_file():
+        raise CheckpointError(
+            f"ckpt_path=last is not allowed: no checkpoint at {path}; "
+            "to resume a run pass its folder and `last`: hydra.run.dir=<run dir> ckpt_path=last"
+        )
+    checkpoint = read(path, kinds=(kind_,))
+    expect(checkpoint, path, (kind_,))
+    return path, checkpoint["global_step"]
+
+
+def model_kind(module) -> str:
+    """The kind of checkpoint `module` writes."""
+    return kind({"hyper_parameters": dict(module.hparams)})

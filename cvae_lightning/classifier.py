@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from cvae_lightning import checkpoints
 from cvae_lightning.data import IMAGE_SHAPE, NUM_CLASSES
 from cvae_lightning.errors import check, check_int, check_int_list, check_number
 
 
-class Classifier(checkpoints.Stamped):
+class Classifier(L.LightningModule):
     """A small CNN: two conv-conv-pool blocks, then `feature_dim` penultimate features and a linear head.
 
     The penultimate features are what classifier-FID compares; the logits give conditional accuracy.
@@ -93,12 +91,3 @@ class ClassifierFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier.features(x)
-
-
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
-    """The trained classifier at `path` (`make classifier` writes it), in eval mode."""
-    classifier = checkpoints.load(
-        path, kinds=("classifier",), key="classifier_path", map_location=map_location
-    )
-    # channels-last weights: oneDNN's faster convolution layout on CPU
-    return classifier.to(memory_format=torch.channels_last)

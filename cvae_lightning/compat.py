@@ -11,11 +11,6 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
-def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
-    """The trainer a module is attached to, or None (`module.trainer` raises when there is none)."""
-    return module._trainer
-
-
 def stop_at_end_of_step(trainer: L.Trainer) -> None:
     """What Lightning's own SIGTERM handler does: training stops at the end of the current step (all ranks),
     raising SIGTERMException, with every callback's on_exception called."""

@@ -4,6 +4,7 @@ object checks its own arguments when it is built (`build`), with the same one-li
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ def validate(cfg: DictConfig) -> None:
     """Raises ConfigError on the first value that cannot work."""
     check_int("seed", cfg.get("seed"), 0)
     check_bool("test", cfg.get("test"))
+    check_bool("compile", cfg.get("compile", False))
     ckpt_path = cfg.get("ckpt_path")
     check(
         "ckpt_path", ckpt_path, ckpt_path is None or isinstance(ckpt_path, str), "null, last or a file path"
@@ -72,23 +74,34 @@ def _check_model_fits_callbacks(cfg: DictConfig) -> None:
         )
 
 
-def build(node: DictConfig, key: str, **kwargs):
-    """`hydra.utils.instantiate(node)`, with the object's own one-line error (or the library's first line,
-    named by `key`) instead of Hydra's wrapped traceback."""
+def build(node, key: str, **kwargs):
+    """`hydra.utils.instantiate(node, **kwargs)`, a `_partial_` node called at once (an optimizer given its
+    parameters), with the object's own one-line error (or the library's first line, named by `key`) instead
+    of Hydra's wrapped traceback."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        return instantiate(node, **kwargs)
+        built = instantiate(node, **kwargs)
+        return built() if isinstance(built, functools.partial) else built
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, Error):
             raise cause from None
         if isinstance(cause, TypeError | ValueError | MisconfigurationException):
-            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-            raise ConfigError(f"{key}: {reason}") from None
+            raise ConfigError(f"{key}: {_first_line(cause)}") from None
+        if cause is None or isinstance(cause, ImportError | AttributeError):  # no such `_target_`
+            raise ConfigError(f"{key}: {_first_line(error).split(', set env var')[0]}") from None
         raise
+    except Error:
+        raise
+    except (TypeError, ValueError, MisconfigurationException) as error:  # raised by a partial's call
+        raise ConfigError(f"{key}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:

@@ -36,7 +36,7 @@ def style_transfer(model, x: Tensor, labels: Tensor) -> Tensor:
     target digit's prior (the identity for N(0, I); needed for a learned p(z|y), whose digits sit apart).
     """
     x = x.to(model.device)
-    prior_mu, prior_logvar = model.prior_params(labels)
+    prior_mu, prior_logvar = model.prior(labels)
     style = (model.encode(x, labels)[0] - prior_mu) * (-0.5 * prior_logvar).exp()
     noise = style.repeat_interleave(NUM_CLASSES, dim=0)
     digits = model.sample(labels=torch.arange(NUM_CLASSES).repeat(len(x)), noise=noise)

@@ -1,4 +1,6 @@
-"""Encoder and decoder networks: `mlp` (the default) and `conv`. Both take the condition y (or None)."""
+"""Encoder and decoder networks, each built from its config (`conf/model/net/*.yaml`, `_target_`) with the
+model's `latent_dim` and `n_labels` added. Any class with the same constructor arguments and forward works:
+encoder (x, y) -> (B, 2 * latent_dim); decoder (z, y) -> logits (B, 1, 28, 28); y is one-hot or None."""
 
 from __future__ import annotations
 
@@ -9,12 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from cvae_lightning.data import IMAGE_SHAPE
-from cvae_lightning.errors import refuse
+from cvae_lightning.errors import check_choice, check_int_list
 
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
-
-
-# model.activation: between hidden layers (tanh: the published IWAE benchmark's networks)
+# between hidden layers (tanh: the published IWAE benchmark's networks)
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -32,27 +32,40 @@ def with_condition(h: Tensor, y: Tensor | None) -> Tensor:
     return h if y is None else torch.cat([h, y.to(h.dtype)], dim=1)
 
 
-class MLPEncoder(nn.Sequential):
-    """(x, y) -> 2 * latent_dim: flattened pixels and one-hot label through an MLP."""
+def _checked(key: str, hidden_dims, activation, channels=None) -> list[int]:
+    check_choice(f"{key}.activation", activation, ACTIVATIONS)
+    if channels is not None:
+        check_int_list(f"{key}.channels", channels, example="[32,64]")
+    return check_int_list(f"{key}.hidden_dims", hidden_dims)  # a plain list: weights-only checkpoints
 
-    def __init__(self, n_classes: int, hidden_dims: Sequence[int], latent_dim: int, activation="relu", **_):
-        super().__init__(*mlp([PIXELS + n_classes, *hidden_dims, 2 * latent_dim], activation))
+
+class MLPEncoder(nn.Sequential):
+    """(x, y) -> (mu, logvar): flattened pixels and one-hot label through an MLP."""
+
+    def __init__(
+        self, latent_dim: int, n_labels: int, hidden_dims: Sequence[int] = (512, 256), activation="relu"
+    ):
+        hidden_dims = _checked("model.encoder", hidden_dims, activation)
+        super().__init__(*mlp([PIXELS + n_labels, *hidden_dims, 2 * latent_dim], activation))
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return super().forward(with_condition(x.flatten(1), y))
 
 
 class MLPDecoder(nn.Sequential):
-    """(z, y) -> Bernoulli logits shaped like images."""
+    """(z, y) -> Bernoulli logits shaped like images; `hidden_dims` in the order the data flows."""
 
-    def __init__(self, n_classes: int, hidden_dims: Sequence[int], latent_dim: int, activation="relu", **_):
-        super().__init__(*mlp([latent_dim + n_classes, *reversed(hidden_dims), PIXELS], activation))
+    def __init__(
+        self, latent_dim: int, n_labels: int, hidden_dims: Sequence[int] = (256, 512), activation="relu"
+    ):
+        hidden_dims = _checked("model.decoder", hidden_dims, activation)
+        super().__init__(*mlp([latent_dim + n_labels, *hidden_dims, PIXELS], activation))
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return super().forward(with_condition(z, y)).view(-1, *IMAGE_SHAPE)
 
 
-def _conv_stack(channels: Sequence[int], transpose: bool = False, activation="relu") -> nn.Sequential:
+def conv_stack(channels: Sequence[int], transpose: bool = False, activation="relu") -> nn.Sequential:
     """Stride-2 4x4 convolutions (28 -> 14 -> 7) or their transposes, `activation` between them."""
     conv = nn.ConvTranspose2d if transpose else nn.Conv2d
     layers: list[nn.Module] = []
@@ -66,41 +79,37 @@ def _conv_stack(channels: Sequence[int], transpose: bool = False, activation="re
 class ConvEncoder(nn.Module):
     """Two stride-2 convolutions (28 -> 7), then the label joins an MLP head to (mu, logvar)."""
 
-    def __init__(self, n_classes, hidden_dims, latent_dim, channels=(32, 64), activation="relu"):
+    def __init__(
+        self, latent_dim: int, n_labels: int, channels=(32, 64), hidden_dims=(512, 256), activation="relu"
+    ):
         super().__init__()
-        act = ACTIVATIONS[activation]
+        hidden_dims = _checked("model.encoder", hidden_dims, activation, channels)
         self.features = nn.Sequential(
-            _conv_stack([IMAGE_SHAPE[0], *channels], False, activation), act(), nn.Flatten()
+            conv_stack([IMAGE_SHAPE[0], *channels], False, activation),
+            ACTIVATIONS[activation](),
+            nn.Flatten(),
         )
-        self.head = mlp([channels[-1] * 7 * 7 + n_classes, *hidden_dims, 2 * latent_dim], activation)
+        self.head = mlp([channels[-1] * 7 * 7 + n_labels, *hidden_dims, 2 * latent_dim], activation)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.head(with_condition(self.features(x.view(-1, *IMAGE_SHAPE)), y))
 
 
 class ConvDecoder(nn.Module):
-    """(z, y) through an MLP to a 7x7 feature map, then two transposed convolutions up to 28x28 logits."""
+    """(z, y) through an MLP to a 7x7 feature map of `channels[0]`, then transposed convolutions through
+    `channels` up to 28x28 logits (sizes in the order the data flows)."""
 
-    def __init__(self, n_classes, hidden_dims, latent_dim, channels=(32, 64), activation="relu"):
+    def __init__(
+        self, latent_dim: int, n_labels: int, channels=(64, 32), hidden_dims=(256, 512), activation="relu"
+    ):
         super().__init__()
+        hidden_dims = _checked("model.decoder", hidden_dims, activation, channels)
         self.head = nn.Sequential(
-            mlp([latent_dim + n_classes, *reversed(hidden_dims), channels[-1] * 7 * 7], activation),
+            mlp([latent_dim + n_labels, *hidden_dims, channels[0] * 7 * 7], activation),
             ACTIVATIONS[activation](),
-            nn.Unflatten(1, (channels[-1], 7, 7)),
+            nn.Unflatten(1, (channels[0], 7, 7)),
         )
-        self.upsample = _conv_stack([*reversed(channels), IMAGE_SHAPE[0]], True, activation)
+        self.upsample = conv_stack([*channels, IMAGE_SHAPE[0]], True, activation)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.upsample(self.head(with_condition(z, y)))
-
-
-# model.net -> (encoder, decoder): a new network is a pair of classes here and conf/model/net/<name>.yaml
-NETS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
-
-
-def build(net: str, **sizes) -> tuple[nn.Module, nn.Module]:
-    """(encoder, decoder) of the named kind."""
-    if not isinstance(net, str) or net not in NETS:
-        raise refuse("model.net", net, "one of " + ", ".join(NETS))
-    encoder, decoder = NETS[net]
-    return encoder(**sizes), decoder(**sizes)

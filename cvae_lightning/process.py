@@ -6,11 +6,8 @@ import ctypes
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import OmegaConf
 
 from cvae_lightning.errors import check_bool, check_choice
 
@@ -94,54 +91,3 @@ def one_job_per_ddp_launch():
                 os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
-
-
-def _can_create(folder: Path) -> str | None:
-    """None if `folder` exists or can be made; else why not. Leaves nothing behind: Hydra makes the folder
-    itself moments later (from a fresh `${now:}`), so the folders made here to find out are removed."""
-    made = []
-    try:
-        for path in reversed([folder, *folder.parents]):
-            if not path.exists():
-                path.mkdir()
-                made.append(path)
-            elif not path.is_dir():
-                return f"{path} is not a folder"
-    except OSError as error:
-        return f"{path} cannot be created ({error.strerror or error})"
-    finally:
-        for path in reversed(made):
-            path.rmdir()
-    return None
-
-
-class WritableOutputDir(HydraCallback):
-    """Refuses, in one line, a run or sweep folder that cannot be created, before Hydra tries and fails with
-    a traceback (e.g. paths.log_dir=/proc/x)."""
-
-    def on_run_start(self, config, **kwargs) -> None:
-        self._check(config.hydra.run.dir, "hydra.run.dir")
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
-
-    @staticmethod
-    def _check(folder: str, key: str) -> None:
-        why = _can_create(Path(folder).absolute())
-        if why:
-            raise SystemExit(
-                f"error: {key}={folder} is not allowed: {why}; expected a folder this user can write "
-                "(set paths.log_dir, or the folder itself)"
-            )
-
-
-def run_name(num, overrides: str) -> str:
-    """A sweep job's folder name, which is also its run name in TensorBoard: its number, then its overrides
-    (hydra.job.override_dirname), without '/' and cut short (a folder name holds at most 255 bytes)."""
-    name = f"{num}_{overrides}".replace("/", "_") if overrides else str(num)
-    return name if len(name) <= 120 else name[:117] + "..."
-
-
-# Registered on import: Hydra instantiates the callbacks of conf/hydra/default.yaml (this module's
-# WritableOutputDir) in every process that resolves a job's folder, a submitit job's too, before it does.
-OmegaConf.register_new_resolver("run_name", run_name, replace=True)

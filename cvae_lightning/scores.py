@@ -18,7 +18,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from cvae_lightning.classifier import Classifier, ClassifierFeatures
 from cvae_lightning.data import NUM_CLASSES, InMemoryLoader
 from cvae_lightning.errors import ConfigError, check_bool, check_int
-from cvae_lightning.models import ELBO_PARTS, VAE
+from cvae_lightning.model import CVAE
 
 # images per classifier pass: small enough that its activations reuse heap memory instead of fresh mmaps
 CLASSIFIER_BATCH = 128
@@ -28,53 +28,15 @@ CAS_EPOCHS, CAS_BATCH = 4, 128
 CAS_NOT_DEFINED = "a VAE cannot be asked for a digit, so its samples have no labels to train a classifier on"
 
 
-def _batches(images: Tensor, labels: Tensor, batch_size: int, binarize: bool, generator: torch.Generator):
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].float().div(255.0)
-        if binarize:
-            x = torch.bernoulli(x, generator=generator)
-        yield x, labels[i : i + batch_size]
-
-
 @torch.no_grad()
-def test_elbo_and_nll(
-    model: VAE,
-    images: Tensor,
-    labels: Tensor,
-    k: int,
-    batch_size: int = 100,
-    chunk: int = 100,
-    binarize=False,
-    compile: bool = False,
-) -> dict[str, float]:
-    """-ELBO (`nelbo`, and its recon/KL parts) and the IWAE NLL (k importance samples), in nats per image.
-
-    For the CVAE the NLL is the conditional -log p(x|y); for the VAE it is -log p(x).
-    """
-    generator = torch.Generator().manual_seed(0)  # the same binarized test set for every model
-    sums = dict.fromkeys((*ELBO_PARTS, "nll"), 0.0)
-    for x, y in _batches(images, labels, batch_size, binarize, generator):
-        x, y = x.to(model.device), y.to(model.device)
-        terms = model.elbo_terms(x, y)
-        for name in ELBO_PARTS:
-            sums[name] += terms[name].item() * len(x)
-        if k:
-            sums["nll"] -= model.log_likelihood(x, y, k=k, chunk=chunk, compile=compile).sum().item()
-    results = {name: total / len(images) for name, total in sums.items()}
-    if not k:
-        del results["nll"]
-    return results
-
-
-@torch.no_grad()
-def generate(model: VAE, labels: Tensor, temperature: float, batch_size: int = 1000) -> Tensor:
+def generate(model: CVAE, labels: Tensor, temperature: float, batch_size: int = 1000) -> Tensor:
     """One sample per label at `temperature`, on the CPU (a VAE draws as many unlabelled samples)."""
     return torch.cat(
         [model.sample(labels=chunk, temperature=temperature) for chunk in labels.split(batch_size)]
     ).cpu()
 
 
-def generate_per_digit(model: VAE, n_per_digit: int, temperature: float, batch_size: int = 1000) -> Tensor:
+def generate_per_digit(model: CVAE, n_per_digit: int, temperature: float, batch_size: int = 1000) -> Tensor:
     """n_per_digit samples of every digit 0-9 (digit-major order) at `temperature`; a VAE, which cannot
     be asked for a digit, draws as many (10 x n_per_digit) unlabelled samples."""
     labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
@@ -125,7 +87,7 @@ def _test_accuracy(classifier: Classifier, images: Tensor, labels: Tensor) -> di
 
 
 def classification_accuracy_score(
-    model: VAE,
+    model: CVAE,
     test_images: Tensor,
     test_labels: Tensor,
     train_counts: Sequence[int] | int,
@@ -148,8 +110,8 @@ def classification_accuracy_score(
     training images were. The test images are the real grayscale ones for every model, so `real_data` is
     one baseline for all.
     """
-    if not model.n_classes:
-        raise ConfigError(f"CAS is not defined for a {type(model).__name__}: {CAS_NOT_DEFINED}")
+    if not model.n_labels:
+        raise ConfigError(f"CAS is not defined for a VAE: {CAS_NOT_DEFINED}")
     started = time.perf_counter()
     counts = [train_counts] * NUM_CLASSES if isinstance(train_counts, int) else list(train_counts)
     labels = torch.arange(NUM_CLASSES).repeat_interleave(torch.tensor(counts))
@@ -180,46 +142,29 @@ def classification_accuracy_score(
     return result
 
 
-def evaluate(
-    model: VAE,
-    classifier: Classifier | None,
+def sample_scores(
+    model: CVAE,
+    classifier: Classifier,
     test_images: Tensor,
     test_labels: Tensor,
-    k: int = 1000,
     n_per_digit: int = 1000,
     temperatures: Sequence[float] = (1.0, 0.5, 0.0),
-    n_images: int | None = None,
-    batch_size: int = 100,
-    chunk: int = 100,
     binarize: bool = False,
     seed: int = 0,
-    compile: bool = False,
     cas: bool = False,
     cas_epochs: int = CAS_EPOCHS,
     train_labels: Tensor | None = None,
 ) -> dict:
-    """All metrics of one model (see evaluate.py); the classifier is needed for accuracy and FID. `cas`
-    adds the Classification Accuracy Score, with as many samples of each digit as `train_labels` holds."""
+    """What the classifier says of the model's samples (evaluate.py): conditional accuracy (CVAE) and
+    classifier-FID at each temperature, and with `cas` the Classification Accuracy Score, with as many
+    samples of each digit as `train_labels` holds."""
     check_bool("eval.cas", cas)
     check_int("eval.cas_epochs", cas_epochs, 1)
     if cas and train_labels is None:
         raise ValueError("cas=True needs train_labels: CAS generates as many of each digit as they hold")
     torch.manual_seed(seed)
-    started = time.perf_counter()
-    subset = slice(0, n_images)
-    metrics: dict = {"model": type(model).__name__, "test_images": len(test_images[subset]), "k": k}
-    metrics["test"] = test_elbo_and_nll(
-        model,
-        test_images[subset],
-        test_labels[subset],
-        k,
-        batch_size,
-        chunk,
-        binarize=binarize,
-        compile=compile,
-    )
-    metrics["seconds_elbo_nll"] = round(time.perf_counter() - started, 1)
-    if cas and not model.n_classes:
+    metrics: dict = {}
+    if cas and not model.n_labels:
         metrics["cas"] = {"skipped": f"not defined for a VAE: {CAS_NOT_DEFINED}"}
     elif cas:
         metrics["cas"] = classification_accuracy_score(
@@ -232,11 +177,8 @@ def evaluate(
             binarize=binarize,
             seed=seed,
         )
-    if classifier is None:
-        return metrics
-
     real = test_images.float().div(255.0)
-    conditional = model.n_classes > 0
+    conditional = model.n_labels > 0
     metrics["accuracy"], metrics["fid"] = {}, {}
     for temperature in temperatures:
         key = f"T={temperature:g}"
@@ -255,7 +197,6 @@ def evaluate(
                 classifier_fid(classifier, real[test_labels == d], fake[fake_labels == d])
                 for d in range(NUM_CLASSES)
             ]
-    metrics["seconds_total"] = round(time.perf_counter() - started, 1)
     return metrics
 
 
@@ -279,6 +220,9 @@ def markdown(metrics: dict, title: str = "") -> str:
     if "nll" in test:
         what = "-log p(x given y)" if metrics["model"] == "CVAE" else "-log p(x)"
         lines.append(f"| test NLL {what}, IWAE k={metrics['k']} | {test['nll']:.2f} |")
+    for name, value in test.items():  # the metrics of callbacks added to the test pass
+        if name not in ("nelbo", "recon", "kl", "nll"):
+            lines.append(f"| test {name} | {value:.4g} |")
     for key, acc in metrics.get("accuracy", {}).items():
         lines.append(f"| conditional accuracy {key} | {100 * acc['overall']:.2f}% |")
     for key, fid in metrics.get("fid", {}).items():

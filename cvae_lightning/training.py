@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -26,11 +27,13 @@ log = logging.getLogger(__name__)
 # the HPARAMS tab's columns after a run's own overrides: what tells runs apart, no plumbing
 KEY_HPARAMS = (
     "model.latent_dim",
-    "model.hidden_dims",
-    "model.net",
+    "model.n_labels",
+    "model.encoder._target_",
+    "model.encoder.hidden_dims",
     "model.prior",
-    "model.lr",
-    "model.lr_schedule",
+    "model.optimizer._target_",
+    "model.optimizer.lr",
+    "model.scheduler._target_",
     "model.beta",
     "model.kl_warmup_epochs",
     "model.objective",
@@ -50,26 +53,6 @@ def build_group(group: DictConfig | None, key: str, **kwargs) -> list:
     return [
         build(entry, f"{key}.{name}", **kwargs) for name, entry in entries if entry and "_target_" in entry
     ]
-
-
-def resume_checkpoint(cfg: DictConfig, kind: str) -> tuple[Path | None, int]:
-    """The checkpoint named by `ckpt_path` (`last`: the run dir's checkpoints/last.ckpt) and its step; a
-    job that SLURM requeued continues from its run dir's last.ckpt without being told."""
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if cfg.get("ckpt_path") is None and slurm.restarts() and last.is_file():
-        log.info(f"requeued by SLURM (restart {slurm.restarts()}): resuming from {last}")
-        return last, checkpoints.read(last)["global_step"]
-    if cfg.get("ckpt_path") is None:
-        return None, 0
-    path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
-    if cfg.ckpt_path == "last" and not path.is_file():
-        raise checkpoints.CheckpointError(
-            f"ckpt_path=last is not allowed: no checkpoint at {path}; "
-            "to resume a run pass its folder and `last`: hydra.run.dir=<run dir> ckpt_path=last"
-        )
-    checkpoint = checkpoints.read(path, kinds=(kind,))
-    checkpoints.expect(checkpoint, path, (kind,))
-    return path, checkpoint["global_step"]
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -96,7 +79,13 @@ def _train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = build(cfg.data, "data")
     model: L.LightningModule = build(cfg.model, "model")
-    ckpt_path, step = resume_checkpoint(cfg, checkpoints.KINDS[type(model).__name__])
+    if cfg.get("compile") and hasattr(
+        model, "model"
+    ):  # the loss and its backward as fused inductor kernels; checkpoints unchanged
+        model.model.elbo = torch.compile(model.model.elbo, dynamic=False)
+    ckpt_path, step = checkpoints.resume_point(
+        cfg.get("ckpt_path"), cfg.paths.output_dir, checkpoints.model_kind(model), slurm.restarts()
+    )
     # TensorBoard drops events logged after the checkpoint by the interrupted run, so the stream stays one
     purge = {"purge_step": step + 1} if ckpt_path else {}
     # under SLURM, Lightning's own auto-requeue (a checkpoint mid-step on SIGUSR1) stays off: the project's
@@ -112,7 +101,7 @@ def _train(cfg: DictConfig) -> float | None:
     batch, processes = cfg.data.batch_size, trainer.world_size
     rank_zero_info(
         f"{processes} process(es) x batch {batch} = effective batch {processes * batch} per step, "
-        f"lr {cfg.model.get('lr')} (not rescaled)"
+        f"lr {OmegaConf.select(cfg, 'model.optimizer.lr')} (not rescaled)"
     )
 
     start = time.perf_counter()
@@ -183,5 +172,7 @@ def hparams_for_tensorboard(cfg: DictConfig, overrides: list[str]) -> dict[str, 
 
 def _shown_in_tensorboard(key: str) -> bool:
     return not (
-        key.startswith(("paths.", "hydra.", "callbacks.", "logger.")) or key.endswith(("_target_", "dir"))
+        key.startswith(("paths.", "hydra.", "callbacks.", "logger."))
+        or key.endswith("dir")
+        or (key.endswith("_target_") and not key.startswith("model."))
     )

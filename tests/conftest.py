@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, tiny_trainer
+from tests.helpers import ROOT, tiny_module, tiny_trainer
 
 
 @pytest.fixture(scope="session")
@@ -18,12 +18,12 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
     """{"cvae", "vae", "classifier"}: checkpoints after 3 training steps on real MNIST (seconds on CPU)."""
-    from cvae_lightning import CVAE, VAE, Classifier, MNISTDataModule
+    from cvae_lightning import Classifier, MNISTDataModule
 
     out = tmp_path_factory.mktemp("tiny")
     models = {
-        "cvae": (lambda: CVAE(latent_dim=2, hidden_dims=[32]), out / "cvae" / "last.ckpt"),
-        "vae": (lambda: VAE(latent_dim=2, hidden_dims=[32]), out / "vae" / "last.ckpt"),
+        "cvae": (lambda: tiny_module(), out / "cvae" / "last.ckpt"),
+        "vae": (lambda: tiny_module("model=vae"), out / "vae" / "last.ckpt"),
         "classifier": (lambda: Classifier(channels=[4, 8], feature_dim=16), out / "classifier.ckpt"),
     }
     for build, path in models.values():

@@ -27,11 +27,35 @@ def composed(*overrides: str, return_hydra_config: bool = False):
     """The `train` config as `python train.py OVERRIDES` composes it (not validated, nothing built)."""
     from hydra import compose, initialize_config_dir
 
-    import cvae_lightning.process  # noqa: F401  (registers the resolvers of conf/hydra)
+    import cvae_lightning.runs  # noqa: F401  (registers the resolvers of conf/hydra)
     import cvae_lightning.slurm  # noqa: F401
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def tiny_module(*overrides: str, latent_dim: int = 2, hidden: int = 32):
+    """The LightningModule `python train.py model.latent_dim=... OVERRIDES` builds (MLPs of one hidden layer
+    of `hidden` units unless the overrides say otherwise), seeded; `.model` is its CVAE."""
+    from hydra.utils import instantiate
+
+    torch.manual_seed(0)
+    sizes = (
+        f"model.latent_dim={latent_dim}",
+        f"model.encoder.hidden_dims=[{hidden}]",
+        f"model.decoder.hidden_dims=[{hidden}]",
+    )
+    return instantiate(composed(*sizes, *overrides).model)
+
+
+def mlp_cvae(latent_dim: int = 3, hidden_dims=(16,), n_labels: int = 10, prior: str = "standard"):
+    """A bare `cvae_lightning.model.CVAE` with MLP networks (no Lightning, no config)."""
+    from cvae_lightning.model import CVAE
+    from cvae_lightning.nets import MLPDecoder, MLPEncoder
+
+    encoder = MLPEncoder(latent_dim, n_labels, list(hidden_dims))
+    decoder = MLPDecoder(latent_dim, n_labels, list(reversed(hidden_dims)))
+    return CVAE(encoder, decoder, latent_dim, n_labels, prior)
 
 
 def run_script(script: str, *args: str, timeout: float = 600, env: dict | None = None, background=False):

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from cvae_lightning import CVAE, VAE, MNISTDataModule
+from cvae_lightning import MNISTDataModule
 from cvae_lightning.callbacks.images import (
     GeneratedDigits,
     ImageLogger,
@@ -23,32 +23,38 @@ from cvae_lightning.callbacks.images import (
     add_grayscale_image,
 )
 from cvae_lightning.callbacks.metrics import ActiveUnits, SampleAccuracy
-from cvae_lightning.models import gaussian_kl_per_dim
-from tests.helpers import SHORT_RUN, assert_ran, read_events, run_script, tiny_trainer
+from cvae_lightning.model import gaussian_kl
+from tests.helpers import SHORT_RUN, assert_ran, mlp_cvae, read_events, run_script, tiny_module, tiny_trainer
 
 
 def test_latent_manifold_decodes_a_grid_of_the_plane_for_one_digit():
     callback = LatentManifold(n=5, digit=3)
-    model = CVAE(latent_dim=2, hidden_dims=[16])
+    model = mlp_cvae(latent_dim=2)
     images = callback.images(None, model)
     assert images.shape == (25, 1, 28, 28)
     # the corners of the grid differ: z changes across the plane
     assert not torch.allclose(images[0], images[-1])
-    assert callback.images(None, VAE(latent_dim=2, hidden_dims=[16])).shape == (25, 1, 28, 28)
+    assert callback.images(None, mlp_cvae(latent_dim=2, n_labels=0)).shape == (25, 1, 28, 28)
 
 
-def test_latent_manifold_is_skipped_for_other_latent_sizes():
+@pytest.mark.parametrize("latent_dim", [2, 3])
+def test_latent_manifold_is_skipped_for_other_latent_sizes(latent_dim):
     callback = LatentManifold()
-    trainer = mock.MagicMock(sanity_checking=False)
-    with mock.patch.object(LatentManifold, "images") as images:
-        callback.on_validation_epoch_end(trainer, CVAE(latent_dim=3, hidden_dims=[16]))
-    images.assert_not_called()
+    trainer = mock.MagicMock(sanity_checking=False, global_step=1)
+    pl_module = mock.MagicMock(model=mlp_cvae(latent_dim=latent_dim))  # what the callback reads: .model
+    with (
+        mock.patch("cvae_lightning.callbacks.images.tensorboard_writer", return_value=mock.MagicMock()),
+        mock.patch("cvae_lightning.callbacks.images.add_grayscale_image") as add,
+        mock.patch.object(LatentManifold, "images", return_value=torch.zeros(4, 1, 28, 28)) as images,
+    ):
+        callback.on_validation_epoch_end(trainer, pl_module)
+    assert images.call_count == add.call_count == (latent_dim == 2)
 
 
-@pytest.mark.parametrize("model_class", [VAE, CVAE])
-def test_fixed_noise_grids_are_the_same_every_epoch(model_class):
+@pytest.mark.parametrize("n_labels", [0, 10])
+def test_fixed_noise_grids_are_the_same_every_epoch(n_labels):
     """GeneratedDigits and Interpolation decode the same noise at every call: the slider shows learning."""
-    model = model_class(latent_dim=3, hidden_dims=[16]).eval()
+    model = mlp_cvae(latent_dim=3, n_labels=n_labels).eval()
     for callback in (GeneratedDigits(n_per_digit=4), Interpolation(steps=5)):
         torch.manual_seed(0)
         first = callback.images(None, model)
@@ -62,21 +68,31 @@ def test_fixed_noise_grids_are_the_same_every_epoch(model_class):
 
 
 def test_an_image_logger_is_a_tag_and_a_picture():
-    """The public base: a subclass says what to draw; logging, grids and rank zero are the base's."""
+    """The public base: a subclass says what to draw from the CVAE (the LightningModule's `model`) and
+    whether it applies to it; logging, grids, eval mode and rank zero are the base's."""
+    drawn_from = []
 
     class Blank(ImageLogger):
         tag, nrow = "samples/blank", 2
 
-        def images(self, trainer, pl_module):
+        def applies(self, model):
+            drawn_from.append(model)
+            return True
+
+        def images(self, trainer, model):
+            drawn_from.append(model)
+            assert not model.training
             return torch.ones(4, 1, 28, 28)
 
+    pl_module = tiny_module()
     writer = mock.MagicMock()
     trainer = mock.MagicMock(sanity_checking=False, global_step=7)
     with (
         mock.patch("cvae_lightning.callbacks.images.tensorboard_writer", return_value=writer),
         mock.patch("cvae_lightning.callbacks.images.add_grayscale_image") as add,
     ):
-        Blank().on_validation_epoch_end(trainer, CVAE(latent_dim=2, hidden_dims=[8]))
+        Blank().on_validation_epoch_end(trainer, pl_module)
+    assert drawn_from == [pl_module.model, pl_module.model] and pl_module.training
     (_, tag, grid), kwargs = add.call_args
     assert (
         tag == "samples/blank"
@@ -131,13 +147,22 @@ def test_a_short_run_logs_the_grids_and_curves(tmp_path, tiny_checkpoints):
 
 
 class _Module:
-    """Just what ActiveUnits reads: log (the KL comes with the validation step's outputs)."""
+    """Just what the metric callbacks read of the LightningModule: `model`, log, and the train/eval mode
+    (ActiveUnits' KL comes with the validation step's outputs)."""
 
-    def __init__(self):
-        self.logged = {}
+    device = torch.device("cpu")
+
+    def __init__(self, model=None):
+        self.model, self.logged, self.training = model, {}, True
 
     def log(self, name, value, **kwargs):
         self.logged[name] = value
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode=True):
+        self.training = mode
 
 
 def test_active_units_counts_dimensions_above_the_threshold():
@@ -152,45 +177,36 @@ def test_active_units_counts_dimensions_above_the_threshold():
 
 def test_kl_per_dim_is_zero_for_dimensions_the_encoder_ignores():
     torch.manual_seed(0)
-    model = CVAE(latent_dim=4, hidden_dims=[16])
+    model = mlp_cvae(latent_dim=4)
     with torch.no_grad():  # mu = 0 and logvar = 0 (the prior) for latent dimensions 2 and 3
         model.encoder[-1].weight[[2, 3, 6, 7]] = 0
         model.encoder[-1].bias[[2, 3, 6, 7]] = 0
     x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
-    terms = model.elbo_terms(x, y)
+    terms = model.elbo(x, y)
     kl = terms["kl_per_dim"]
     assert kl[2:].abs().max() < 1e-6 and (kl[:2] > 0).all()
     assert kl.sum().item() == pytest.approx(terms["kl"].item(), rel=1e-6)
-    per_image = gaussian_kl_per_dim(*model.encode(x, y)).sum(1)
+    per_image = gaussian_kl(*model.encode(x, y)).sum(1)
     assert kl.sum().item() == pytest.approx(per_image.mean().item(), rel=1e-5)
 
 
 class _Sampler:
-    """Just what SampleAccuracy reads: a CVAE whose T=1 threes come out as fours (90% right at T=1)."""
+    """Just what SampleAccuracy reads of the CVAE: one whose T=1 threes come out as fours (90% right at T=1),
+    drawn in eval mode."""
 
-    training, device = True, torch.device("cpu")
-    hparams = SimpleNamespace(latent_dim=3)
+    latent_dim = 3
 
-    def __init__(self):
-        self.drawn, self.logged = {}, {}
+    def __init__(self, module):
+        self.module, self.drawn = module, {}
 
     def noise(self, n, seed):
-        return torch.randn(n, self.hparams.latent_dim, generator=torch.Generator().manual_seed(seed))
+        return torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed))
 
     def sample(self, labels, temperature, noise):
-        assert len(noise) == len(labels)
+        assert len(noise) == len(labels) and not self.module.training
         self.drawn[temperature] = labels.clone()
         drawn = torch.where((labels == 3) & (temperature == 1.0), 4, labels)
         return drawn.float().view(-1, 1, 1, 1).expand(-1, 1, 28, 28)
-
-    def eval(self):
-        self.training = False
-
-    def train(self, mode=True):
-        self.training = mode
-
-    def log(self, name, value):
-        self.logged[name] = value
 
 
 class _ReadsTheFill:
@@ -206,15 +222,16 @@ class _ReadsTheFill:
 def test_sample_accuracy_judges_n_per_digit_samples_and_one_image_per_digit_at_the_prior_mean():
     callback = SampleAccuracy("unused.ckpt", n_per_digit=7, temperatures=(1.0, 0.5, 0.0))
     callback.classifier = _ReadsTheFill()
-    module = _Sampler()
+    module = _Module()
+    module.model = sampler = _Sampler(module)
     callback.on_validation_epoch_end(SimpleNamespace(sanity_checking=False), module)
     assert module.logged == {
         "samples/accuracy_T1": pytest.approx(0.9),
         "samples/accuracy_T0.5": 1.0,
         "samples/accuracy_mu": 1.0,
     }
-    assert module.drawn[1.0].tolist() == module.drawn[0.5].tolist() == sorted(list(range(10)) * 7)
-    assert module.drawn[0.0].tolist() == list(range(10))  # z = the prior mean: the noise plays no part
+    assert sampler.drawn[1.0].tolist() == sampler.drawn[0.5].tolist() == sorted(list(range(10)) * 7)
+    assert sampler.drawn[0.0].tolist() == list(range(10))  # z = the prior mean: the noise plays no part
     assert module.training
 
 
@@ -227,10 +244,9 @@ def _projector_files(log_dir):
     return list(config.embeddings)
 
 
-@pytest.mark.parametrize("model_class", [VAE, CVAE])
-def test_the_projector_holds_the_encoder_means_of_labelled_validation_digits(tmp_path, data_dir, model_class):
-    torch.manual_seed(0)
-    model = model_class(latent_dim=3, hidden_dims=[16])
+@pytest.mark.parametrize("overrides", [["model=vae"], []], ids=["vae", "cvae"])
+def test_the_projector_holds_the_encoder_means_of_labelled_validation_digits(tmp_path, data_dir, overrides):
+    model = tiny_module(*overrides, latent_dim=3, hidden=16)
     datamodule = MNISTDataModule(data_dir=str(data_dir), batch_size=32, eval_batch_size=20)
     logger = TensorBoardLogger(tmp_path, name="", version="")  # as conf/logger/tensorboard.yaml
     trainer = tiny_trainer(max_steps=2, limit_val_batches=1, logger=logger, callbacks=[LatentProjector(50)])
@@ -244,7 +260,7 @@ def test_the_projector_holds_the_encoder_means_of_labelled_validation_digits(tmp
     assert metadata == [str(y) for y in labels.tolist()]
     mu = np.loadtxt(tmp_path / embedding.tensor_path, ndmin=2)
     assert mu.shape == (50, 3)
-    expected = model.encode(x, labels)[0].detach().numpy()
+    expected = model.model.encode(x, labels)[0].detach().numpy()
     assert np.allclose(mu[[0, 17, 49]], expected[[0, 17, 49]], atol=1e-5)
     # the sprite: a square of 8 x 8 digits (the projector's layout: 50 rounded up to a square)
     assert Image.open(tmp_path / embedding.sprite.image_path).size == (8 * 28, 8 * 28)
@@ -256,6 +272,6 @@ def test_the_projector_is_skipped_without_tensorboard(tmp_path, data_dir):
         max_steps=1, limit_val_batches=1, default_root_dir=tmp_path, callbacks=[LatentProjector(5)]
     )
     with mock.patch("cvae_lightning.callbacks.images._validation_batch") as validation_batch:
-        trainer.fit(CVAE(latent_dim=3, hidden_dims=[16]), datamodule=datamodule)
+        trainer.fit(tiny_module(latent_dim=3, hidden=16), datamodule=datamodule)
     validation_batch.assert_not_called()
     assert not list(tmp_path.rglob("projector_config.pbtxt"))

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from cvae_lightning.classifier import Classifier, ClassifierFeatures, load_classifier
+from cvae_lightning.checkpoints import load_classifier
+from cvae_lightning.classifier import Classifier, ClassifierFeatures
 from cvae_lightning.data import load_split
 from tests.helpers import ROOT, assert_one_line_error, assert_ran, composed, read_events, run_script
 

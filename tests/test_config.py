@@ -24,7 +24,8 @@ def test_experiment_fast_is_the_default_with_batch_256_and_kl_weight_1_1():
 def test_default_config_is_valid_and_builds_the_cvae():
     cfg = composed()
     validate(cfg)
-    assert cfg.model._target_.endswith("CVAE") and cfg.trainer.accelerator == "cpu"
+    assert cfg.model._target_.endswith("CVAEModule") and cfg.model.n_labels == 10
+    assert cfg.trainer.accelerator == "cpu"
     assert cfg.data.shuffle_seed == cfg.seed
     assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/nelbo"
 
@@ -35,7 +36,7 @@ def check_everything(cfg) -> None:
     with process_settings(cfg.flush_denormal, cfg.matmul_precision):
         pass
     build(cfg.data, "data")
-    build(cfg.model, "model")
+    build(cfg.model, "model").configure_optimizers()
     build(cfg.trainer, "trainer")
 
 
@@ -47,31 +48,36 @@ def check_everything(cfg) -> None:
         ("model.latent_dim=abc", "model.latent_dim='abc' is not allowed: expected an integer >= 1"),
         ("model.latent_dim=null", "model.latent_dim=None is not allowed: expected an integer >= 1"),
         (
-            "model.hidden_dims=[512,0]",
-            "model.hidden_dims=[512, 0] is not allowed: expected a list of integers",
+            "model.encoder.hidden_dims=[512,0]",
+            "model.encoder.hidden_dims=[512, 0] is not allowed: expected a list of integers",
         ),
-        ("model.hidden_dims=512", "model.hidden_dims=512 is not allowed: expected a list of integers >= 1"),
-        ("model.hidden_dims=[]", "model.hidden_dims=[] is not allowed"),
-        ("model.lr=0", "model.lr=0 is not allowed: expected a number > 0"),
-        ("model.lr=-1e-3", "model.lr=-0.001 is not allowed"),
-        ("model.lr=fast", "model.lr='fast' is not allowed: expected a number > 0"),
+        (
+            "model.decoder.hidden_dims=512",
+            "model.decoder.hidden_dims=512 is not allowed: expected a list of integers >= 1",
+        ),
+        ("model.encoder.hidden_dims=[]", "model.encoder.hidden_dims=[] is not allowed"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0 is not allowed: expected a number > 0"),
+        ("model.optimizer.lr=-1e-3", "model.optimizer.lr=-0.001 is not allowed"),
+        ("model.optimizer.lr=fast", "model.optimizer.lr='fast' is not allowed: expected a number > 0"),
         (
             "model.prior=gaussian",
             "model.prior='gaussian' is not allowed: expected one of standard, conditional",
         ),
-        ("model.net=resnet", "model.net='resnet' is not allowed: expected one of mlp, conv"),
+        (
+            "model.encoder._target_=cvae_lightning.nets.ResNet",
+            "model.encoder: Error locating target 'cvae_lightning.nets.ResNet'",
+        ),
+        ("model.n_labels=3", "model.n_labels=3 is not allowed: expected 0 or 10"),
         ("model.beta=-1", "model.beta=-1 is not allowed: expected a number >= 0"),
         ("model.kl_warmup_epochs=-2", "model.kl_warmup_epochs=-2 is not allowed: expected a number >= 0"),
-        (
-            "model.lr_schedule=step",
-            "model.lr_schedule='step' is not allowed: expected one of constant, cosine, iwae",
-        ),
         ("model.objective=vi", "model.objective='vi' is not allowed: expected one of elbo, iwae"),
         ("model.k=0", "model.k=0 is not allowed: expected an integer >= 1"),
-        ("model.activation=gelu", "model.activation='gelu' is not allowed: expected one of relu, tanh"),
-        ("model.adam_eps=0", "model.adam_eps=0 is not allowed: expected a number > 0"),
+        (
+            "model.encoder.activation=gelu",
+            "model.encoder.activation='gelu' is not allowed: expected one of relu, tanh",
+        ),
         ("data.val_size=-1", "data.val_size=-1 is not allowed: expected an integer >= 0"),
-        ("model.compile=yes", "model.compile='yes' is not allowed"),
+        ("compile=yes", "compile='yes' is not allowed: expected true or false"),
         ("data.batch_size=-1", "data.batch_size=-1 is not allowed: expected an integer >= 1"),
         ("data.batch_size=null", "data.batch_size=None is not allowed: expected an integer >= 1"),
         ("data.eval_batch_size=0", "data.eval_batch_size=0 is not allowed: expected an integer >= 1"),
@@ -99,6 +105,8 @@ def check_everything(cfg) -> None:
             "model.prior='conditional' is not allowed: expected one of standard",
         ),
         ("+model.depth=3", "model: "),
+        ("model.optimizer.eps=-1", "model.optimizer: Invalid epsilon value: -1"),
+        ("+model.encoder.depth=3", "model.encoder: "),
     ],
 )
 def test_bad_values_are_refused_in_one_line(override, expected):
@@ -139,8 +147,8 @@ def test_every_error_a_user_can_cause_is_one_project_error():
     [
         ("model.latent_dim=0", "error: model.latent_dim=0 is not allowed: expected an integer >= 1"),
         (
-            "model.hidden_dims=abc",
-            "error: model.hidden_dims='abc' is not allowed: expected a list of integers",
+            "model.encoder.hidden_dims=abc",
+            "error: model.encoder.hidden_dims='abc' is not allowed: expected a list of integers",
         ),
         ("data.batch_size=null", "error: data.batch_size=None is not allowed: expected an integer >= 1"),
         ("model=gan", "error: model=gan is not allowed: expected one of classifier, cvae, vae"),
@@ -161,7 +169,7 @@ def test_cli_prints_one_line_and_fails(override, expected):
 
 
 def test_a_run_dir_is_checked_without_leaving_folders_behind(tmp_path):
-    from cvae_lightning.process import _can_create
+    from cvae_lightning.runs import _can_create
 
     assert _can_create(tmp_path / "a" / "b" / "c") is None
     assert list(tmp_path.iterdir()) == []  # Hydra makes it moments later, from its own ${now:}
@@ -171,7 +179,7 @@ def test_a_run_dir_is_checked_without_leaving_folders_behind(tmp_path):
 
 
 def test_a_sweep_jobs_folder_name_says_what_it_is_and_fits_a_file_system():
-    from cvae_lightning.process import run_name
+    from cvae_lightning.runs import run_name
 
     assert run_name(0, "model.latent_dim=2") == "0_model.latent_dim=2"
     assert run_name(3, "") == "3"

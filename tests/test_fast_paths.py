@@ -1,6 +1,7 @@
-"""The fast paths compute what the plain ones do: fused Adam, logging every N steps, bf16 autocast, compile.
+"""The fast paths compute what the plain ones do: fused Adam, logging only on logged steps, bf16 autocast,
+compile.
 
-Correctness only: speed is measured by `bench/throughput.py`, never asserted here.
+Correctness only: speed is measured by the benchmarks (bench/), never asserted here.
 """
 
 import lightning as L
@@ -9,8 +10,9 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
-from cvae_lightning import CVAE
-from tests.helpers import tiny_trainer
+from cvae_lightning import compat
+from cvae_lightning.callbacks.loss import LogTrainingScalars
+from tests.helpers import mlp_cvae, tiny_module, tiny_trainer
 
 
 def batch(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,23 +21,27 @@ def batch(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, 10, (n,), generator=generator)
 
 
-def model(**hparams) -> CVAE:
-    torch.manual_seed(0)
-    return CVAE(hidden_dims=[64, 32], latent_dim=4, **hparams)
+def module(*overrides: str):
+    """The configured LightningModule (conf/model/cvae.yaml), small and seeded: the same weights each call."""
+    return tiny_module(*overrides, latent_dim=4, hidden=64)
 
 
 def test_fused_adam_steps_like_the_default_adam():
-    fused, plain = model(), model()
-    fused_opt = fused.configure_optimizers()
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=plain.hparams.lr)
-    assert fused_opt.defaults["fused"]
+    fused, plain = module(), module()
+    fused_opt = fused.configure_optimizers()  # optimizer.fused: true in conf/model/cvae.yaml
+    assert type(fused_opt) is torch.optim.Adam and fused_opt.defaults["fused"]
+    settings = {key: fused.hparams.optimizer[key] for key in ("lr", "eps")}
+    plain_opt = torch.optim.Adam(plain.parameters(), **settings)
+    assert not plain_opt.defaults["fused"]
     x, y = batch()
     for net, opt in ((fused, fused_opt), (plain, plain_opt)):
         for _ in range(3):
             torch.manual_seed(1)
             opt.zero_grad()
-            net.elbo_terms(x, y)["nelbo"].backward()
+            net.model.elbo(x, y)["nelbo"].backward()
             opt.step()
+    start = module()
+    assert not torch.equal(next(fused.parameters()), next(start.parameters()))  # the steps moved them
     for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -58,22 +64,27 @@ class Recorder(Logger):
             self.logged.append((step, train))
 
 
-def fit_and_record(net: CVAE, **trainer_kwargs) -> list:
+def fit_and_record(net: L.LightningModule, **trainer_kwargs) -> list:
+    """2 epochs of 7 batches, the training scalars logged every 3 steps: what reached the loggers."""
     x, y = batch(7 * 16)
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     recorder = Recorder()
     L.seed_everything(0)
-    trainer = tiny_trainer(max_epochs=2, log_every_n_steps=3, logger=recorder, **trainer_kwargs)
+    trainer = tiny_trainer(
+        max_epochs=2, log_every_n_steps=3, logger=recorder, callbacks=[LogTrainingScalars()], **trainer_kwargs
+    )
     trainer.fit(net, loader, loader)
     return recorder.logged
 
 
 def test_logging_only_on_logged_steps_writes_the_same_metrics(monkeypatch):
-    """`self.log` is skipped between `log_every_n_steps`: the loggers get the same steps and values."""
-    skipping = fit_and_record(model())
-    always = model()
-    monkeypatch.setattr(always, "_logs_this_step", lambda: True)
-    every_step = fit_and_record(always)
+    """LogTrainingScalars skips `self.log` between `log_every_n_steps`: the loggers get the same steps and
+    values as when it logs every step."""
+    skipping = fit_and_record(module())
+    asked = []
+    monkeypatch.setattr(compat, "logs_this_step", lambda trainer: asked.append(trainer.global_step) or True)
+    every_step = fit_and_record(module())
+    assert asked == list(range(1, 15))  # asked (and logged) at all 14 steps
     assert [step for step, _ in skipping] == [2, 5, 8, 11] == [step for step, _ in every_step]
     for (_, a), (_, b) in zip(skipping, every_step, strict=True):
         assert a.keys() == b.keys() == {"train/nelbo", "train/recon", "train/kl"}
@@ -83,34 +94,38 @@ def test_logging_only_on_logged_steps_writes_the_same_metrics(monkeypatch):
 
 @pytest.mark.parametrize("prior", ["standard", "conditional"])
 def test_bf16_autocast_keeps_the_loss_in_fp32(prior):
-    net, (x, y) = model(prior=prior), batch()
+    torch.manual_seed(0)
+    net, (x, y) = mlp_cvae(latent_dim=4, hidden_dims=(64, 32), prior=prior), batch()
     if prior == "conditional":  # a prior away from N(0, I), so its bf16 output counts
         torch.nn.init.normal_(net.prior_net.weight, std=0.5)
     torch.manual_seed(1)
-    fp32 = net.elbo_terms(x, y)
+    fp32 = net.elbo(x, y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.manual_seed(1)
-        bf16 = net.elbo_terms(x, y)
+        bf16 = net.elbo(x, y)
+    assert fp32.keys() == bf16.keys()
     for key in fp32:
         assert bf16[key].dtype == torch.float32, key
         torch.testing.assert_close(bf16[key], fp32[key], rtol=2e-2, atol=0.1)
 
 
 def test_bf16_mixed_trainer_learns_on_cpu():
-    logged = fit_and_record(model(), precision="bf16-mixed")
+    logged = fit_and_record(module(), precision="bf16-mixed")
     elbo = [metrics["train/nelbo"] for _, metrics in logged]
-    assert all(torch.isfinite(torch.tensor(elbo))) and elbo[-1] < elbo[0]
+    assert len(elbo) == 4 and all(torch.isfinite(torch.tensor(elbo))) and elbo[-1] < elbo[0]
 
 
-def test_compile_wraps_the_loss_once_and_keeps_the_checkpoint_format():
-    eager, compiled = model(), model(compile=True)
-    eager.configure_model()
-    assert "elbo_terms" not in vars(eager)  # compile=False: the plain method
-    compiled.configure_model()
-    wrapped = compiled.elbo_terms
-    compiled.configure_model()  # fit, then test, each call it
-    assert compiled.elbo_terms is wrapped
-    assert compiled.state_dict().keys() == eager.state_dict().keys()
+def compiled(net):
+    """What `compile=true` does in training.py: the CVAE's loss (and its backward) through torch.compile."""
+    net.model.elbo = torch.compile(net.model.elbo, dynamic=False)
+    return net
+
+
+def test_compile_keeps_the_checkpoint_format():
+    eager, fast = module(), compiled(module())
+    assert fast.state_dict().keys() == eager.state_dict().keys()
+    eager.load_state_dict(fast.state_dict())  # strict: a compiled run's checkpoint loads into an eager model
+    assert "compile" not in fast.hparams
 
 
 @pytest.mark.slow
@@ -118,17 +133,17 @@ def test_compiled_loss_and_gradients_match_eager():
     """Inductor on CPU (tens of seconds to compile); the same random draws as eager via fallback_random."""
     import torch._inductor.config
 
-    eager, compiled = model(), model(compile=True)
-    compiled.configure_model()
+    eager, fast = module(), compiled(module())
     x, y = batch()
     results = []
     with torch._inductor.config.patch(fallback_random=True):
-        for net in (eager, compiled):
+        for net in (eager, fast):
             torch.manual_seed(1)
-            terms = net.elbo_terms(x, y)
+            terms = net.model.elbo(x, y)
             terms["nelbo"].backward()
             results.append((terms, [p.grad for p in net.parameters()]))
     (eager_terms, eager_grads), (compiled_terms, compiled_grads) = results
+    assert compiled_terms.keys() == eager_terms.keys()
     for key in eager_terms:
         torch.testing.assert_close(compiled_terms[key], eager_terms[key], rtol=1e-4, atol=1e-3)
     for a, b in zip(compiled_grads, eager_grads, strict=True):

@@ -4,15 +4,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cvae_lightning import CVAE, VAE
 from cvae_lightning import generation as gen
-from tests.helpers import assert_one_line_error, assert_ran, run_script
+from tests.helpers import assert_one_line_error, assert_ran, mlp_cvae, run_script
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return CVAE(latent_dim=3, hidden_dims=[16]).eval()
+    return mlp_cvae(latent_dim=3).eval()
 
 
 def test_style_transfer_keeps_the_original_then_decodes_every_digit_from_its_z(model):
@@ -73,13 +72,14 @@ def test_a_vae_draws_the_same_grid_unconditionally(tiny_checkpoints, tmp_path):
     assert Image.open(tmp_path / "v.png").size == (3 * 28 + 4 * 2, 2 * 28 + 3 * 2)
     bad = run_script("generate.py", f"ckpt_path={ckpt}", "style_from=[0]")
     assert_one_line_error(bad, "is a VAE: style_from and interpolate=digits need a CVAE")
-    assert gen.digit_grid(VAE(latent_dim=2, hidden_dims=[8]), [0, 1], n=2).shape == (4, 1, 28, 28)
+    vae = mlp_cvae(latent_dim=2, hidden_dims=(8,), n_labels=0)
+    assert gen.digit_grid(vae, [0, 1], n=2).shape == (4, 1, 28, 28)
 
 
 def test_style_transfer_to_the_source_digit_is_the_reconstruction_under_a_learned_prior():
     """The style, standardized by the source digit's prior, maps back onto that digit's own z."""
     torch.manual_seed(0)
-    model = CVAE(latent_dim=3, hidden_dims=[16], prior="conditional").eval()
+    model = mlp_cvae(latent_dim=3, prior="conditional").eval()
     with torch.no_grad():  # a prior that differs between digits, as after training
         for p in model.prior_net.parameters():
             p.add_(torch.randn_like(p))
@@ -90,7 +90,7 @@ def test_style_transfer_to_the_source_digit_is_the_reconstruction_under_a_learne
         assert torch.allclose(grid[i, 1 + digit], recon[i], atol=1e-5)
     # another digit: the same standardized place in that digit's prior, not the raw z of the source digit
     mu = model.encode(x, labels)[0]
-    prior_mu, prior_logvar = model.prior_params(labels)
+    prior_mu, prior_logvar = model.prior(labels)
     style = (mu - prior_mu) / (0.5 * prior_logvar).exp()
     zeros = torch.zeros(2, dtype=torch.long)
     assert torch.allclose(grid[:, 1], model.sample(labels=zeros, noise=style), atol=1e-5)

@@ -1,23 +1,25 @@
-"""Model options: sampling temperature, the learned conditional prior, KL warm-up / beta, the conv net,
-the IWAE estimator, and dynamic binarization."""
-
-from types import SimpleNamespace
+"""Model options: sampling temperature, the learned conditional prior, bad options, KL warm-up / beta, the
+optimizer and learning-rate schedules, the conv net, the IWAE estimator, and dynamic binarization."""
 
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from cvae_lightning import CVAE, VAE, MNISTDataModule
-from cvae_lightning.models import gaussian_kl_per_dim
-from tests.helpers import tiny_trainer
+from cvae_lightning import MNISTDataModule
+from cvae_lightning.callbacks.loss import LogTrainingScalars
+from cvae_lightning.config import build
+from cvae_lightning.errors import ConfigError
+from cvae_lightning.model import gaussian_kl
+from cvae_lightning.module import kl_weight
+from tests.helpers import composed, mlp_cvae, tiny_module, tiny_trainer
 
 
 def test_temperature_scales_the_prior_noise_and_zero_decodes_the_prior_mean():
     torch.manual_seed(0)
-    model = CVAE(latent_dim=3, hidden_dims=[16], prior="conditional")
+    model = mlp_cvae(latent_dim=3, hidden_dims=(16,), prior="conditional")
     torch.nn.init.normal_(model.prior_net.weight)  # a prior that is not N(0, I)
     labels, noise = torch.tensor([1, 4]), torch.randn(2, 3)
-    mu, logvar = model.prior_params(labels)
+    mu, logvar = model.prior(labels)
     expected = torch.sigmoid(model.decode(mu + 0.5 * (0.5 * logvar).exp() * noise, labels))
     assert torch.allclose(model.sample(labels=labels, temperature=0.5, noise=noise), expected)
     at_mean = model.sample(labels=labels, temperature=0.0)
@@ -27,106 +29,141 @@ def test_temperature_scales_the_prior_noise_and_zero_decodes_the_prior_mean():
 
 
 def test_vae_sample_takes_a_temperature():
-    model = VAE(latent_dim=2, hidden_dims=[8])
+    model = mlp_cvae(latent_dim=2, hidden_dims=(8,), n_labels=0)
     assert torch.equal(model.sample(3, temperature=0.0), model.sample(3, temperature=0.0))
     assert model.sample(3, temperature=0.7).shape == (3, 1, 28, 28)
 
 
 def test_conditional_prior_starts_standard_and_its_kl_matches_torch_distributions():
     torch.manual_seed(0)
-    standard = CVAE(latent_dim=4, hidden_dims=[16])
-    conditional = CVAE(latent_dim=4, hidden_dims=[16], prior="conditional")
+    standard = mlp_cvae(latent_dim=4, hidden_dims=(16,))
+    conditional = mlp_cvae(latent_dim=4, hidden_dims=(16,), prior="conditional")
     conditional.load_state_dict(standard.state_dict(), strict=False)
     x, y = torch.rand(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 9])
     torch.manual_seed(1)
-    kl_standard = standard.elbo_terms(x, y)["kl"]
+    kl_standard = standard.elbo(x, y)["kl"]
     torch.manual_seed(1)
-    assert conditional.elbo_terms(x, y)["kl"].item() == pytest.approx(kl_standard.item(), rel=1e-6)
+    assert conditional.elbo(x, y)["kl"].item() == pytest.approx(kl_standard.item(), rel=1e-6)
 
     torch.nn.init.normal_(conditional.prior_net.weight)
     mu, logvar = conditional.encode(x, y)
-    prior_mu, prior_logvar = conditional.prior_params(y)
+    prior_mu, prior_logvar = conditional.prior(y)
     assert prior_mu.shape == (5, 4) and not torch.allclose(prior_mu[0], prior_mu[1])
     expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(prior_mu, (0.5 * prior_logvar).exp()))
-    assert torch.allclose(gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar), expected, rtol=1e-5)
+    assert torch.allclose(gaussian_kl(mu, logvar, prior_mu, prior_logvar), expected, rtol=1e-5)
 
 
 def test_the_conditional_prior_is_learned():
-    model = CVAE(latent_dim=2, hidden_dims=[8], prior="conditional")
+    model = mlp_cvae(latent_dim=2, hidden_dims=(8,), prior="conditional")
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
-    model.elbo_terms(x, y)["nelbo"].backward()
+    model.elbo(x, y)["nelbo"].backward()
     assert model.prior_net.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(
-    ("model", "kwargs", "message"),
+    ("overrides", "message"),
     [
-        (VAE, {"prior": "conditional"}, "model.prior='conditional' is not allowed: expected one of standard"),
-        (CVAE, {"prior": "flat"}, "model.prior='flat' is not allowed: expected one of standard, conditional"),
-        (CVAE, {"net": "resnet"}, "model.net='resnet' is not allowed: expected one of mlp, conv"),
-        (CVAE, {"beta": -1}, "model.beta=-1 is not allowed"),
-        (CVAE, {"kl_warmup_epochs": -2}, "model.kl_warmup_epochs=-2 is not allowed"),
         (
-            CVAE,
-            {"lr_schedule": "step"},
-            "model.lr_schedule='step' is not allowed: expected one of constant, cosine, iwae",
+            ["model=vae", "model.prior=conditional"],
+            "model.prior='conditional' is not allowed: expected one of standard",
+        ),
+        (["model.prior=flat"], "model.prior='flat' is not allowed: expected one of standard, conditional"),
+        (["model.beta=-1"], "model.beta=-1 is not allowed: expected a number >= 0"),
+        (["model.kl_warmup_epochs=-2"], "model.kl_warmup_epochs=-2 is not allowed: expected a number >= 0"),
+        (
+            ["model.objective=wake_sleep"],
+            "model.objective='wake_sleep' is not allowed: expected one of elbo, iwae",
+        ),
+        (
+            ["model.encoder.activation=sigmoid"],
+            "model.encoder.activation='sigmoid' is not allowed: expected one of relu, tanh",
+        ),
+        (
+            ["model.encoder._target_=mypkg.NoSuchEncoder"],
+            "model.encoder: Error locating target 'mypkg.NoSuchEncoder'",
         ),
     ],
+    ids=["vae-prior", "prior", "beta", "warmup", "objective", "activation", "encoder-target"],
 )
-def test_bad_options_name_the_value_and_what_is_allowed(model, kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        model(latent_dim=2, hidden_dims=[8], **kwargs)
+def test_bad_options_name_the_value_and_what_is_allowed(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        build(composed(*overrides).model, "model")
+    assert str(error.value) == message
 
 
 def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup_epochs():
-    model = CVAE(latent_dim=2, hidden_dims=[8], beta=2.0, kl_warmup_epochs=2)
-    assert model.kl_weight() == 2.0  # not training: the full weight
-    weights = []
-    for step in (0, 5, 10, 20, 40):
-        model._trainer = SimpleNamespace(global_step=step, num_training_batches=10)
-        weights.append(model.kl_weight())
+    weights = [kl_weight(2.0, 2, step, steps_per_epoch=10) for step in (0, 5, 10, 20, 40)]
     assert weights == pytest.approx([0.0, 0.5, 1.0, 2.0, 2.0])
-    model._trainer = None
-    assert CVAE(latent_dim=2, hidden_dims=[8], beta=0.5).kl_weight() == 0.5
+    assert kl_weight(0.5, 0, 0, steps_per_epoch=10) == 0.5  # no warm-up: beta from the first step
+    assert kl_weight(2.0, 2, 0, steps_per_epoch=float("inf")) == 2.0  # epochs of unknown length: no ramp
+
+
+def test_the_optimizer_is_swapped_with_one_override():
+    optimizer = tiny_module("model.optimizer._target_=torch.optim.AdamW").configure_optimizers()
+    assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.defaults["lr"] == 2e-3
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_lr_schedule_over_a_short_fit(schedule, data_dir):
-    """cosine: the lr falls from model.lr to ~0 by the last step; constant: it stays at model.lr."""
-    model = CVAE(latent_dim=2, hidden_dims=[16], lr=2e-3, lr_schedule=schedule)
+    """cosine: the lr falls from model.optimizer.lr to ~0 by the end of trainer.max_epochs (stepped once an
+    epoch: stepped per batch it would be back at the start); constant: no scheduler, the lr stays."""
+    overrides = ["model/scheduler=cosine"] if schedule == "cosine" else []
+    module = tiny_module(*overrides, "model.optimizer.lr=3e-3", "trainer.max_epochs=2", hidden=16)
     data = MNISTDataModule(data_dir=str(data_dir), batch_size=500, val_size=1000)
     trainer = tiny_trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1)
-    trainer.fit(model, datamodule=data)
+    trainer.fit(module, datamodule=data)
     lr = trainer.optimizers[0].param_groups[0]["lr"]
-    assert lr == (2e-3 if schedule == "constant" else pytest.approx(0.0, abs=1e-12))
-    assert len(trainer.lr_scheduler_configs) == (schedule == "cosine")
+    if schedule == "constant":
+        assert lr == 3e-3 and trainer.lr_scheduler_configs == []
+    else:
+        (config,) = trainer.lr_scheduler_configs
+        assert type(config.scheduler) is torch.optim.lr_scheduler.CosineAnnealingLR
+        assert config.scheduler.T_max == 2 and config.interval == "epoch"
+        assert lr == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_iwae_learning_rate_schedule_has_the_papers_stages():
+    """Stage i = 0..7 lasts 3^i epochs (1, 3, 9, ..., 2187: 3,280 in all) at lr * 10^(-i/7), then stays."""
+    module = tiny_module("model/scheduler=iwae")
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert configured["lr_scheduler"]["interval"] == "epoch"
+    base = module.hparams.optimizer["lr"]
+    optimizer.step()  # no gradients: changes nothing, but the scheduler may step after it
+    stage_end = [(3 ** (i + 1) - 1) // 2 for i in range(8)]  # 1, 4, 13, ..., 3280
+    for epoch in range(3281):
+        stage = min(sum(epoch >= end for end in stage_end), 7)
+        lr = optimizer.param_groups[0]["lr"]
+        assert lr == pytest.approx(base * 10 ** (-stage / 7), rel=1e-12, abs=0), epoch
+        scheduler.step()
 
 
 def test_conv_net_encodes_and_decodes_images():
-    torch.manual_seed(0)
-    model = CVAE(latent_dim=5, hidden_dims=[32], net="conv", channels=[8, 16])
+    conv = ("model/net=conv", "model.encoder.channels=[8,16]", "model.decoder.channels=[16,8]")
+    model = tiny_module(*conv, latent_dim=5, hidden=32).model
     x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
     mu, logvar = model.encode(x, y)
     assert mu.shape == logvar.shape == (3, 5)
     assert model.decode(mu, y).shape == (3, 1, 28, 28)
     assert any(isinstance(m, torch.nn.Conv2d) for m in model.encoder.modules())
     assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.decoder.modules())
-    model.elbo_terms(x, y)["nelbo"].backward()
+    model.elbo(x, y)["nelbo"].backward()
     assert all(p.grad is not None for p in model.parameters())
-    vae = VAE(latent_dim=5, hidden_dims=[32], net="conv", channels=[8, 16])
-    assert vae.sample(2).shape == (2, 1, 28, 28)
+    vae = tiny_module(*conv, "model=vae", latent_dim=5, hidden=32).model
+    assert vae.n_labels == 0 and vae.sample(2).shape == (2, 1, 28, 28)
 
 
 def test_iwae_is_exact_when_the_posterior_is_the_prior_and_the_decoder_ignores_z():
     """Then every importance weight equals p(x|y): any k (and any chunking) gives -log p(x|y) = recon."""
     torch.manual_seed(0)
-    model = CVAE(latent_dim=3, hidden_dims=[16])
+    model = mlp_cvae(latent_dim=3, hidden_dims=(16,))
     torch.nn.init.zeros_(model.encoder[-1].weight)
     torch.nn.init.zeros_(model.encoder[-1].bias)
     with torch.no_grad():
         model.decoder[0].weight[:, :3] = 0  # the z inputs
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 5, 6, 7])
-    terms = model.elbo_terms(x, y)
+    terms = model.elbo(x, y)
     assert terms["kl"].item() == pytest.approx(0.0, abs=1e-6)
     nll = -model.log_likelihood(x, y, k=250, chunk=100)
     assert nll.shape == (4,)
@@ -135,9 +172,9 @@ def test_iwae_is_exact_when_the_posterior_is_the_prior_and_the_decoder_ignores_z
 
 def test_iwae_bound_is_tighter_than_the_elbo():
     torch.manual_seed(0)
-    model = CVAE(latent_dim=4, hidden_dims=[32])
+    model = mlp_cvae(latent_dim=4, hidden_dims=(32,))
     x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
-    elbo = torch.stack([model.elbo_terms(x, y)["nelbo"] for _ in range(20)]).mean()
+    elbo = torch.stack([model.elbo(x, y)["nelbo"] for _ in range(20)]).mean()
     nll_1 = -model.log_likelihood(x, y, k=1).mean()
     nll_200 = -model.log_likelihood(x, y, k=200, chunk=64).mean()
     assert nll_200 < elbo - 0.01 and nll_200 < nll_1
@@ -163,7 +200,7 @@ def _by_hand_log_weights(model, x, y, eps):
     from torch.distributions import Bernoulli
 
     mu, logvar = model.encode(x, y)
-    prior_mu, prior_logvar = model.prior_params(y)
+    prior_mu, prior_logvar = model.prior(y)
     z = mu + (0.5 * logvar).exp() * eps  # (k, B, latent)
     k = len(eps)
     logits = model.decode(z.flatten(0, 1), y.repeat(k)).view(k, len(x), -1)
@@ -176,13 +213,13 @@ def _by_hand_log_weights(model, x, y, eps):
 @pytest.mark.parametrize("k", [1, 5])
 def test_iwae_objective_matches_a_hand_computation_with_the_same_noise(k):
     torch.manual_seed(0)
-    model = CVAE(latent_dim=3, hidden_dims=[16], prior="conditional", objective="iwae", k=k)
+    model = mlp_cvae(latent_dim=3, hidden_dims=(16,), prior="conditional")
     torch.nn.init.normal_(model.prior_net.weight, std=0.3)
     x, y = torch.bernoulli(torch.rand(6, 1, 28, 28)), torch.tensor([0, 1, 2, 3, 4, 9])
     torch.manual_seed(1)
-    terms = model.elbo_terms(x, y)
+    terms = model.elbo(x, y, k=k, iwae=True)
     torch.manual_seed(1)
-    eps = torch.randn(k, 6, 3)  # the draws elbo_terms made
+    eps = torch.randn(k, 6, 3)  # the draws elbo made
     log_w = _by_hand_log_weights(model, x, y, eps)
     expected = -(torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(k)))).mean()
     assert terms["niwae"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -194,23 +231,23 @@ def test_iwae_objective_matches_a_hand_computation_with_the_same_noise(k):
 
 def test_iwae_bound_tightens_with_k_in_expectation():
     torch.manual_seed(0)
-    model = VAE(latent_dim=4, hidden_dims=[32], objective="iwae")
+    model = mlp_cvae(latent_dim=4, hidden_dims=(32,), n_labels=0)
     x = torch.bernoulli(torch.rand(32, 1, 28, 28))
     mean_bound = {
-        k: torch.stack([model.elbo_terms(x, k=k)["niwae"] for _ in range(30)]).mean().item()
+        k: torch.stack([model.elbo(x, k=k, iwae=True)["niwae"] for _ in range(30)]).mean().item()
         for k in (1, 5, 50)
     }
-    nelbo = torch.stack([model.elbo_terms(x, k=1)["nelbo"] for _ in range(30)]).mean().item()
+    nelbo = torch.stack([model.elbo(x, k=1)["nelbo"] for _ in range(30)]).mean().item()
     assert mean_bound[50] < mean_bound[5] < mean_bound[1]
     assert mean_bound[1] == pytest.approx(nelbo, abs=0.5)  # k=1: the ELBO
 
 
 def test_elbo_objective_with_k_samples_averages_the_reconstruction_term():
     torch.manual_seed(0)
-    model = VAE(latent_dim=3, hidden_dims=[16], k=4)
+    model = mlp_cvae(latent_dim=3, hidden_dims=(16,), n_labels=0)
     x = torch.bernoulli(torch.rand(5, 1, 28, 28))
     torch.manual_seed(2)
-    terms = model.elbo_terms(x)
+    terms = model.elbo(x, k=4)
     torch.manual_seed(2)
     eps = torch.randn(4, 5, 3)
     mu, logvar = model.encode(x)
@@ -223,45 +260,31 @@ def test_elbo_objective_with_k_samples_averages_the_reconstruction_term():
 
 
 def test_iwae_objective_trains_and_logs_its_bound(data_dir):
-    model = CVAE(latent_dim=2, hidden_dims=[16], objective="iwae", k=3)
+    module = tiny_module("model.objective=iwae", "model.k=3", hidden=16)
+    assert module.loss_name == "niwae_k3"
     data = MNISTDataModule(data_dir=str(data_dir), batch_size=200, val_size=1000, binarize="dynamic")
-    trainer = tiny_trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=1, log_every_n_steps=1)
-    trainer.fit(model, datamodule=data)
+    trainer = tiny_trainer(
+        max_epochs=1,
+        limit_train_batches=5,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        callbacks=[LogTrainingScalars()],
+    )
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer.fit(module, datamodule=data)
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
     logged = trainer.callback_metrics
-    assert {"train/niwae_k3", "val/niwae_k3", "val/nelbo"} <= set(logged)
+    assert {"train/niwae_k3", "train/nelbo", "val/niwae_k3", "val/nelbo"} <= set(logged)
+    assert "train/kl_weight" not in logged  # the IWAE bound weights no KL term
     assert logged["val/niwae_k3"] <= logged["val/nelbo"] + 1.0  # the bound is at least as tight, up to noise
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_log_likelihood_is_the_same_however_it_is_chunked_and_compiled(chunk):
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_log_likelihood_is_the_same_however_it_is_chunked(chunk):
     torch.manual_seed(0)
-    model = VAE(latent_dim=3, hidden_dims=[16])
+    model = mlp_cvae(latent_dim=3, hidden_dims=(16,), n_labels=0)
     x = torch.bernoulli(torch.rand(4, 1, 28, 28))
     torch.manual_seed(5)
     whole = model.log_likelihood(x, k=64, chunk=64)
     torch.manual_seed(5)
     assert torch.allclose(model.log_likelihood(x, k=64, chunk=chunk), whole, atol=1e-4)
-    if chunk == 7:
-        torch.manual_seed(5)
-        assert torch.allclose(model.log_likelihood(x, k=64, chunk=chunk, compile=True), whole, atol=1e-3)
-
-
-def test_the_iwae_learning_rate_schedule_has_the_papers_stages():
-    from cvae_lightning.models import iwae_lr_factor
-
-    stage_of = lambda epoch: round(-7 * torch.log10(torch.tensor(iwae_lr_factor(epoch))).item())  # noqa: E731
-    # stage i lasts 3^i epochs: 1, 3, 9, ..., 2187 (3,280 in all), then stays at the last
-    assert [stage_of(e) for e in (0, 1, 3, 4, 12, 13, 39, 40, 1092, 1093, 3279, 3280)] == [
-        0,
-        1,
-        1,
-        2,
-        2,
-        3,
-        3,
-        4,
-        6,
-        7,
-        7,
-        7,
-    ]

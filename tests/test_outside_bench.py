@@ -1,20 +1,34 @@
-"""bench/outside.py and bench/ordinary.py: what they run and what they report (no timings asserted)."""
+"""bench/outside.py (`make bench`), bench/ordinary.py and the machine line every bench result records: what
+they run and what they report (no timings asserted)."""
 
-import importlib.util
 import json
-import re
 from pathlib import Path
 
 import pytest
+import torch
+from hydra.utils import instantiate
 
-from tests.helpers import ROOT, assert_ran, run_script
+from bench import machine, outside
+from tests.helpers import assert_ran, composed, run_script
 
 
-def load_outside():
-    spec = importlib.util.spec_from_file_location("outside", ROOT / "bench" / "outside.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_the_ordinary_script_trains_the_model_train_py_trains_by_default():
+    from bench.ordinary import default_model
+    from cvae_lightning.model import CVAE
+
+    cfg = composed().model
+    sizes = {"latent_dim": cfg.latent_dim, "n_labels": cfg.get("n_labels", 10)}
+    torch.manual_seed(0)
+    encoder, decoder = instantiate(cfg.encoder, **sizes), instantiate(cfg.decoder, **sizes)
+    configured = CVAE(encoder, decoder, prior=cfg.get("prior", "conditional"), **sizes)
+    torch.manual_seed(0)
+    ordinary = default_model()
+    assert repr(ordinary) == repr(configured)  # the same layers, sizes and activations
+    assert (ordinary.prior_net is None) == (configured.prior_net is None)
+    weights = configured.state_dict()
+    assert ordinary.state_dict().keys() == weights.keys()
+    for name, weight in ordinary.state_dict().items():  # built in the same order from the same seed
+        assert torch.equal(weight, weights[name]), name
 
 
 def test_ordinary_pipeline_trains_and_reports_its_test_nelbo():
@@ -27,7 +41,6 @@ def test_ordinary_pipeline_trains_and_reports_its_test_nelbo():
 
 
 def test_per_epoch_is_the_difference_of_the_medians_of_whole_processes(monkeypatch, tmp_path):
-    outside = load_outside()
     fake = {("train.py", 1): [10.0, 11.0, 30.0], ("train.py", 3): [16.0, 17.0, 18.0]}
     fake |= {("bench/ordinary.py", 1): [12.0, 12.0, 12.0], ("bench/ordinary.py", 3): [28.0, 29.0, 27.0]}
     calls = []
@@ -50,7 +63,6 @@ def test_per_epoch_is_the_difference_of_the_medians_of_whole_processes(monkeypat
 
 
 def test_the_report_names_its_command_date_commit_and_ratios():
-    outside = load_outside()
     report = {
         "command": "python bench/outside.py",
         "date": "2026-12-02",
@@ -95,7 +107,10 @@ def test_the_report_names_its_command_date_commit_and_ratios():
         },
     }
     text = outside.markdown(report)
-    assert "`python bench/outside.py`, 2026-12-02, commit abc1234" in text
+    assert (
+        "`python bench/outside.py`, 2026-12-02, commit abc1234; 2 cores; load average before 0.1/0.1/0.1"
+        in text
+    )
     assert "**2.44×**" in text  # (55000 / 3) / (60000 / 8)
     assert "| `python train.py ` | 80.0 | 97.90 | 80.0 | 98.14% | yes | 2.50 |" in text
     assert "| `python train.py experiment=fast` | 50.0 | 97.60 | 50.0 | 96.07% | no | 4.00 |" in text
@@ -103,7 +118,6 @@ def test_the_report_names_its_command_date_commit_and_ratios():
 
 
 def test_end_to_end_judges_each_train_py_run_at_t1_and_not_the_ordinary_script(monkeypatch, tmp_path):
-    outside = load_outside()
     nelbo = {"e2e_project": 97.9, "e2e_fast": 98.4}
     accuracy = {"e2e_project": 0.981, "e2e_fast": 0.975}
 
@@ -119,7 +133,7 @@ def test_end_to_end_judges_each_train_py_run_at_t1_and_not_the_ordinary_script(m
             (run_dir / "results.json").write_text(json.dumps(results))
             return 50.0, ""
         if command[1] == "evaluate.py":
-            assert args["eval.k"] == "0" and args["eval.temperatures"] == "[1.0]"
+            assert "~callbacks.log_likelihood" in command and args["eval.temperatures"] == "[1.0]"
             out = Path(args["out_dir"])
             out.mkdir()
             run_name = Path(args["ckpt_path"]).parent.name
@@ -138,9 +152,15 @@ def test_end_to_end_judges_each_train_py_run_at_t1_and_not_the_ordinary_script(m
     assert skipped["project"]["accuracy_T1"] is None
 
 
-def test_threads_bench_times_a_step_in_a_process_per_thread_count():
-    result = run_script("bench/threads.py", "--batch-size", "8", "--threads", "1", "2", "--rounds", "1")
-    assert_ran(result)
-    rows = re.findall(r"round 1, (\d) thread\(s\): ([\d.]+) ms a step", result.stdout)
-    assert [threads for threads, _ in rows] == ["1", "2"]
-    assert all(float(ms) > 0 for _, ms in rows)
+def test_the_machine_line_names_the_cores_versions_and_threads_the_timed_processes_get(monkeypatch):
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 7)
+    monkeypatch.setattr(machine, "cpu", lambda: "Test CPU")
+    line = machine.machine({"OMP_NUM_THREADS": "1"})
+    assert line.startswith("7 cores, Test CPU, ")
+    assert f"torch {machine.version('torch')}" in line and machine.version("torch")[0].isdigit()
+    assert line.endswith("; 1 torch thread(s) (OMP_NUM_THREADS)")
+    assert machine.machine({}).endswith("; torch's default threads (one a core)")
+    # outside.py's processes run without the thread limits of the shell that started it
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert "OMP_NUM_THREADS" not in outside.child_env()
+    assert len(machine.load().split("/")) == 3 and machine.commit()

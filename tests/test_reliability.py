@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cvae_lightning import CVAE, VAE
-from cvae_lightning.errors import CheckpointError
+from cvae_lightning import load_checkpoint
+from cvae_lightning.callbacks.loss import StopOnNonFiniteLoss
+from cvae_lightning.errors import CheckpointError, NonFiniteLossError
 from tests.helpers import (
     SHORT_RUN,
     assert_one_line_error,
@@ -18,6 +19,7 @@ from tests.helpers import (
     composed,
     read_events,
     run_script,
+    tiny_module,
     tiny_trainer,
 )
 
@@ -34,35 +36,35 @@ def save_checkpoint(model, path) -> None:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
-    save_checkpoint(VAE(latent_dim=4, hidden_dims=[16]), root / "vae.ckpt")
-    save_checkpoint(CVAE(latent_dim=4, hidden_dims=[16]), root / "cvae.ckpt")
+    save_checkpoint(tiny_module("model=vae", latent_dim=4, hidden=16), root / "vae.ckpt")
+    save_checkpoint(tiny_module(latent_dim=4, hidden=16), root / "cvae.ckpt")
     (root / "notes.ckpt").write_text("not a checkpoint\n")
+    old = torch.load(root / "cvae.ckpt", weights_only=True)
+    old["hyper_parameters"] = {"latent_dim": 4, "hidden_dims": [16], "net": "mlp"}  # the earlier format
+    old["model_class"] = "CVAE"
+    torch.save(old, root / "old.ckpt")
     return root
 
 
-def test_checkpoint_round_trip(checkpoints):
-    model = CVAE.load_from_checkpoint(checkpoints / "cvae.ckpt", map_location="cpu")
-    assert model.hparams.latent_dim == 4
+def test_checkpoint_round_trip_without_hydra(checkpoints):
+    model = load_checkpoint(checkpoints / "cvae.ckpt")
+    assert (model.latent_dim, model.n_labels, model.training) == (4, 10, False)
+    saved = torch.load(checkpoints / "cvae.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[f"model.{k}"], v) for k, v in model.state_dict().items())
 
 
-def test_vae_checkpoint_loaded_as_cvae_is_refused(checkpoints):
-    with pytest.raises(CheckpointError, match="the checkpoint holds a VAE, not a CVAE: load it with VAE"):
-        CVAE.load_from_checkpoint(checkpoints / "vae.ckpt", map_location="cpu")
-
-
-def test_checkpoint_of_another_latent_size_is_refused(checkpoints):
-    with pytest.raises(
-        CheckpointError,
-        match=r"has shape \(\d+, 16\), this model's \(\d+, 16\): .* other sizes than latent_dim=8",
-    ):
-        CVAE.load_from_checkpoint(checkpoints / "cvae.ckpt", map_location="cpu", latent_dim=8)
+def test_a_checkpoint_of_the_other_model_or_the_earlier_format_is_refused(checkpoints):
+    with pytest.raises(CheckpointError, match="vae.ckpt is not allowed: it is a vae checkpoint, not a cvae"):
+        load_checkpoint(checkpoints / "vae.ckpt", kinds=("cvae",))
+    with pytest.raises(CheckpointError, match="old.ckpt is not allowed: it was written before .* retrain it"):
+        load_checkpoint(checkpoints / "old.ckpt")
 
 
 def test_file_that_is_not_a_checkpoint_is_refused(checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match="notes.ckpt is not allowed: not a readable checkpoint"):
-        CVAE.load_from_checkpoint(checkpoints / "notes.ckpt")
+        load_checkpoint(checkpoints / "notes.ckpt")
     with pytest.raises(CheckpointError, match="missing.ckpt is not allowed: no file there"):
-        CVAE.load_from_checkpoint(tmp_path / "missing.ckpt")
+        load_checkpoint(tmp_path / "missing.ckpt")
 
 
 @pytest.mark.parametrize(
@@ -101,10 +103,12 @@ def test_resuming_from_a_vae_checkpoint_is_refused_in_one_line(checkpoints, tmp_
 
 
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_state(tmp_path, data_dir):
-    result = run_script("train.py", *QUICK, "model.lr=1e4", f"hydra.run.dir={tmp_path}", timeout=120)
+    result = run_script(
+        "train.py", *QUICK, "model.optimizer.lr=1e4", f"hydra.run.dir={tmp_path}", timeout=120
+    )
     assert_one_line_error(result, "non-finite loss at step ")
     line = result.stderr.strip().splitlines()[-1]
-    assert "recon=" in line and "kl=" in line
+    assert "(loss=" in line and "model.optimizer.lr" in line
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     step = int(line.split("step ")[1].split()[0])
     assert state["global_step"] == step  # the state before the step whose loss was not finite
@@ -121,6 +125,38 @@ def test_same_seed_same_result_other_seed_differs(tmp_path, data_dir):
     first, again, other = metrics(1, "a"), metrics(1, "b"), metrics(2, "c")
     assert first == again
     assert first["val/nelbo"] != other["val/nelbo"]
+
+
+def fit_until_nan(nan_at_step: int | None, defer_on=("cpu",), batches: int = 6):
+    """A short fit whose loss turns NaN at `nan_at_step` (None: never), with the check deferred on CPU as it
+    is on a GPU: read on the steps the loggers write (every 4) and at the epoch's last step."""
+    module = tiny_module()
+    elbo = module.model.elbo
+
+    def poisoned(*args, **kwargs):
+        terms = elbo(*args, **kwargs)
+        if module.global_step == nan_at_step:
+            terms["recon"] = terms["recon"] * float("nan")
+        return terms
+
+    module.model.elbo = poisoned
+    x, labels = torch.rand(8 * batches, 1, 28, 28), torch.arange(8 * batches) % 10
+    trainer = tiny_trainer(max_epochs=1, log_every_n_steps=4, callbacks=[StopOnNonFiniteLoss(defer_on)])
+    trainer.fit(module, train_dataloaders=DataLoader(TensorDataset(x, labels), batch_size=8))
+    return trainer
+
+
+def test_a_deferred_check_is_read_when_the_loggers_write_and_names_the_steps_since():
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at a step from 0 to 3 \(loss=nan\)"):
+        fit_until_nan(1)  # read at step 3, the first the loggers write
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at a step from 4 to 5"):
+        fit_until_nan(5)  # read at the epoch's last step
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 1 "):
+        fit_until_nan(1, defer_on=())  # read at once: that step, before its backward
+
+
+def test_a_finite_run_passes_the_deferred_check():
+    assert fit_until_nan(None).global_step == 6
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cvae_lightning.process import run_name
+from cvae_lightning.runs import run_name
 from cvae_lightning.training import KEY_HPARAMS
 from tests.helpers import SHORT_RUN, assert_ran, read_events, read_hparams, run_script
 
@@ -61,9 +61,15 @@ def test_multirun_summary_matches_each_run(tmp_path, data_dir):
     # the HPARAMS tab: what the run was told first, then the key hyperparameters, no plumbing
     hparams = [read_hparams(tmp_path / job) for job in jobs]
     assert [h["model.latent_dim"] for h in hparams] == [2, 4]
-    assert set(hparams[0]) == {"model.latent_dim", *(o.split("=")[0] for o in SHORT_RUN), *KEY_HPARAMS}
-    assert hparams[0]["model.hidden_dims"] == "[512, 256]" and hparams[0]["seed"] == 42
-    assert not [key for key in hparams[0] if "_target_" in key or "dir" in key or key.startswith("paths")]
+    unset = {"model.scheduler._target_"}  # no schedule by default: no column
+    assert (
+        set(hparams[0]) == {"model.latent_dim", *(o.split("=")[0] for o in SHORT_RUN), *KEY_HPARAMS} - unset
+    )
+    assert hparams[0]["model.encoder.hidden_dims"] == "[512, 256]" and hparams[0]["seed"] == 42
+    assert hparams[0]["model.optimizer._target_"] == "torch.optim.Adam"  # which object, not plumbing
+    assert not [
+        key for key in hparams[0] if "dir" in key or key.startswith(("paths", "callbacks", "trainer._"))
+    ]
 
 
 @pytest.mark.slow
@@ -113,5 +119,5 @@ def test_optuna_search_runs_its_trials(tmp_path, data_dir):
     )
     assert_ran(result)
     best = (tmp_path / "optimization_results.yaml").read_text()
-    assert "model.latent_dim" in best and "model.lr" in best
+    assert "model.latent_dim" in best and "model.optimizer.lr" in best
     assert len(run_dirs(tmp_path)) == 2

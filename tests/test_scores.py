@@ -1,25 +1,31 @@
-"""Scores: test -ELBO + IWAE NLL, conditional accuracy, classifier-FID, CAS, and evaluate.py's files and
-errors; checkpoints of every kind told apart and loaded through one module."""
+"""Scores: the test pass (-ELBO, and the IWAE NLL of the LogLikelihood callback), conditional accuracy,
+classifier-FID, CAS, and evaluate.py's files, added test metrics and errors; checkpoints of every kind told
+apart and loaded through one module."""
 
 import json
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from cvae_lightning import checkpoints, load_checkpoint
-from cvae_lightning.classifier import Classifier, load_classifier
+from cvae_lightning.callbacks.metrics import LogLikelihood
+from cvae_lightning.checkpoints import load_classifier
+from cvae_lightning.classifier import Classifier
 from cvae_lightning.data import load_split
 from cvae_lightning.errors import CheckpointError, ConfigError
+from cvae_lightning.model import CVAE
 from cvae_lightning.scores import (
     CAS_NOT_DEFINED,
     classification_accuracy_score,
     classifier_fid,
     conditional_accuracy,
-    evaluate,
     label_counts,
     markdown,
+    sample_scores,
 )
-from tests.helpers import assert_one_line_error, assert_ran, run_script
+from tests.helpers import assert_one_line_error, assert_ran, run_script, tiny_trainer
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +33,18 @@ def test_set(data_dir):
     return load_split(data_dir, train=False)
 
 
-def test_checkpoint_kinds(tiny_checkpoints):
+def test_checkpoint_kinds(tiny_checkpoints, tmp_path):
     kinds = {name: checkpoints.kind(checkpoints.read(path)) for name, path in tiny_checkpoints.items()}
     assert kinds == {"cvae": "cvae", "vae": "vae", "classifier": "classifier"}
-    # without the stamp (an older checkpoint) the weights tell
-    for name, path in tiny_checkpoints.items():
-        unstamped = {k: v for k, v in checkpoints.read(path).items() if k != "model_class"}
-        assert checkpoints.kind(unstamped) == name
-    assert type(load_checkpoint(tiny_checkpoints["vae"])).__name__ == "VAE"
-    assert not load_checkpoint(tiny_checkpoints["cvae"]).training
+    vae, cvae = (load_checkpoint(tiny_checkpoints[name]) for name in ("vae", "cvae"))
+    assert isinstance(vae, CVAE) and isinstance(cvae, CVAE)  # the maths module, not the LightningModule
+    assert (vae.n_labels, cvae.n_labels) == (0, 10) and not cvae.training
+    # a (C)VAE checkpoint of the format before the networks became configs is told by its hyperparameters
+    old = checkpoints.read(tiny_checkpoints["cvae"])
+    old["hyper_parameters"] = {"latent_dim": 2, "hidden_dims": [32], "prior": "standard"}
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError, match="old.ckpt is not allowed: .*retrain it with `python train.py`"):
+        load_checkpoint(tmp_path / "old.ckpt")
     with pytest.raises(
         CheckpointError, match="is not allowed: it is a classifier checkpoint, not a cvae or vae"
     ):
@@ -96,22 +105,59 @@ def test_classifier_fid_is_zero_for_the_same_images_and_large_for_noise(tiny_che
     assert other_real < noise and noise > 10 * max(other_real, 1e-3)
 
 
-def test_evaluate_reports_every_metric(tiny_checkpoints, test_set):
+class _Reseed(L.Callback):
+    """Seeds torch with the batch index just before LogLikelihood (the next callback) draws its noise, so
+    that a test can draw the same noise again."""
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        torch.manual_seed(batch_idx)
+
+
+def test_log_likelihood_logs_the_test_nll_of_every_test_image_eager_or_compiled(tiny_checkpoints, test_set):
+    """`test/nll_k<k>` is -log p(x|y) as model.log_likelihood estimates it (its k and chunk), averaged over
+    every test image (batches of unequal size weigh by their images), beside the test -ELBO of the same
+    images; compiled, the same number up to rounding."""
+    module = checkpoints.load_module(tiny_checkpoints["cvae"])
+    images, labels = test_set[0][:70].float() / 255, test_set[1][:70]
+    loader = DataLoader(TensorDataset(images, labels), batch_size=30)  # 30, 30 and 10 images
+    per_batch = []
+    for i, (x, y) in enumerate(loader):
+        torch.manual_seed(i)
+        per_batch.append(-module.model.log_likelihood(x, y, k=20, chunk=8))
+    expected = torch.cat(per_batch).mean().item()
+    assert abs(torch.stack([nll.mean() for nll in per_batch]).mean().item() - expected) > 0.01
+
+    def test_pass(callback):
+        trainer = tiny_trainer(callbacks=[_Reseed(), callback])
+        return trainer.test(module, dataloaders=loader, verbose=False)[0]
+
+    tested = test_pass(LogLikelihood(k=20, chunk=8))
+    assert tested["test/nll_k20"] == pytest.approx(expected, rel=1e-6)
+    assert tested["test/nelbo"] == pytest.approx(tested["test/recon"] + tested["test/kl"], rel=1e-6)
+    assert 0 < tested["test/nll_k20"] < tested["test/nelbo"] + 1.0  # the IWAE bound is at least as tight
+
+    compiled = test_pass(LogLikelihood(k=20, chunk=8, compile=True))
+    assert "log_weights" in vars(module.model)  # the compiled function, not the eager method
+    assert compiled["test/nll_k20"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_sample_scores_reports_accuracy_and_fid_at_every_temperature(tiny_checkpoints, test_set):
     model = load_checkpoint(tiny_checkpoints["cvae"])
     classifier = load_classifier(tiny_checkpoints["classifier"])
     images, labels = test_set
-    metrics = evaluate(model, classifier, images, labels, k=20, n_per_digit=20, n_images=100, chunk=8)
-    test = metrics["test"]
-    assert test["nelbo"] == pytest.approx(test["recon"] + test["kl"], rel=1e-6)
-    assert 0 < test["nll"] < test["nelbo"] + 1.0  # the IWAE bound is at least as tight as the ELBO
+    metrics = sample_scores(model, classifier, images, labels, n_per_digit=20)
+    assert set(metrics) == {"accuracy", "fid", "_confusion_metric"}  # no CAS unless asked
     assert set(metrics["accuracy"]) == set(metrics["fid"]) == {"T=1", "T=0.5", "T=0"}
     for acc in metrics["accuracy"].values():
         assert 0 <= acc["overall"] <= 1 and len(acc["per_digit"]) == 10
         assert sum(map(sum, acc["confusion"])) == 200
     assert all(fid["overall"] > 0 for fid in metrics["fid"].values())
     assert len(metrics["fid"]["T=1"]["per_digit"]) == 10 and "per_digit" not in metrics["fid"]["T=0"]
-    table = markdown({k: v for k, v in metrics.items() if not k.startswith("_")})
-    assert "| conditional accuracy T=0.5 |" in table and "IWAE k=20" in table
+    test = {"nelbo": 120.0, "recon": 100.0, "kl": 20.0, "nll": 115.0}
+    report = {"model": "CVAE", "test_images": 100, "k": 20, "test": test}
+    table = markdown(report | {k: v for k, v in metrics.items() if not k.startswith("_")})
+    assert "| conditional accuracy T=0.5 |" in table
+    assert "| test NLL -log p(x given y), IWAE k=20 | 115.00 |" in table
 
 
 def test_evaluate_script_writes_metrics_beside_the_checkpoint(tiny_checkpoints):
@@ -120,17 +166,61 @@ def test_evaluate_script_writes_metrics_beside_the_checkpoint(tiny_checkpoints):
         "evaluate.py",
         f"ckpt_path={ckpt}",
         f"classifier_path={tiny_checkpoints['classifier']}",
-        "eval.k=5",
-        "eval.n_images=50",
+        "callbacks.log_likelihood.k=5",
+        "data.eval_batch_size=50",
+        "trainer.limit_test_batches=1",
         "eval.n_per_digit=10",
         "eval.temperatures=[1.0]",
     )
     assert_ran(result)
     metrics = json.loads((ckpt.parent / "metrics.json").read_text())
     assert metrics["model"] == "CVAE" and metrics["k"] == 5 and metrics["test_images"] == 50
-    assert "| test -ELBO (nats/image) |" in (ckpt.parent / "metrics.md").read_text()
+    assert set(metrics) == {"model", "test_images", "k", "test", "accuracy", "fid"}
+    assert set(metrics["test"]) == {"nelbo", "recon", "kl", "nll"}
+    table = (ckpt.parent / "metrics.md").read_text()
+    assert "| test -ELBO (nats/image) |" in table and "IWAE k=5 |" in table
     assert (ckpt.parent / "confusion_matrix.png").stat().st_size > 1000
     assert "conditional accuracy T=1" in result.stdout
+
+
+class MeanPixel(L.Callback):
+    """A metric added to evaluate.py's test pass: `+callbacks.mean_pixel._target_=tests.test_scores.MeanPixel`
+    (what a user's own callback does: log test/<name> in the test pass)."""
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        x = batch[0]
+        pl_module.log("test/mean_pixel", x.mean(), batch_size=len(x))
+
+
+def test_a_callback_adds_a_metric_to_evaluate_py_and_the_nll_drops_out(tiny_checkpoints, test_set, tmp_path):
+    result = run_script(
+        "evaluate.py",
+        f"ckpt_path={tiny_checkpoints['cvae']}",
+        f"classifier_path={tiny_checkpoints['classifier']}",
+        f"out_dir={tmp_path}",
+        "~callbacks.log_likelihood",
+        "+callbacks.mean_pixel._target_=tests.test_scores.MeanPixel",
+        "data.eval_batch_size=200",
+        "trainer.limit_test_batches=1",
+        "eval.n_per_digit=10",
+        "eval.temperatures=[1.0]",
+    )
+    assert_ran(result)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_images"] == 200 and metrics["k"] == 0
+    assert set(metrics["test"]) == {"nelbo", "recon", "kl", "mean_pixel"}
+    # the first 200 test images, as the checkpoint was trained on them (grayscale: data.binarize=none)
+    mean_pixel = test_set[0][:200].float().div(255).mean().item()
+    assert metrics["test"]["mean_pixel"] == pytest.approx(mean_pixel, rel=1e-5)
+    table = (tmp_path / "metrics.md").read_text()
+    assert f"| test mean_pixel | {mean_pixel:.4g} |" in table and "test NLL" not in table
+
+
+class NoTestPass(L.Callback):
+    """Fails evaluate.py's test pass: a bad option must be refused before it."""
+
+    def on_test_start(self, trainer, pl_module):
+        raise AssertionError("the test pass ran before the options were checked")
 
 
 def test_evaluate_script_errors_are_one_line(tiny_checkpoints, tmp_path):
@@ -144,6 +234,7 @@ def test_evaluate_script_errors_are_one_line(tiny_checkpoints, tmp_path):
         "evaluate.py",
         f"ckpt_path={tiny_checkpoints['cvae']}",
         f"classifier_path={tiny_checkpoints['classifier']}",
+        "+callbacks.no_test_pass._target_=tests.test_scores.NoTestPass",
         "eval.cas=maybe",
     )
     assert_one_line_error(cas, "eval.cas='maybe' is not allowed: expected true or false")
@@ -158,7 +249,7 @@ class RealDigits:
     """A stand-in CVAE whose samples are real training images: of the digit asked for or, with `shift=1`,
     of the next one ((y + 1) % 10), a model whose labels name the wrong digit. Records what was asked."""
 
-    n_classes, device = 10, torch.device("cpu")
+    n_labels, device = 10, torch.device("cpu")
 
     def __init__(self, train_set, shift=0):
         images, labels = train_set
@@ -208,23 +299,24 @@ def test_cas_is_high_for_the_right_digits_and_low_for_the_wrong_ones(train_set, 
     assert scores[0]["overall"] > 0.6 and scores[1]["overall"] < 0.1, scores
 
 
-def test_evaluate_adds_cas_for_a_cvae_and_a_note_for_a_vae(tiny_checkpoints, test_set):
-    images, labels = test_set
-    options = dict(k=0, n_images=50, n_per_digit=5, temperatures=(1.0,), cas=True, cas_epochs=1)
+def test_sample_scores_add_cas_for_a_cvae_and_a_note_for_a_vae(tiny_checkpoints, test_set):
+    images, labels = test_set[0][:500], test_set[1][:500]
+    options = dict(n_per_digit=5, temperatures=(1.0,), cas=True, cas_epochs=1)
     train_labels = torch.arange(10).repeat(2)
     classifier = load_classifier(tiny_checkpoints["classifier"])
+    test = {"model": "CVAE", "test_images": 500, "k": 0, "test": {"nelbo": 1.0, "recon": 1.0, "kl": 0.0}}
     cvae = load_checkpoint(tiny_checkpoints["cvae"])
-    metrics = evaluate(cvae, classifier, images[:500], labels[:500], train_labels=train_labels, **options)
+    metrics = sample_scores(cvae, classifier, images, labels, train_labels=train_labels, **options)
     assert metrics["cas"]["train_images"] == 20 and "real_data" in metrics["cas"]
-    table = markdown({k: v for k, v in metrics.items() if not k.startswith("_")})
+    table = markdown(test | {k: v for k, v in metrics.items() if not k.startswith("_")})
     assert "| CAS (classifier trained on 20 generated digits, epochs=1) |" in table
     assert "| CAS baseline |" in table and "| accuracy T=1 |" in table
 
     vae = load_checkpoint(tiny_checkpoints["vae"])
-    metrics = evaluate(vae, None, images, labels, train_labels=train_labels, **options)
+    metrics = sample_scores(vae, classifier, images, labels, train_labels=train_labels, **options)
     assert metrics["cas"] == {"skipped": f"not defined for a VAE: {CAS_NOT_DEFINED}"}
-    assert "| CAS | skipped: not defined for a VAE" in markdown(metrics)
+    assert "| CAS | skipped: not defined for a VAE" in markdown(test | metrics | {"model": "VAE"})
     with pytest.raises(ConfigError, match="CAS is not defined for a VAE"):
         classification_accuracy_score(vae, images, labels, 1)
     with pytest.raises(ConfigError, match="eval.cas='yes' is not allowed: expected true or false"):
-        evaluate(cvae, None, images, labels, k=0, cas="yes")
+        sample_scores(cvae, classifier, images, labels, cas="yes")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from cvae_lightning import CVAE, VAE
+from cvae_lightning import load_checkpoint
 from tests.helpers import SHORT_RUN, assert_ran, read_events, run_script
 
 
@@ -16,12 +16,14 @@ def train_short(tmp_path, *overrides):
 def test_cvae_run_writes_config_checkpoints_and_tensorboard_images(tmp_path, data_dir):
     run_dir = train_short(tmp_path)
     cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-    assert cfg["model"]["_target_"] == "cvae_lightning.models.CVAE"
+    assert cfg["model"]["_target_"] == "cvae_lightning.module.CVAEModule"
+    assert cfg["model"]["encoder"]["_target_"] == "cvae_lightning.nets.MLPEncoder"
 
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints == ["epoch_000.ckpt", "last.ckpt"]
-    model = CVAE.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
-    assert model.hparams.latent_dim == 20 and model.hparams.hidden_dims == [512, 256]
+    model = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert model.latent_dim == 20 and model.n_labels == 10
+    assert [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)] == [512, 256, 40]
     assert model.sample(labels=torch.arange(10)).shape == (10, 1, 28, 28)
 
     scalars, images = read_events(run_dir)  # the run dir is the TensorBoard run: no subfolder
@@ -41,9 +43,9 @@ def test_cvae_run_writes_config_checkpoints_and_tensorboard_images(tmp_path, dat
 
 def test_vae_run_and_overrides(tmp_path, data_dir):
     run_dir = train_short(tmp_path, "model=vae", "model.latent_dim=8", "data.batch_size=256")
-    model = VAE.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
-    assert model.hparams.latent_dim == 8 and model.sample(3).shape == (3, 1, 28, 28)
-    assert model.hparams.hidden_dims == [512, 256] and model.hparams.prior == "standard"  # cvae.yaml's
+    model = load_checkpoint(run_dir / "checkpoints" / "last.ckpt", kinds=("vae",))
+    assert model.latent_dim == 8 and model.n_labels == 0 and model.sample(3).shape == (3, 1, 28, 28)
+    assert model.encoder[0].in_features == 784 and model.prior_net is None  # no label, prior N(0, I)
     _, images = read_events(run_dir)
     assert {"samples/generated", "samples/reconstructions"} <= set(images)
     assert "samples/style_transfer" not in images  # CVAE only

@@ -1,2 +1,3 @@
-"""Lightning callbacks, by concern: `images` (TensorBoard grids), `metrics` (curves that judge the model
-while it trains) and `resume` (what a checkpoint needs for a resumed run to equal an uninterrupted one)."""
+"""Lightning callbacks, by concern: `loss` (the training scalars and the non-finite stop), `images`
+(TensorBoard grids), `metrics` (curves and scores that judge the model) and `resume` (what a checkpoint
+needs for a resumed run to equal an uninterrupted one)."""

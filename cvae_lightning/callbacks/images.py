@@ -16,6 +16,7 @@ from torchvision.utils import make_grid
 from cvae_lightning import compat
 from cvae_lightning.data import NUM_CLASSES
 from cvae_lightning.generation import lerp, style_transfer
+from cvae_lightning.model import CVAE
 
 
 def tensorboard_writer(trainer: L.Trainer):
@@ -44,25 +45,25 @@ def add_grayscale_image(writer, tag: str, image: torch.Tensor, global_step: int)
 class ImageLogger(L.Callback):
     """Base of the image callbacks: a subclass names its `tag` and grid width `nrow` and says which
     `images` to draw; they are logged as one grid after every validation epoch (not the sanity check).
-    `applies(pl_module)` can skip models the grid means nothing for."""
+    `applies(model)` can skip models the grid means nothing for."""
 
     tag = ""
     nrow = 10
 
-    def applies(self, pl_module: L.LightningModule) -> bool:
+    def applies(self, model: CVAE) -> bool:
         return True
 
-    def images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+    def images(self, trainer: L.Trainer, model: CVAE) -> torch.Tensor:
         raise NotImplementedError
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
-        if writer is None or trainer.sanity_checking or not self.applies(pl_module):
+        if writer is None or trainer.sanity_checking or not self.applies(pl_module.model):
             return
         was_training = pl_module.training
         pl_module.eval()
-        grid = make_grid(self.images(trainer, pl_module).float().cpu(), nrow=self.nrow, pad_value=1.0)
+        grid = make_grid(self.images(trainer, pl_module.model).float().cpu(), nrow=self.nrow, pad_value=1.0)
         pl_module.train(was_training)
         add_grayscale_image(writer, self.tag, grid[:1], global_step=trainer.global_step)
 
@@ -91,13 +92,13 @@ class GeneratedDigits(ImageLogger):
     def __init__(self, n_per_digit: int = 10, seed: int = 0):
         self.nrow, self.seed = n_per_digit, seed
 
-    def images(self, trainer, pl_module):
+    def images(self, trainer, model):
         labels = torch.arange(NUM_CLASSES).repeat_interleave(self.nrow)
-        if pl_module.n_classes:  # the same noise in every row: one handwriting per column
-            return pl_module.sample(
-                labels=labels, noise=pl_module.noise(self.nrow, seed=self.seed).repeat(NUM_CLASSES, 1)
+        if model.n_labels:  # the same noise in every row: one handwriting per column
+            return model.sample(
+                labels=labels, noise=model.noise(self.nrow, seed=self.seed).repeat(NUM_CLASSES, 1)
             )
-        return pl_module.sample(noise=pl_module.noise(len(labels), seed=self.seed))
+        return model.sample(noise=model.noise(len(labels), seed=self.seed))
 
 
 class Reconstructions(ImageLogger):
@@ -108,9 +109,9 @@ class Reconstructions(ImageLogger):
     def __init__(self, n_images: int = 16):
         self.nrow = n_images
 
-    def images(self, trainer, pl_module):
+    def images(self, trainer, model):
         x, labels = _validation_batch(trainer, self.nrow)
-        recon = pl_module.reconstruct(x, labels)
+        recon = model.reconstruct(x, labels)
         return torch.cat([x.to(recon.device), recon])
 
 
@@ -124,11 +125,11 @@ class StyleTransfer(ImageLogger):
     def __init__(self, n_images: int = 8):
         self.n_images = n_images
 
-    def applies(self, pl_module):
-        return pl_module.n_classes > 0
+    def applies(self, model):
+        return model.n_labels > 0
 
-    def images(self, trainer, pl_module):
-        return style_transfer(pl_module, *_validation_batch(trainer, self.n_images))
+    def images(self, trainer, model):
+        return style_transfer(model, *_validation_batch(trainer, self.n_images))
 
 
 class Interpolation(ImageLogger):
@@ -140,10 +141,10 @@ class Interpolation(ImageLogger):
     def __init__(self, steps: int = 10, seed: int = 1):
         self.nrow, self.seed = steps, seed
 
-    def images(self, trainer, pl_module):
-        a, b = pl_module.noise(NUM_CLASSES, NUM_CLASSES, seed=self.seed)
+    def images(self, trainer, model):
+        a, b = model.noise(NUM_CLASSES, NUM_CLASSES, seed=self.seed)
         labels = torch.arange(NUM_CLASSES).repeat_interleave(self.nrow)
-        return pl_module.sample(labels=labels, noise=lerp(a, b, self.nrow))
+        return model.sample(labels=labels, noise=lerp(a, b, self.nrow))
 
 
 class LatentManifold(ImageLogger):
@@ -158,14 +159,14 @@ class LatentManifold(ImageLogger):
     def __init__(self, n: int = 15, digit: int = 5):
         self.nrow, self.digit = n, digit
 
-    def applies(self, pl_module):
-        return pl_module.hparams.latent_dim == 2
+    def applies(self, model):
+        return model.latent_dim == 2
 
-    def images(self, trainer, pl_module):
+    def images(self, trainer, model):
         quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, self.nrow))
         grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), dim=-1).view(-1, 2)
         # the grid as standard-normal noise: mapped through the digit's prior, N(0, I) or p(z|y)
-        return pl_module.sample(labels=torch.full((len(grid),), self.digit), noise=grid)
+        return model.sample(labels=torch.full((len(grid),), self.digit), noise=grid)
 
 
 class LatentProjector(L.Callback):
@@ -188,7 +189,7 @@ class LatentProjector(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            mu = pl_module.encode(x.to(pl_module.device), labels)[0]
+            mu = pl_module.model.encode(x.to(pl_module.device), labels)[0]
         pl_module.train(was_training)
         writer.add_embedding(
             mu.float().cpu(),

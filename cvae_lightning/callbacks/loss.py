@@ -1,0 +1,72 @@
+"""The training loss, watched: its scalars logged on the steps the loggers write, and training stopped when it
+is not finite."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from cvae_lightning import compat
+from cvae_lightning.errors import NonFiniteLossError
+
+
+class LogTrainingScalars(L.Callback):
+    """`train/nelbo`, `train/recon`, `train/kl` (and `train/niwae_k<k>`, `train/kl_weight` while it is not 1)
+    from each training step's outputs, on the steps the loggers write (`trainer.log_every_n_steps`):
+    `self.log` on every step would cost 10-35% of a CPU run's speed (bench/README.md)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not (trainer.fast_dev_run or compat.logs_this_step(trainer)):
+            return
+        for name, value in pl_module.scalars(outputs).items():
+            pl_module.log(
+                f"train/{name}", value, prog_bar=name == pl_module.loss_name, batch_size=len(batch[0])
+            )
+        if outputs.get("kl_weight", 1.0) != 1.0:
+            pl_module.log("train/kl_weight", outputs["kl_weight"])
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops training when the loss is not finite: on a CPU before that step's backward, so the weights
+    (and the checkpoint written on the way out) are the last good ones.
+
+    On the devices in `defer_on` reading the check back every step would make the host wait for the device
+    every step: there the checks gather on the device and are read only where the host waits anyway (the
+    steps the loggers write) and at an epoch's last step (before its validation and checkpoints). The error
+    then names the steps since the last read, and the weights may be spoiled already (CheckpointOnInterrupt
+    then writes no checkpoint).
+    """
+
+    def __init__(self, defer_on: tuple[str, ...] = ("cuda",)):
+        self.defer_on = tuple(defer_on)
+        self._pending: tuple[int, torch.Tensor] | None = None  # (first unread step, all finite since)
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        finite = torch.isfinite(loss.detach())
+        if finite.device.type not in self.defer_on:
+            if not finite:
+                self._stop(f"step {trainer.global_step}", loss)
+            return
+        since, earlier = self._pending or (trainer.global_step, True)
+        self._pending = (since, finite & earlier)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._pending is None:
+            return
+        if not (compat.logs_this_step(trainer) or batch_idx + 1 >= trainer.num_training_batches):
+            return
+        (since, finite), self._pending = self._pending, None
+        if not finite:
+            where = (
+                f"step {since}"
+                if since == trainer.global_step - 1
+                else f"a step from {since} to {trainer.global_step - 1}"
+            )
+            self._stop(where, outputs["loss"])
+
+    @staticmethod
+    def _stop(where: str, loss: torch.Tensor):
+        raise NonFiniteLossError(
+            f"non-finite loss at {where} (loss={loss.item():.4g}); "
+            "lower model.optimizer.lr, or check the data"
+        )

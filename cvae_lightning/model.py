@@ -1,0 +1,171 @@
+"""The model: a conditional VAE on 28x28 images, Q(z|x,y), P(x|z,y) and the prior p(z|y); `n_labels=0` is
+the plain VAE, Q(z|x), P(x|z), p(z) = N(0, I).
+
+The networks are injected: an encoder (x, y) -> (B, 2 * latent_dim), the mean and log-variance of Q, and a
+decoder (z, y) -> Bernoulli logits shaped like the images; y is the one-hot label (None for the VAE).
+Labels are integer digits (N,) everywhere (the VAE ignores them); an (N, n_labels) float tensor passes as
+given (mixed labels). Everything is in nats per image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PRIORS = ("standard", "conditional")
+LOG_2PI = math.log(2 * math.pi)
+# a safe range for the encoder's log-variance: exp(logvar) stays finite in the KL even in fp16/bf16
+LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor = 0.0, prior_logvar: Tensor = 0.0) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))) per example and latent dimension."""
+    prior_logvar = torch.as_tensor(prior_logvar, dtype=mu.dtype, device=mu.device)
+    return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
+
+
+def gaussian_log_prob(z: Tensor, mu: Tensor = 0.0, logvar: Tensor = 0.0) -> Tensor:
+    """log N(z; mu, exp(logvar)), summed over the last dimension."""
+    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(dim=-1)
+
+
+def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """-log P(x|z) per example, summed over pixels (x may be continuous in [0, 1])."""
+    return F.binary_cross_entropy_with_logits(logits.flatten(1), x.flatten(1), reduction="none").sum(dim=1)
+
+
+class CVAE(nn.Module):
+    """Q(z|x,y) = N(mu, sigma^2) from `encoder`, P(x|z,y) = Bernoulli(sigmoid(`decoder`)), and the prior
+    p(z|y): N(0, I) (`prior="standard"`) or N(mu_y, sigma_y^2) learned per label (`"conditional"`), so
+    that z need not carry the digit."""
+
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, n_labels: int = 10, prior="standard"
+    ):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.latent_dim, self.n_labels = latent_dim, n_labels
+        self.prior_net = nn.Linear(n_labels, 2 * latent_dim) if prior == "conditional" else None
+        if self.prior_net is not None:  # (mu_y, logvar_y) per label, starting at N(0, I)
+            nn.init.zeros_(self.prior_net.weight)
+            nn.init.zeros_(self.prior_net.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- the three distributions --------------------------------------------------------------------
+    def condition(self, labels: Tensor | None) -> Tensor | None:
+        """What the networks are given for `labels`: one-hot rows (CVAE), or nothing (VAE)."""
+        if not self.n_labels:
+            return None
+        if labels is None:
+            raise ValueError("a CVAE needs labels: the digit of each image")
+        labels = labels.to(self.device)
+        return F.one_hot(labels.long(), self.n_labels).float() if labels.dim() == 1 else labels.float()
+
+    def prior(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of p(z|y): zeros for N(0, I), one row per label for the learned prior."""
+        if self.prior_net is not None:
+            return self.prior_net(self.condition(labels).to(self.prior_net.weight.dtype)).chunk(2, dim=1)
+        zeros = torch.zeros(1, self.latent_dim, device=self.device)
+        return zeros, zeros
+
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of Q(z|x,y)."""
+        mu, logvar = self.encoder(x, self.condition(labels)).chunk(2, dim=1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Bernoulli logits of P(x|z,y), shaped like images."""
+        return self.decoder(z, self.condition(labels))
+
+    # -- the bounds -----------------------------------------------------------------------------------
+    def elbo(
+        self, x: Tensor, labels: Tensor | None = None, k: int = 1, iwae: bool = False
+    ) -> dict[str, Tensor]:
+        """The negative ELBO `nelbo` = `recon` + `kl` (batch means), the KL of each latent dimension
+        (`kl_per_dim`: above ~0.01 nats a dimension is "active"), the reconstruction term averaged over `k`
+        draws of z and, with `iwae`, minus the IWAE bound of the same k draws (`niwae`)."""
+        y = self.condition(labels)  # once: encoder, decoder and prior take the same one-hot rows
+        mu, logvar = self.encode(x, y)
+        z = mu + torch.randn(k, *mu.shape, dtype=mu.dtype, device=mu.device) * (0.5 * logvar).exp()
+        y_k = None if y is None else y.expand(k, *y.shape).flatten(0, 1)
+        logits = self.decode(z.flatten(0, 1), y_k)
+        # the loss in fp32 under bf16/fp16 autocast: sums over 784 pixels need more than bf16's 8 bits
+        logits, z, mu, logvar = logits.float(), z.float(), mu.float(), logvar.float()
+        prior = [t.float() for t in self.prior(y)]
+        kl_per_dim = gaussian_kl(mu, logvar, *prior).mean(dim=0)
+        recon_k = bernoulli_nll(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)
+        recon, kl = recon_k.mean(), kl_per_dim.sum()
+        terms = {"nelbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
+        if iwae:
+            log_w = -recon_k + gaussian_log_prob(z, *prior) - gaussian_log_prob(z, mu, logvar)
+            terms["niwae"] = -(torch.logsumexp(log_w, dim=0) - math.log(k)).mean()
+        return terms
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, x: Tensor, labels: Tensor | None = None, k: int = 1000, chunk: int = 100
+    ) -> Tensor:
+        """Importance-sampled log p(x|y) per image: the IWAE bound with k samples from Q(z|x,y), decoded
+        `chunk` at a time (memory: chunk x batch x 784); the noise is drawn at once, so chunking cannot
+        change the number."""
+        y = self.condition(labels)
+        mu, logvar = self.encode(x, y)
+        prior = self.prior(y)
+        noise = torch.randn(k, *mu.shape, device=mu.device)
+        log_w = [self.log_weights(x, y, mu, logvar, *prior, eps) for eps in noise.split(chunk)]
+        return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
+
+    def log_weights(self, x, y, mu, logvar, prior_mu, prior_logvar, eps: Tensor) -> Tensor:
+        """log p(x|z) + log p(z|y) - log q(z|x,y) at z = mu + sigma * eps, eps (n, B, latent): (n, B)."""
+        z = mu + (0.5 * logvar).exp() * eps
+        n = len(eps)
+        y_n = None if y is None else y.expand(n, *y.shape).flatten(0, 1)
+        logits = self.decode(z.flatten(0, 1), y_n)
+        log_px = -bernoulli_nll(logits, x.expand(n, *x.shape).flatten(0, 1)).view(n, -1)
+        return log_px + gaussian_log_prob(z, prior_mu, prior_logvar) - gaussian_log_prob(z, mu, logvar)
+
+    # -- drawing ------------------------------------------------------------------------------------
+    def noise(self, *sizes: int, seed: int | None = None) -> Tensor | list[Tensor]:
+        """(n, latent_dim) standard-normal draws, one tensor per size given (drawn in turn), from torch's
+        global generator or from `seed` (the same noise every call: the fixed "handwriting" of a grid)."""
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        device = self.device if generator is None else "cpu"
+        draws = [
+            torch.randn(n, self.latent_dim, generator=generator, device=device).to(self.device) for n in sizes
+        ]
+        return draws[0] if len(draws) == 1 else draws
+
+    @torch.no_grad()
+    def images(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The decoder's mean images, in [0, 1], for latent codes z."""
+        return torch.sigmoid(self.decode(z.to(self.device), labels))
+
+    @torch.no_grad()
+    def sample(
+        self, n: int | None = None, labels: Tensor | None = None, *, temperature: float = 1.0, noise=None
+    ):
+        """Images in [0, 1] decoded from z = mu + temperature * sigma * noise of the prior p(z|y).
+
+        As many as `labels`, or `n`, or rows of `noise`; a CVAE given no labels draws them uniformly.
+        Temperature 0 decodes the prior mean. Fixed `noise` (standard normal, (n, latent_dim)) gives the same
+        "handwriting" under any prior, the learned one included.
+        """
+        if n is None:
+            n = len(labels) if labels is not None else len(noise) if noise is not None else 1
+        if labels is None and self.n_labels:
+            labels = torch.randint(self.n_labels, (n,))
+        mu, logvar = self.prior(labels)
+        noise = self.noise(n) if noise is None else noise.to(self.device)
+        return self.images(mu + temperature * (0.5 * logvar).exp() * noise, labels)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The decoder's mean at z = mu of Q(z|x,y): the deterministic reconstruction, in [0, 1]."""
+        return self.images(self.encode(x.to(self.device), labels)[0], labels)

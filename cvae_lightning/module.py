@@ -1,0 +1,121 @@
+"""How the model trains: the LightningModule says what a step is. The networks, the optimizer and the
+learning-rate schedule come in as configs (`_target_`, the last two `_partial_`), kept as plain data in the
+checkpoint's hyperparameters, so that a checkpoint rebuilds the model without Hydra."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from cvae_lightning.config import build
+from cvae_lightning.data import NUM_CLASSES
+from cvae_lightning.errors import check, check_choice, check_int, check_number
+from cvae_lightning.model import CVAE, PRIORS
+
+# what training minimises: the ELBO (recon averaged over k draws, KL in closed form) or the IWAE bound
+OBJECTIVES = ("elbo", "iwae")
+
+
+def kl_weight(beta: float, warmup_epochs: float, step: int, steps_per_epoch: float) -> float:
+    """beta, ramped linearly from 0 over the first `warmup_epochs` of training."""
+    if not warmup_epochs or steps_per_epoch == float("inf"):
+        return beta
+    return beta * min(1.0, step / (warmup_epochs * steps_per_epoch))
+
+
+def plain(config: Any) -> Any:
+    """A config as plain dicts and lists: what a weights-only checkpoint can hold."""
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+class CVAEModule(L.LightningModule):
+    """Trains `CVAE(encoder, decoder)` on the ELBO with the KL term weighted by `beta` (ramped up over
+    `kl_warmup_epochs`; `*/nelbo` is always the true -ELBO), or with `objective="iwae"` on the IWAE bound of
+    `k` draws (`*/niwae_k<k>`). `n_labels=0` trains the plain VAE. Training scalars are logged by
+    `callbacks.loss.LogTrainingScalars`, validation and test epoch means here."""
+
+    def __init__(
+        self,
+        encoder: dict,
+        decoder: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        latent_dim: int = 20,
+        n_labels: int = NUM_CLASSES,
+        prior: str = "conditional",
+        beta: float = 1.0,
+        kl_warmup_epochs: float = 0,
+        objective: str = "elbo",
+        k: int = 1,
+    ):
+        super().__init__()
+        encoder, decoder, optimizer, scheduler = map(plain, (encoder, decoder, optimizer, scheduler))
+        check_int("model.latent_dim", latent_dim, 1)
+        check(
+            "model.n_labels",
+            n_labels,
+            n_labels in (0, NUM_CLASSES) and not isinstance(n_labels, bool),
+            "0 or 10",
+        )
+        check_choice("model.prior", prior, PRIORS if n_labels else PRIORS[:1])
+        check_number("model.beta", beta)
+        check_number("model.kl_warmup_epochs", kl_warmup_epochs)
+        check_choice("model.objective", objective, OBJECTIVES)
+        check_int("model.k", k, 1)
+        check_number("model.optimizer.lr", optimizer.get("lr", 1.0), 0, above=True)
+        self.save_hyperparameters()
+        sizes = {"latent_dim": latent_dim, "n_labels": n_labels}
+        self.model = CVAE(
+            build(encoder, "model.encoder", **sizes),
+            build(decoder, "model.decoder", **sizes),
+            prior=prior,
+            **sizes,
+        )
+        self.loss_name = f"niwae_k{k}" if objective == "iwae" else "nelbo"
+
+    def terms(self, x, labels) -> dict:
+        return self.model.elbo(x, labels, k=self.hparams.k, iwae=self.hparams.objective == "iwae")
+
+    def scalars(self, terms: dict) -> dict:
+        """The logged terms by name: nelbo, recon, kl and, for the IWAE objective, niwae_k<k>."""
+        named = {name: terms[name] for name in ("nelbo", "recon", "kl")}
+        return named | ({self.loss_name: terms["niwae"]} if "niwae" in terms else {})
+
+    def training_step(self, batch, batch_idx):
+        terms = self.terms(*batch)
+        if "niwae" in terms:  # the IWAE bound has no separate KL term to weight
+            return {"loss": terms["niwae"], **terms}
+        weight = kl_weight(
+            self.hparams.beta,
+            self.hparams.kl_warmup_epochs,
+            self.global_step,
+            self.trainer.num_training_batches,
+        )
+        return {"loss": terms["recon"] + weight * terms["kl"], "kl_weight": weight, **terms}
+
+    def validation_step(self, batch, batch_idx):
+        return self._evaluation_step(batch, "val")  # callbacks.metrics.ActiveUnits reads its kl_per_dim
+
+    def test_step(self, batch, batch_idx):
+        return self._evaluation_step(batch, "test")
+
+    def _evaluation_step(self, batch, stage: str) -> dict:
+        terms = self.terms(*batch)
+        for name, value in self.scalars(terms).items():  # epoch means, weighted by batch size, over ranks
+            self.log(
+                f"{stage}/{name}",
+                value,
+                prog_bar=name == self.loss_name,
+                batch_size=len(batch[0]),
+                sync_dist=True,
+            )
+        return terms
+
+    def configure_optimizers(self):
+        optimizer = build(self.hparams.optimizer, "model.optimizer", params=self.parameters())
+        if self.hparams.scheduler is None:
+            return optimizer
+        scheduler = build(self.hparams.scheduler, "model.scheduler", optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
