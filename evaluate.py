@@ -28,7 +28,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     from cvae_lightning import checkpoints
     from cvae_lightning.config import build
-    from cvae_lightning.data import load_split
+    from cvae_lightning.data import BINARIZE, load_split
     from cvae_lightning.errors import ConfigError, check_bool, check_int
     from cvae_lightning.scores import sample_scores, write_report
     from cvae_lightning.training import build_group
@@ -69,7 +69,7 @@ def evaluate(cfg: DictConfig) -> dict:
         classifier,
         datamodule.test_images,
         datamodule.test_labels,
-        binarize=binarize == "dynamic",
+        binarize=BINARIZE[binarize],
         seed=cfg.seed,
         train_labels=train_labels,
         **cfg.eval,
