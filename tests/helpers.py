@@ -71,7 +71,10 @@ def run_script(script: str, *args: str, timeout: float = 600, env: dict | None =
 
 
 def assert_ran(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
+    """Exit status 0; else the first error in stderr (another DDP rank's, say) and its end."""
+    first = result.stderr.find("Traceback")
+    shown = result.stderr[first : first + 3000] + "\n...\n" if first >= 0 else ""
+    assert result.returncode == 0, shown + result.stderr[-3000:]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:

@@ -254,14 +254,15 @@ def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     overrides = list(LONG_RUN)
     if how == "time limit":
-        # SIGUSR2 45 s before a 1-minute limit: slurmctld sends it from a periodic check, 12-30 s into the
-        # runs in its log and once not within 33 s; the job must outlast that (100 epochs of 40 steps, about
-        # a minute) or it can end unsignalled
+        # SIGUSR2 90 s before a 2-minute limit: slurmctld sends it from a periodic check, up to 15 s early
+        # or late (12-30 s into 1-minute runs with a 45 s delay, in its log). Not earlier: a job signalled
+        # before Python has started (torch's import from a cold disk) dies of the signal. The job must
+        # outlast it (200 epochs of 40 steps, about two minutes) or it can end unsignalled
         overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")]
-        overrides.append("trainer.max_epochs=100")
+        overrides.append("trainer.max_epochs=200")
         limit = [
-            "hydra.launcher.timeout_min=1",
-            "hydra.launcher.signal_delay_s=45",
+            "hydra.launcher.timeout_min=2",
+            "hydra.launcher.signal_delay_s=90",
             "callbacks.checkpoint_on_interrupt.max_requeues=20",
         ]
     else:
