@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from hydra.utils import get_class
 
-from cvae_lightning.errors import CheckpointError
+from cvae_lightning.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def read(
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise CheckpointError(
             f"{key}={path} is not allowed: not a readable checkpoint ({reason}); {expected}"
         ) from None
@@ -90,7 +90,7 @@ def load_module(
         try:
             module = get_class(KINDS[found][0]).load_from_checkpoint(path, map_location=map_location)
         except (RuntimeError, KeyError, TypeError) as error:
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            reason = first_line(error)
             raise CheckpointError(
                 f"{key}={path} is not allowed: it does not load as a {found} ({reason})"
             ) from None

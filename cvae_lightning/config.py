@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning.errors import ConfigError, Error, check, check_bool, check_int, refuse
+from cvae_lightning.errors import ConfigError, Error, check, check_bool, check_int, first_line, refuse
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto", "mps")
 # the modules whose callbacks draw or judge samples: a (C)VAE's, not the classifier's
@@ -90,18 +90,14 @@ def build(node, key: str, **kwargs):
         if isinstance(cause, Error):
             raise cause from None
         if isinstance(cause, TypeError | ValueError | MisconfigurationException):
-            raise ConfigError(f"{key}: {_first_line(cause)}") from None
+            raise ConfigError(f"{key}: {first_line(cause)}") from None
         if cause is None or isinstance(cause, ImportError | AttributeError):  # no such `_target_`
-            raise ConfigError(f"{key}: {_first_line(error).split(', set env var')[0]}") from None
+            raise ConfigError(f"{key}: {first_line(error).split(', set env var')[0]}") from None
         raise
     except Error:
         raise
     except (TypeError, ValueError, MisconfigurationException) as error:  # raised by a partial's call
-        raise ConfigError(f"{key}: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"{key}: {first_line(error)}") from None
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DistributedSampler
 from torchvision.datasets import MNIST
 
-from cvae_lightning.errors import DataError, check, check_bool, check_choice, check_int
+from cvae_lightning.errors import DataError, check, check_bool, check_choice, check_int, first_line
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
@@ -213,7 +213,7 @@ class MNISTDataModule(L.LightningDataModule):
             for train in (True, False):
                 MNIST(self.data_dir, train=train, download=True)
         except Exception as error:  # offline, a proxy, a mirror down: all end the same way
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            reason = first_line(error)
             raise DataError(
                 f"data.download=true failed ({reason}); run with data.download=false to use the offline copy"
             ) from None

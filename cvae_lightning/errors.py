@@ -60,6 +60,11 @@ def one_line_errors_in_notebook() -> None:
         )
 
 
+def first_line(error: BaseException) -> str:
+    """A library's error as one line: its message's first line, or its type when it has none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 # -- value checks: the objects that own a value call these in their constructors ----------------------
 def shown(value: Any) -> str:
     """A value as the user would type it back: strings quoted (so a typed number shows as text)."""
