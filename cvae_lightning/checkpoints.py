@@ -1,16 +1,20 @@
-"""Checkpoints, in one place: what each kind holds and what writes it, reading one (refusing anything else in
-one line), loading it as a model without Hydra, its data settings, and which one a run resumes from. The
-callbacks that write them are in callbacks/resume.py."""
+"""Checkpoints, in one place: what each kind holds and what writes it, how it is written (whole or not at
+all), reading one (refusing anything else in one line), loading it as a model without Hydra, its data
+settings, and which one a run resumes from. The callbacks that decide when to write are in
+callbacks/resume.py."""
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import get_class
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from cvae_lightning import files
 from cvae_lightning.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,21 @@ KINDS = {
     "classifier": ("cvae_lightning.classifier.Classifier", "`make classifier` (checkpoints/classifier.ckpt)"),
 }
 RETRAIN = "it was written before the model's networks became configs; retrain it with `python train.py`"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer for every checkpoint the Trainer writes (last, best, on interrupt,
+    hpc_ckpt), given to it by conf/trainer/default.yaml's `plugins`: each written whole or not at all
+    (files.write_bytes), and a full disk ends in one line. Lightning's own writer moves a file from the
+    system's temp folder, which is a copy over the old checkpoint when the two are on different filesystems.
+    Remote URLs (s3://...) keep Lightning's fsspec writer: an object store's put is already all or nothing."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()  # serialized first: a write error is then an OSError, not torch's zip error
+        torch.save(checkpoint, buffer)
+        files.write_bytes(path, buffer.getbuffer())
 
 
 def read(
@@ -121,23 +140,63 @@ def resume_point(
     ckpt_path: str | None, output_dir: str | Path, kind_: str, restarts: int
 ) -> tuple[Path | None, int]:
     """The checkpoint a run starts from and its step: `ckpt_path` (`last`: the run dir's
-    checkpoints/last.ckpt); a job that SLURM requeued (`restarts` > 0) continues from its last.ckpt
-    unasked."""
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
-    if ckpt_path is None and restarts and last.is_file():
-        log.info(f"requeued by SLURM (restart {restarts}): resuming from {last}")
-        return last, read(last)["global_step"]
-    if ckpt_path is None:
+    checkpoints/last.ckpt); a job that SLURM requeued (`restarts` > 0) continues from its last.ckpt unasked,
+    or, when that is unreadable, from the newest intact checkpoint beside it."""
+    folder = Path(output_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    if ckpt_path is None and not restarts:
         return None, 0
-    path = last if ckpt_path == "last" else Path(ckpt_path)
-    if ckpt_path == "last" and not path.is_file():
-        raise CheckpointError(
-            f"ckpt_path=last is not allowed: no checkpoint at {path}; "
-            "to resume a run pass its folder and `last`: hydra.run.dir=<run dir> ckpt_path=last"
+    if ckpt_path is not None and ckpt_path != "last":
+        checkpoint = read(ckpt_path, kinds=(kind_,))
+        expect(checkpoint, ckpt_path, (kind_,))
+        return Path(ckpt_path), checkpoint["global_step"]
+    checkpoint, problem = _checked(last, kind_)
+    if checkpoint is not None:
+        if restarts and ckpt_path is None:
+            log.info(f"requeued by SLURM (restart {restarts}): resuming from {last}")
+        return last, checkpoint["global_step"]
+    other, step = newest_intact(folder, kind_)
+    if ckpt_path == "last":  # a person asked: say which file to pass, and let them choose
+        hint = (
+            f"resume from {other.name} beside it (step {step}; the steps since are lost) with "
+            f"hydra.run.dir={output_dir} ckpt_path={other}"
+            if other
+            else "to resume a run pass its folder and `last`: hydra.run.dir=<run dir> ckpt_path=last"
         )
-    checkpoint = read(path, kinds=(kind_,))
-    expect(checkpoint, path, (kind_,))
-    return path, checkpoint["global_step"]
+        raise CheckpointError(f"ckpt_path=last is not allowed: {problem}; {hint}")
+    if other is None:  # requeued before its first checkpoint: it starts again, as it first did
+        if last.exists():
+            log.warning(
+                f"requeued by SLURM (restart {restarts}): {problem}, and no intact checkpoint beside it"
+            )
+        return None, 0
+    log.warning(
+        f"requeued by SLURM (restart {restarts}): {problem}; resuming from {other} (step {step}) instead, "
+        "the steps since are trained again"
+    )
+    return other, step
+
+
+def newest_intact(folder: Path, kind_: str) -> tuple[Path | None, int]:
+    """The `kind_` checkpoint in `folder` with the most steps that reads whole, and its step; or (None, 0)."""
+    newest: tuple[Path | None, int] = (None, -1)
+    for path in sorted(folder.glob("*.ckpt")):
+        checkpoint, _ = _checked(path, kind_)
+        if checkpoint is not None and checkpoint["global_step"] > newest[1]:
+            newest = (path, checkpoint["global_step"])
+    return newest if newest[0] else (None, 0)
+
+
+def _checked(path: Path, kind_: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the checkpoint, None) if `path` reads as a `kind_` checkpoint, else (None, what is wrong)."""
+    if not path.is_file():
+        return None, f"no checkpoint at {path}"
+    try:
+        checkpoint = read(path, kinds=(kind_,))
+        expect(checkpoint, path, (kind_,))
+    except CheckpointError as error:  # "<key>=<path> is not allowed: <what>; expected ...": keep <what>
+        return None, f"{path}: {str(error).split(' is not allowed: ', 1)[1].split('; expected')[0]}"
+    return checkpoint, None
 
 
 def model_kind(module) -> str:

@@ -25,12 +25,18 @@ class CheckpointError(Error):
     """A file that is not a checkpoint of the kind asked for: the message says what to pass instead."""
 
 
+class WriteError(Error):
+    """A file could not be written (a full disk, a read-only folder): the message names the file, the OS's
+    error and the free space there; the file before it, if any, is still whole."""
+
+
 class NonFiniteLossError(Error, FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the loss parts."""
 
 
 class Interrupted(Error):
-    """Training stopped by a signal; last.ckpt holds the state to resume from."""
+    """Training stopped from outside (a signal, another rank's end); last.ckpt holds the state to resume
+    from."""
 
 
 def one_line_errors(main: Callable) -> Callable:

@@ -4,12 +4,16 @@ at the end of a multirun one table of every job's results in the sweep dir."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from cvae_lightning import files
+from cvae_lightning.errors import WriteError
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,16 @@ class SweepSummary(Callback):
         if not rows:
             log.warning(f"no finished runs under {sweep_dir}: no summary written")
             return
-        with open(sweep_dir / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        csv_text = io.StringIO(newline="")
+        writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
         table = to_markdown(rows)
-        (sweep_dir / "summary.md").write_text(table)
+        try:
+            files.write_text(sweep_dir / "summary.csv", csv_text.getvalue())
+            files.write_text(sweep_dir / "summary.md", table)
+        except WriteError as error:
+            raise SystemExit(f"error: {error}") from None
         log.info(f"sweep summary ({sweep_dir / 'summary.md'}):\n{table}")
         failed = [row for row in rows if row["status"] != "completed"]
         if failed:

@@ -15,6 +15,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from cvae_lightning import files
 from cvae_lightning.classifier import Classifier, ClassifierFeatures
 from cvae_lightning.data import NUM_CLASSES, InMemoryLoader
 from cvae_lightning.errors import ConfigError, check_bool, check_int
@@ -260,8 +261,8 @@ def write_report(metrics: dict, out_dir: str | Path, title: str = "") -> list[Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     confusion = metrics.pop("_confusion_metric", None)
     written = [out_dir / "metrics.json", out_dir / "metrics.md"]
-    written[0].write_text(json.dumps(metrics, indent=2) + "\n")
-    written[1].write_text(markdown(metrics, title))
+    files.write_text(written[0], json.dumps(metrics, indent=2) + "\n")
+    files.write_text(written[1], markdown(metrics, title))
     if confusion is not None:
         import matplotlib
 

@@ -16,13 +16,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning import checkpoints, compat, slurm
+from cvae_lightning import checkpoints, compat, files, slurm
 from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
 from cvae_lightning.config import build, validate
-from cvae_lightning.errors import Error, Interrupted
+from cvae_lightning.errors import Error, Interrupted, WriteError
 from cvae_lightning.process import in_multirun, one_job_per_ddp_launch, process_settings
 
 log = logging.getLogger(__name__)
+
+# what a collective raises (gloo) on the ranks left when another process of the run has ended
+PEER_ENDED = "by peer"
 
 # the HPARAMS tab's columns after a run's own overrides: what tells runs apart, no plumbing
 KEY_HPARAMS = (
@@ -70,8 +73,11 @@ def train(cfg: DictConfig) -> float | None:
             raise
         overrides = list(HydraConfig.get().overrides.task)
         failed = {"overrides": overrides, "status": "failed", "error": str(error)}
-        Path(cfg.paths.output_dir, "results.json").write_text(json.dumps(failed, indent=2))
         log.error(f"error: {error}")
+        try:
+            files.write_text(Path(cfg.paths.output_dir, "results.json"), json.dumps(failed, indent=2))
+        except WriteError as unwritten:  # a full disk: the sweep summary will miss this job, its log says why
+            log.error(f"error: {unwritten}")
         return None
 
 
@@ -90,13 +96,15 @@ def _train(cfg: DictConfig) -> float | None:
     purge = {"purge_step": step + 1} if ckpt_path else {}
     # under SLURM, Lightning's own auto-requeue (a checkpoint mid-step on SIGUSR1) stays off: the project's
     # requeue (callbacks.checkpoint_on_interrupt) stops at the end of a step, so the job resumes exactly
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    plugins = list(build(cfg.trainer.get("plugins") or [], "trainer.plugins"))
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer: L.Trainer = build(
         cfg.trainer,
         "trainer",
         callbacks=build_group(cfg.get("callbacks"), "callbacks"),
         logger=build_group(cfg.get("logger"), "logger", **purge),
-        plugins=plugins,
+        plugins=plugins or None,
     )
     batch, processes = cfg.data.batch_size, trainer.world_size
     rank_zero_info(
@@ -105,8 +113,18 @@ def _train(cfg: DictConfig) -> float | None:
     )
 
     start = time.perf_counter()
+    resume = f"resume with the same overrides plus hydra.run.dir={cfg.paths.output_dir} ckpt_path=last"
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except WriteError as error:  # the checkpoints before it are whole: the run goes on from them
+        raise WriteError(f"{error}; the checkpoints before it are whole: free space, then {resume}") from None
+    except RuntimeError as error:  # its own reason is the other rank's one line, not this rank's traceback
+        if trainer.world_size > 1 and PEER_ENDED in str(error):
+            rank = trainer.global_rank
+            raise Interrupted(
+                f"rank {rank} stopped: another process of this run ended first (its error says why)"
+            ) from None
+        raise
     except SIGTERMException:
         interrupt = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
         stopped_by = slurm.requeue_signal() or "SIGTERM"
@@ -115,10 +133,7 @@ def _train(cfg: DictConfig) -> float | None:
                 f"stopped by {stopped_by} at step {trainer.global_step}; SLURM job {slurm.job_id()} requeued "
                 f"(restart {slurm.restarts() + 1}): it resumes from its run dir's checkpoints/last.ckpt"
             ) from None
-        raise Interrupted(
-            f"stopped by {stopped_by} at step {trainer.global_step}; resume with the same overrides plus "
-            f"hydra.run.dir={cfg.paths.output_dir} ckpt_path=last"
-        ) from None
+        raise Interrupted(f"stopped by {stopped_by} at step {trainer.global_step}; {resume}") from None
     fit_seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
 
@@ -140,7 +155,7 @@ def _train(cfg: DictConfig) -> float | None:
         "best_checkpoint": best,
     }
     if trainer.is_global_zero:
-        Path(cfg.paths.output_dir, "results.json").write_text(json.dumps(results, indent=2))
+        files.write_text(Path(cfg.paths.output_dir, "results.json"), json.dumps(results, indent=2))
         log.info("results: " + json.dumps(results))
     hparams = hparams_for_tensorboard(cfg, overrides)
     hparam_metrics = {f"hparams/{k}": v for k, v in results["metrics"].items()}

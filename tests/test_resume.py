@@ -185,6 +185,7 @@ def test_an_interrupt_writes_last_ckpt_only_where_a_resume_is_exact(tmp_path, st
     trainer = SimpleNamespace(
         state=SimpleNamespace(fn="fit", stage=RunningStage(stage)),
         global_step=5,
+        world_size=1,
         is_global_zero=True,
         save_checkpoint=mock.Mock(),
     )

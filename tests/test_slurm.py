@@ -4,6 +4,8 @@ finish with the weights they would have had. Without a reachable SLURM these ski
 
 import csv
 import json
+import os
+import re
 import shutil
 import subprocess
 import threading
@@ -244,13 +246,26 @@ def test_a_failing_job_is_reported_and_the_others_complete(tmp_path):
     )
 
 
+def wait_until_held(job: str, timeout: float = 120) -> None:
+    """Returns once the requeued `job` waits to start again (its first run has ended)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        pending = subprocess.run(["squeue", "-h", "-j", job, "-o", "%t %r"], capture_output=True, text=True)
+        if pending.stdout.strip() == "PD BeginTime":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} was not requeued within {timeout} s")
+
+
 @pytest.mark.slurm
 @needs_slurm
-@pytest.mark.parametrize("how", ["preempted", "time limit"])
+@pytest.mark.parametrize("how", ["preempted", "time limit", "preempted, last.ckpt unreadable"])
 def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path, how):
     """Preempted: `scontrol requeue` mid-epoch 2 (SIGTERM, then the job runs again). Time limit: SLURM
     sends SIGUSR2 `signal_delay_s` before it, the job saves and requeues itself. Either way the job
-    continues in its own folder from last.ckpt and ends bit-identical to the same job never interrupted."""
+    continues in its own folder from last.ckpt and ends bit-identical to the same job never interrupted.
+    With last.ckpt cut short while the job waited (a copy killed midway), it continues from the newest
+    intact epoch_NNN.ckpt instead, trains the steps since again, and still ends bit-identical."""
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     overrides = list(LONG_RUN)
     if how == "time limit":
@@ -272,18 +287,29 @@ def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path
     try:
         first = slurm_sweep(reference, *overrides, background=True)
         second = slurm_sweep(interrupted, *overrides, *limit, background=True)
-        if how == "preempted":
+        if how.startswith("preempted"):
             wait_for_checkpoint(interrupted, "0_*/checkpoints/last.ckpt", 50, second)  # within epoch 2
             (job,) = submitted_jobs(interrupted)
             subprocess.run(["scontrol", "requeue", job], check=True)
+        if how == "preempted, last.ckpt unreadable":
+            wait_until_held(job)  # ReleaseRequeued starts it again 5 s later
+            (last,) = interrupted.glob("0_*/checkpoints/last.ckpt")
+            os.truncate(last, last.stat().st_size // 3)
         for process in (first, second):
             assert process.wait(timeout=900) == 0, process.stderr.read()[-3000:]
     finally:
         release.done.set()
     (ref_run,), (run,) = job_dirs(reference), job_dirs(interrupted)
     log = (run / "train.log").read_text()
-    assert "requeued by SLURM (restart 1): resuming from" in log
-    stop = "stopped by SIGTERM" if how == "preempted" else "stopped by SIGUSR2"
+    if how == "preempted, last.ckpt unreadable":
+        assert re.search(
+            r"requeued by SLURM \(restart 1\): \S+/last.ckpt: not a readable checkpoint .*; resuming from "
+            r"\S+/checkpoints/epoch_\d{3}.ckpt \(step \d+\) instead, the steps since are trained again",
+            log,
+        ), log[-3000:]
+    else:
+        assert "requeued by SLURM (restart 1): resuming from" in log
+    stop = "stopped by SIGUSR2" if how == "time limit" else "stopped by SIGTERM"
     assert stop in logs(interrupted) or stop in log
     assert_same_state(final_weights(run), final_weights(ref_run))
     # one TensorBoard stream: every validation once, at the same steps and values as the reference's
@@ -311,7 +337,8 @@ def test_a_job_requeues_itself_at_most_max_requeues_times(monkeypatch, tmp_path)
     monkeypatch.setattr(resume.slurm, "requeue", lambda: requeued.append(resume.slurm.restarts()))
     callback = resume.CheckpointOnInterrupt(str(tmp_path), max_requeues=2)
     monkeypatch.setattr(resume.slurm, "requeue_signal", lambda: "SIGUSR2")  # as the handler records it
-    trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"), is_global_zero=True)  # nothing to save
+    # nothing to save
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"), is_global_zero=True, world_size=1)
     for restarts in range(4):
         monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
         callback.requeued = False

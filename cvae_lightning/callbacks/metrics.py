@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from cvae_lightning import files
 from cvae_lightning.data import NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -154,4 +155,4 @@ class NLLCurve(L.Callback):
                 "seconds": round(time.perf_counter() - self.started, 1),
                 "cpu_seconds": round(time.process_time() - self.cpu_started, 1),
             }
-            path.write_text(json.dumps([*points, point], indent=1) + "\n")
+            files.write_text(path, json.dumps([*points, point], indent=1) + "\n")

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cvae_lightning import checkpoints, compat, slurm
+from cvae_lightning.errors import WriteError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,14 @@ class CheckpointOnInterrupt(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self._save(trainer, pl_module)
+        # under DDP a save is collective: only a SIGTERM (or the requeue signal) stops every rank at the same
+        # step; after another exception the other ranks are elsewhere, or gone
+        collective = trainer.world_size == 1 or isinstance(exception, SIGTERMException)
+        if collective and not isinstance(exception, WriteError):  # a write that failed: the last one stays
+            try:
+                self._save(trainer, pl_module)
+            except WriteError as error:  # the last.ckpt before it is whole: resume (or requeue) from there
+                log.warning(f"no checkpoint written on interrupt: {error}")
         # requeued even when nothing new was saved (signalled while starting): nothing is lost
         if slurm.requeue_signal() and trainer.is_global_zero:
             if slurm.restarts() < self.max_requeues:

@@ -1,0 +1,92 @@
+"""Files that a reader sees whole or not at all, on any filesystem: checkpoints
+(checkpoints.AtomicCheckpointIO), results.json, metrics.json, the sweep summary. Each is written to a
+temporary file in the target's own folder, flushed and fsynced, then renamed over the target, and the folder
+fsynced: a kill or a full disk at any moment leaves the old file or the new one, never a part
+(docs/design.md says where rename is atomic)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from contextlib import suppress
+from pathlib import Path
+
+from cvae_lightning.errors import WriteError
+
+
+def temporary_name(path: Path) -> Path:
+    """A same-folder name no reader takes for the file: hidden, and ending in .tmp, not .ckpt or .json."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
+
+
+def leftovers(path: Path) -> list[Path]:
+    """Temporary files of `path` that a killed write left behind (one writer per file: rank zero's)."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """`path` holds `data`, whole, or is as it was; else a one-line WriteError and no partial file."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in leftovers(path):
+            old.unlink(missing_ok=True)
+        tmp = temporary_name(path)
+        # os.open with 0o666: the file gets the user's umask, as a plain open() would (mkstemp gives 0600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_folder(path.parent)
+    except OSError as error:
+        _remove(tmp)  # first: the free space reported is what is left without it
+        raise WriteError(why_not_written(path, error, len(data))) from None
+    finally:
+        _remove(tmp)
+
+
+def _remove(tmp: Path | None) -> None:
+    if tmp is not None:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def _fsync_folder(folder: Path) -> None:
+    """The rename itself on disk: a folder's entry survives a power loss only once the folder is synced."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:  # some filesystems (and all of Windows) cannot sync a folder: nothing to do
+        if error.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def why_not_written(path: Path, error: OSError, needed: int) -> str:
+    name = errno.errorcode.get(error.errno, "") if error.errno else ""
+    reason = f"{error.strerror or error}" + (f" ({name})" if name else "")
+    free = free_space(path.parent)
+    return f"could not write {path}: {reason}; {free} free in {path.parent}, {size(needed)} needed"
+
+
+def free_space(folder: Path) -> str:
+    folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # it may be what failed
+    try:
+        return size(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown space"
+
+
+def size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
