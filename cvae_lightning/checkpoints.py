@@ -61,7 +61,7 @@ def read(
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        reason = first_line(error)
+        reason = first_line(error).split(". ")[0]  # torch's first sentence; the rest is advice this replaces
         raise CheckpointError(
             f"{key}={path} is not allowed: not a readable checkpoint ({reason}); {expected}"
         ) from None

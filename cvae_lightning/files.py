@@ -44,17 +44,13 @@ def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
         os.replace(tmp, path)
         tmp = None
         _fsync_folder(path.parent)
-    except OSError as error:
-        _remove(tmp)  # first: the free space reported is what is left without it
-        raise WriteError(why_not_written(path, error, len(data))) from None
-    finally:
-        _remove(tmp)
-
-
-def _remove(tmp: Path | None) -> None:
-    if tmp is not None:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            with suppress(OSError):  # first: the free space reported is then what is left without it
+                tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise WriteError(why_not_written(path, error, len(data))) from None
+        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -121,34 +121,52 @@ def test_the_trainer_writes_through_it(tmp_path):
 
 KILLED_WRITER = """
 import sys, torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from cvae_lightning.checkpoints import AtomicCheckpointIO
-io, target = AtomicCheckpointIO(), sys.argv[1]
-for value in range(2, 10_000):  # 64 MB each, until killed
+io, target = (AtomicCheckpointIO if sys.argv[1] == "atomic" else TorchCheckpointIO)(), sys.argv[2]
+for value in range(1, 10_000):  # 64 MB each, until killed
     weights = {"w": torch.full((16_000_000,), float(value))}
     io.save_checkpoint({"state_dict": weights, "global_step": value}, target)
+    if value == 1:
+        print("written", flush=True)
 """
 
 
-def test_a_kill_mid_write_leaves_the_previous_checkpoint_whole(tmp_path):
-    target = tmp_path / "last.ckpt"
-    AtomicCheckpointIO().save_checkpoint(checkpoint(value=1.0), target)
-    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], cwd=ROOT)
-    try:
-        end = time.time() + 120
-        while not files.leftovers(target) and time.time() < end:  # a write under way
-            time.sleep(0.001)
-        time.sleep(0.005)
-    finally:
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
-    assert files.leftovers(target), "the writer was never caught mid-write"
-    saved = torch.load(target, weights_only=True)  # whole: the first file or one of the writer's
-    assert torch.equal(
-        saved["state_dict"]["w"], torch.full_like(saved["state_dict"]["w"], saved["global_step"])
-    )
-    # the next write clears what the killed one left; no reader takes a leftover for a checkpoint
-    AtomicCheckpointIO().save_checkpoint(checkpoint(value=3.0), target)
-    assert not files.leftovers(target) and [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]
+@pytest.mark.parametrize("writer", ["atomic", "lightning"])
+def test_a_kill_mid_write_leaves_the_previous_checkpoint_whole(tmp_path, writer):
+    """The run folder on another filesystem than the system temp folder (a tmpfs here): a writer killed while
+    it replaces the checkpoint. Negative control: Lightning's own writer, killed as it copies its temporary
+    file over the target, leaves it unreadable, so the test can fail."""
+    with tmpfs(tmp_path / "disk", 300_000_000) as disk:
+        target = disk / "last.ckpt"
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, writer, str(target)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout.readline() == "written\n"
+            whole = target.stat().st_size
+            end = time.time() + 120
+            # mid-write: the atomic writer's temporary file exists; Lightning's copy has cut the target short
+            while time.time() < end and not (files.leftovers(target) or target.stat().st_size < whole):
+                pass
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        if writer == "lightning":
+            assert target.stat().st_size < whole
+            with pytest.raises((RuntimeError, EOFError)):  # a cut zip, or nothing at all
+                torch.load(target, weights_only=True)
+            return
+        assert files.leftovers(target), "the writer was never caught mid-write"
+        saved = torch.load(target, weights_only=True)  # whole: the first file or a later one
+        weights = saved["state_dict"]["w"]
+        assert torch.equal(weights, torch.full_like(weights, saved["global_step"]))
+        # the next write clears what the killed one left; no reader takes a leftover for a checkpoint
+        AtomicCheckpointIO().save_checkpoint(checkpoint(value=3.0), target)
+        assert not files.leftovers(target) and [p.name for p in disk.glob("*.ckpt")] == ["last.ckpt"]
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
