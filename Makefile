@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-fast sweep tensorboard bench bench-gpu lint clean classifier evaluate generate slurm-up slurm-down
+.PHONY: install train test test-fast sweep tensorboard bench bench-gpu lint clean classifier evaluate generate export demo web browser slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,25 @@ evaluate: install $(CLASSIFIER)  ## metrics.json/.md beside CKPT (default: the n
 
 generate: install  ## a grid of digits from CKPT (ARGS="digits=[2,0,2,6] n=8 out=digits.png")
 	$(PY) generate.py ckpt_path=$(CKPT) $(ARGS)
+
+export: install  ## CKPT as ONNX graphs + model.json in logs/export, each checked against PyTorch (ARGS="out=DIR")
+	$(PY) export.py ckpt_path=$(CKPT) $(ARGS)
+
+DEMO ?= logs/demo
+PORT ?= 8000
+demo: install web $(CLASSIFIER)  ## the "pick a digit" page for CKPT in $(DEMO), served on localhost:$(PORT)
+	$(PY) export.py ckpt_path=$(CKPT) out=$(DEMO) page=true $(ARGS)
+	@echo "the page: http://127.0.0.1:$(PORT)/  (a static folder: $(DEMO); Ctrl-C stops the server)"
+	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory $(DEMO)
+
+web: web/node_modules/.package-lock.json  ## onnxruntime-web for the page, as pinned in web/package-lock.json
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund
+
+browser: web  ## Debian's Chromium for the page's tests (root; apt-get), and onnxruntime-web
+	command -v chromium >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 test: install  ## the whole suite, slow end-to-end tests included
 	$(PY) -m pytest $(ARGS)
