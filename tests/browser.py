@@ -80,6 +80,7 @@ def screenshot(site: Path, out: Path) -> None:
 
 def draw_stroke(page, points=((0.55, 0.2), (0.5, 0.5), (0.45, 0.8))) -> None:
     """A stroke through `points` (fractions of the drawing pad), drawn with the mouse."""
+    page.locator("#pad").scroll_into_view_if_needed()  # the mouse reaches what the viewport shows
     box = page.locator("#pad").bounding_box()
     xy = [(box["x"] + u * box["width"], box["y"] + v * box["height"]) for u, v in points]
     page.mouse.move(*xy[0])

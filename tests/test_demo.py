@@ -219,3 +219,32 @@ def test_page_true_without_npm_install_is_one_line(tiny_checkpoints, tmp_path, m
     shutil.copytree(WEB, tmp_path / "web", ignore=shutil.ignore_patterns("node_modules"))
     with pytest.raises(ConfigError, match=r"page=true is not allowed yet: .* is missing; run `make web`"):
         export.assemble_page(tmp_path / "site")
+
+
+@needs_browser
+@pytest.mark.parametrize("kind", ["cvae", "vae"])
+def test_the_page_of_a_2d_model_shows_its_plane_and_a_vae_has_no_digits_to_pick(
+    tiny_checkpoints, tmp_path, kind
+):
+    """The tiny checkpoints (3 steps, latent_dim=2): what the page offers, not how good the digits are."""
+    assert_ran(run_script("export.py", f"ckpt_path={tiny_checkpoints[kind]}", f"out={tmp_path}", "page=true"))
+    with static_server(tmp_path) as address, browser_page() as page:
+        page.goto(address)
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+        assert grid_images(page, "#samples").shape == (16, 1, 28, 28)
+        if kind == "cvae":
+            assert page.locator("#digits button").count() == 10 and page.is_visible("#plane")
+            page.locator("#plane-pad").scroll_into_view_if_needed()
+            box = page.locator("#plane-pad").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 2)
+            page.wait_for_selector("#plane-view[data-columns='1']", state="attached")
+            assert grid_images(page, "#plane-view").shape == (1, 1, 28, 28)
+        else:
+            assert page.locator("#digits button").count() == 1 and page.is_visible("#plane")  # 2-D too
+            assert "you cannot choose which" in page.inner_text("#about")
+            page.click("#digits button")  # new samples
+            page.wait_for_selector("#samples[data-draws='2']", state="attached")
+            draw_stroke(page)
+            page.wait_for_selector("#styles[data-digits='1']", state="attached")
+            assert grid_images(page, "#styles").shape == (2, 1, 28, 28)  # the drawing, its reconstruction
+        assert page.errors == []
