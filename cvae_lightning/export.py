@@ -24,14 +24,18 @@ ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-thr
 WEB = Path(__file__).resolve().parents[1] / "web"
 
 
-class Sampler(nn.Module):
-    """(digit, noise, temperature) -> images in [0, 1]: z = mu_y + temperature * sigma_y * noise of the
-    prior p(z|y), decoded; `model.sample` as one graph."""
+class _Graph(nn.Module):
+    """A part of `model` to export; digits become one-hot rows by indexing an identity matrix (a Gather)."""
 
     def __init__(self, model: CVAE):
         super().__init__()
         self.model = model
         self.register_buffer("one_hot", torch.eye(max(model.n_labels, 1)))
+
+
+class Sampler(_Graph):
+    """(digit, noise, temperature) -> images in [0, 1]: z = mu_y + temperature * sigma_y * noise of the
+    prior p(z|y), decoded; `model.sample` as one graph."""
 
     def forward(self, digit: Tensor, noise: Tensor, temperature: Tensor) -> Tensor:
         return self.images(self.one_hot[digit], noise, temperature)
@@ -48,15 +52,10 @@ class UnconditionalSampler(Sampler):
         return self.images(None, noise, temperature)
 
 
-class Encoder(nn.Module):
+class Encoder(_Graph):
     """(image, digit) -> (mean of Q(z|x,y), style): the style is the mean in units of the prior p(z|y),
     (mu - mu_y) / sigma_y, which the sampler at temperature 1 decodes as any other digit in the same
     handwriting (generation.style_transfer)."""
-
-    def __init__(self, model: CVAE):
-        super().__init__()
-        self.model = model
-        self.register_buffer("one_hot", torch.eye(max(model.n_labels, 1)))
 
     def forward(self, image: Tensor, digit: Tensor) -> tuple[Tensor, Tensor]:
         return self.mean_and_style(image, self.one_hot[digit])

@@ -158,6 +158,14 @@ def read_hparams(log_dir: Path) -> dict:
     }
 
 
+def sweep_summary(sweep_dir: Path) -> list[dict]:
+    """The rows of a sweep's summary.csv (runs.SweepSummary), one per job."""
+    import csv
+
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     """Two checkpoints at the same step, with bit-identical weights and Adam moments."""
     assert a["global_step"] == b["global_step"]

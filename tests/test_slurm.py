@@ -2,7 +2,6 @@
 sweeps, DDP over tasks and nodes, a failing job, and jobs requeued by preemption or their time limit that
 finish with the weights they would have had. Without a reachable SLURM these skip; CI starts one."""
 
-import csv
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from tests.helpers import (
     composed,
     read_events,
     run_script,
+    sweep_summary,
     wait_for_checkpoint,
 )
 
@@ -84,11 +84,6 @@ def submitted_jobs(sweep_dir) -> list[str]:
 
 def logs(sweep_dir) -> str:
     return "".join(p.read_text() for p in sorted((sweep_dir / ".submitit").rglob("*_log.*")))
-
-
-def summary(sweep_dir) -> list[dict]:
-    with open(sweep_dir / "summary.csv") as f:
-        return list(csv.DictReader(f))
 
 
 class ReleaseRequeued(threading.Thread):
@@ -194,7 +189,7 @@ def test_a_sweep_runs_as_slurm_jobs(tmp_path):
     assert_ran(slurm_sweep(tmp_path, "model.latent_dim=2,4", *SHORT_RUN))
     runs = job_dirs(tmp_path)
     assert [run.name.split(",")[0] for run in runs] == ["0_model.latent_dim=2", "1_model.latent_dim=4"]
-    rows = summary(tmp_path)
+    rows = sweep_summary(tmp_path)
     assert sorted(row["overrides"] for row in rows) == ["model.latent_dim=2", "model.latent_dim=4"]
     assert {row["status"] for row in rows} == {"completed"}
     for run in runs:
@@ -234,7 +229,7 @@ def test_ddp_under_slurm_is_one_job_whose_tasks_are_the_ranks(tmp_path, layout):
 def test_a_failing_job_is_reported_and_the_others_complete(tmp_path):
     result = slurm_sweep(tmp_path, "model.latent_dim=0,2", *SHORT_RUN)
     assert_one_line_error(result, "1 of 2 jobs failed, e.g. job 0: model.latent_dim=0 is not allowed")
-    rows = {row["overrides"]: row for row in summary(tmp_path)}
+    rows = {row["overrides"]: row for row in sweep_summary(tmp_path)}
     assert (
         rows["model.latent_dim=2"]["status"] == "completed"
         and float(rows["model.latent_dim=2"]["val/nelbo"]) > 0
@@ -317,7 +312,7 @@ def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path
     assert [(e.step, e.value) for e in scalars["val/nelbo"]] == [
         (e.step, e.value) for e in ref_scalars["val/nelbo"]
     ]
-    assert len(summary(interrupted)) == 1  # counted once
+    assert len(sweep_summary(interrupted)) == 1  # counted once
 
 
 @pytest.mark.slurm

@@ -27,6 +27,7 @@ from tests.helpers import (
     composed,
     read_events,
     run_script,
+    sweep_summary,
 )
 
 # 3 epochs of 20 steps: an epoch's end writes epoch_NNN.ckpt (when val/nelbo improved) and last.ckpt
@@ -312,18 +313,11 @@ def test_in_a_sweep_the_job_that_does_not_fit_is_recorded_as_failed_and_the_othe
             "model.decoder.hidden_dims=[256,512],[16]", f"hydra.sweep.dir={disk}", timeout=300,
         )  # fmt: skip
         assert_one_line_error(result, "1 of 2 jobs failed, e.g. job 0: could not write")
-        rows = {row["overrides"]: row for row in _summary(disk)}
+        rows = {row["overrides"]: row for row in sweep_summary(disk)}
         failed = rows["model.decoder.hidden_dims=[256,512]"]
         assert failed["status"] == "failed" and "No space left on device (ENOSPC)" in failed["error"]
         assert rows["model.decoder.hidden_dims=[16]"]["status"] == "completed"
         assert not list(disk.rglob("*.tmp"))
-
-
-def _summary(sweep_dir):
-    import csv
-
-    with open(sweep_dir / "summary.csv") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.slow
