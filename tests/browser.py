@@ -66,11 +66,20 @@ def browser_page():
             browser.close()
 
 
-def screenshot(site: Path, out: Path) -> None:
-    """The page of `site` after a click on 7 and a drawn stroke, as a PNG."""
+@contextlib.contextmanager
+def served_page(site: Path, ready: bool = True):
+    """The page of `site`, served on localhost and open in headless Chromium; with `ready`, once its model
+    has loaded and its first samples are drawn."""
     with static_server(site) as address, browser_page() as page:
         page.goto(address)
-        page.wait_for_selector("body[data-ready=true]")
+        if ready:
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+        yield page
+
+
+def screenshot(site: Path, out: Path) -> None:
+    """The page of `site` after a click on 7 and a drawn stroke, as a PNG."""
+    with served_page(site) as page:
         page.click("#digits button[data-digit='7']")
         page.wait_for_selector("#samples[data-digit='7']")
         draw_stroke(page)

@@ -12,7 +12,7 @@ import torch
 
 from cvae_lightning import checkpoints
 from cvae_lightning.export import ORT_FILES, WEB, export_onnx
-from tests.browser import CHROMIUM, browser_page, draw_stroke, static_server
+from tests.browser import CHROMIUM, draw_stroke, served_page
 from tests.helpers import ROOT, assert_one_line_error, assert_ran, run_script, tiny_module
 
 CLASSIFIER = ROOT / "checkpoints" / "classifier.ckpt"
@@ -152,9 +152,7 @@ def grid_images(page, selector: str) -> torch.Tensor:
 @needs_browser
 def test_a_click_on_a_digit_draws_that_digit(site):
     folder, classifier = site
-    with static_server(folder) as address, browser_page() as page:
-        page.goto(address)
-        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+    with served_page(folder) as page:
         numbers = page.inner_text("#numbers")
         assert "CVAE, 20-D latent space · test −ELBO" in numbers and "at T=1" in numbers
         timings, draws = [], int(page.get_attribute("#samples", "data-draws"))  # the first digit's, on load
@@ -182,9 +180,7 @@ def test_a_click_on_a_digit_draws_that_digit(site):
 @needs_browser
 def test_a_drawn_stroke_comes_back_as_ten_digits(site):
     folder, classifier = site
-    with static_server(folder) as address, browser_page() as page:
-        page.goto(address)
-        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+    with served_page(folder) as page:
         draw_stroke(page)
         page.wait_for_selector("#styles[data-digits='10']", state="attached")
         drawing, *digits = grid_images(page, "#styles")
@@ -202,8 +198,7 @@ def test_the_page_says_so_when_the_model_files_are_missing(tmp_path):
     from cvae_lightning.export import assemble_page
 
     assemble_page(tmp_path)
-    with static_server(tmp_path) as address, browser_page() as page:
-        page.goto(address)
+    with served_page(tmp_path, ready=False) as page:
         page.wait_for_selector("#error:not([hidden])")
         message = page.inner_text("#error")
         assert message.startswith("The model files are missing: model/model.json could not be loaded (404)")
@@ -228,9 +223,7 @@ def test_the_page_of_a_2d_model_shows_its_plane_and_a_vae_has_no_digits_to_pick(
 ):
     """The tiny checkpoints (3 steps, latent_dim=2): what the page offers, not how good the digits are."""
     assert_ran(run_script("export.py", f"ckpt_path={tiny_checkpoints[kind]}", f"out={tmp_path}", "page=true"))
-    with static_server(tmp_path) as address, browser_page() as page:
-        page.goto(address)
-        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+    with served_page(tmp_path) as page:
         assert grid_images(page, "#samples").shape == (16, 1, 28, 28)
         if kind == "cvae":
             assert page.locator("#digits button").count() == 10 and page.is_visible("#plane")
