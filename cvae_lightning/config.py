@@ -1,6 +1,7 @@
 """Start-of-run checks that no single object can make: group choices, the trainer's values (Lightning's own
-messages span many lines), devices against this machine, and whether the model fits the callbacks. Each
-object checks its own arguments when it is built (`build`), with the same one-line message."""
+messages span many lines), devices against this machine, whether the model fits the callbacks and early
+stopping has a validation to watch. Each object checks its own arguments when it is built (`build`), with
+the same one-line message."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def validate(cfg: DictConfig) -> None:
             check_int(f"trainer.{key}", _select(cfg, f"trainer.{key}"), low)
     _check_devices(cfg)
     _check_model_fits_callbacks(cfg)
+    _check_early_stopping_validates(cfg)
 
 
 def _check_devices(cfg: DictConfig) -> None:
@@ -74,6 +76,19 @@ def _check_model_fits_callbacks(cfg: DictConfig) -> None:
         )
 
 
+def _check_early_stopping_validates(cfg: DictConfig) -> None:
+    """EarlyStopping on a val/ metric with no validation would fail after the first epoch, in many lines."""
+    if _select(cfg, "data.val_size") != 0 and _select(cfg, "trainer.limit_val_batches") != 0:
+        return
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        monitor = str((callback or {}).get("monitor"))
+        if str((callback or {}).get("_target_")).endswith(".EarlyStopping") and monitor.startswith("val/"):
+            raise ConfigError(
+                f"callbacks.{name} is not allowed without validation (data.val_size=0 or "
+                f"trainer.limit_val_batches=0): it monitors {monitor}; expected a validation set or no {name}"
+            )
+
+
 def build(node, key: str, **kwargs):
     """`hydra.utils.instantiate(node, **kwargs)`, a `_partial_` node called at once (an optimizer given its
     parameters), with the object's own one-line error (or the library's first line, named by `key`) instead
@@ -101,7 +116,8 @@ def build(node, key: str, **kwargs):
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:
-    """Refuses `group=name` overrides (sweeps too) naming no config in `conf_dir/group/`.
+    """Refuses `group=name` overrides (sweeps too) naming no config in `conf_dir/group/`, and lists that
+    select several configs of a group (`callbacks=[default,early_stopping]`) naming one that is not there.
 
     Hydra would also refuse them, but with a multi-line composition report; this says it in one line.
     """
@@ -119,12 +135,16 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> None:
         # hydra/* groups also come from plugins (hydra/launcher=submitit_local): Hydra checks those itself
         if override.is_delete() or not group.is_dir() or override.key_or_group.startswith("hydra"):
             continue
-        values = (
-            list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        )
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         choices = sorted(p.stem for p in group.glob("*.yaml"))
         for value in values:
-            if value is not None and str(value) not in choices:
-                raise ConfigError(
-                    f"{override.key_or_group}={value} is not allowed: expected one of {', '.join(choices)}"
-                )
+            names = value if isinstance(value, list) else [value]
+            bad = next((str(name) for name in names if name is not None and str(name) not in choices), None)
+            if bad is None:
+                continue
+            shown = f"[{','.join(map(str, value))}]" if isinstance(value, list) else bad
+            raise ConfigError(
+                f"{override.key_or_group}={shown} is not allowed: "
+                + (f"{bad} is not one of " if isinstance(value, list) else "expected one of ")
+                + ", ".join(choices)
+            )

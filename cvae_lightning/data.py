@@ -237,7 +237,8 @@ class MNISTDataModule(L.LightningDataModule):
             labels.to(device),
             # validation and test need no gradients: larger batches, fewer steps and `self.log` calls
             self.hparams.batch_size if train else self.hparams.eval_batch_size,
-            shuffle=train,
+            # overfit_batches: the same batches every epoch (Lightning can unshuffle only a DataLoader)
+            shuffle=train and not (trainer and trainer.overfit_batches),
             seed=self.hparams.shuffle_seed,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,

@@ -1,5 +1,6 @@
-"""Hydra's run and sweep folders: refused in one line when they cannot be made, a sweep job's name, and
-at the end of a multirun one table of every job's results in the sweep dir."""
+"""Hydra's run and sweep folders: refused in one line when they cannot be made, a sweep job's name, the
+composed config as a tree at the start of every job (and in its folder), and at the end of a multirun one
+table of every job's results in the sweep dir."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import csv
 import io
 import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
+import rich
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.tree import Tree
 
 from cvae_lightning import files
-from cvae_lightning.errors import WriteError
+from cvae_lightning.errors import WriteError, refuse
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +131,73 @@ def run_name(num, overrides: str) -> str:
     (hydra.job.override_dirname), without '/' and cut short (a folder name holds at most 255 bytes)."""
     name = f"{num}_{overrides}".replace("/", "_") if overrides else str(num)
     return name if len(name) <= 120 else name[:117] + "..."
+
+
+# the config tree's top-level keys in this order, then the others as composed
+TREE_ORDER = ("data", "model", "callbacks", "logger", "trainer", "paths", "extras")
+# what gives a process its rank: torchrun (RANK), Lightning's DDP launcher, which reruns train.py for the
+# other ranks (LOCAL_RANK, NODE_RANK), and SLURM, which starts one train.py per task (SLURM_PROCID)
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def is_global_rank_zero() -> bool:
+    """Whether this process is a run's first, before Lightning knows the ranks."""
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
+
+
+def resolved(node: Any, key: Any) -> Any:
+    """`node[key]` as plain data: each interpolation resolved where it can be, and shown as written where it
+    cannot (a missing key, an unset environment variable), so that the run itself reports it."""
+    try:
+        value = node[key]
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(node, resolve=False)[key]
+    if not OmegaConf.is_config(value):
+        return value
+    if OmegaConf.is_dict(value):
+        return {k: resolved(value, k) for k in value}
+    return [resolved(value, i) for i in range(len(value))]
+
+
+def config_tree(config: DictConfig) -> Tree:
+    """The task's config (without `hydra`) as YAML: a branch per group, TREE_ORDER's first, then the rest
+    (top-level values as one line each)."""
+    fields = [k for k in TREE_ORDER if k in config] + [k for k in config if k not in (*TREE_ORDER, "hydra")]
+    tree = Tree("CONFIG", style="dim", guide_style="dim")
+    for field in fields:
+        value = resolved(config, field)
+        group = isinstance(value, dict | list)
+        text = OmegaConf.to_yaml(value if group else {field: value}).rstrip()
+        # wrapped rather than cropped at the terminal's width
+        syntax = Syntax(text, "yaml", word_wrap=True, background_color="default")
+        (tree.add(field, style="dim", guide_style="dim") if group else tree).add(syntax)
+    return tree
+
+
+def plain_text(tree: Tree) -> str:
+    """The tree without colours, wide enough that no line is wrapped, without trailing spaces."""
+    console = Console(file=io.StringIO(), width=1000, color_system=None)
+    console.print(tree)
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
+
+
+class ConfigTree(Callback):
+    """Prints the composed config as a tree at the start of every job (a sweep's too), on the first process
+    only, and writes it without colours to config_tree.log in the job's folder; `extras.print_config=false`
+    turns both off."""
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        enabled = OmegaConf.select(config, "extras.print_config", default=True)
+        if not isinstance(enabled, bool):
+            raise SystemExit(f"error: {refuse('extras.print_config', enabled, 'true or false')}")
+        if not (enabled and is_global_rank_zero()):
+            return
+        tree = config_tree(config)
+        rich.print(tree)
+        try:
+            files.write_text(Path(config.hydra.runtime.output_dir, "config_tree.log"), plain_text(tree))
+        except WriteError as error:
+            raise SystemExit(f"error: {error}") from None
 
 
 # Registered on import: Hydra instantiates the callbacks of conf/hydra/default.yaml (this module's
