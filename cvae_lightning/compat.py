@@ -34,6 +34,11 @@ def tensorboard_file_writer(writer: Any):
     return writer._get_file_writer()
 
 
+def logger_experiment(logger) -> Any:
+    """A Lightning logger's experiment object if it has made one, else None (without making one)."""
+    return logger._experiment
+
+
 def hydra_args_parser():
     """Hydra's own command-line parser (it separates flags such as -m from the overrides)."""
     from hydra._internal.utils import get_args_parser

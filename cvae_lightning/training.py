@@ -11,15 +11,15 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning import checkpoints, compat, files, slurm
+from cvae_lightning import checkpoints, files, loggers, slurm
 from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
 from cvae_lightning.config import build, validate
 from cvae_lightning.errors import Error, Interrupted, WriteError
+from cvae_lightning.loggers import build_loggers
 from cvae_lightning.process import in_multirun, one_job_per_ddp_launch, process_settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # what a collective raises (gloo) on the ranks left when another process of the run has ended
 PEER_ENDED = "by peer"
 
-# the HPARAMS tab's columns after a run's own overrides: what tells runs apart, no plumbing
+# what every logger shows as hyperparameters after a run's own overrides: what tells runs apart
 KEY_HPARAMS = (
     "model.latent_dim",
     "model.n_labels",
@@ -51,7 +51,7 @@ KEY_HPARAMS = (
 
 
 def build_group(group: DictConfig | None, key: str, **kwargs) -> list:
-    """Objects of a config group whose entries each have a `_target_` (callbacks, loggers)."""
+    """Objects of a config group whose entries each have a `_target_` (callbacks)."""
     entries = (group or {}).items()
     return [
         build(entry, f"{key}.{name}", **kwargs) for name, entry in entries if entry and "_target_" in entry
@@ -92,8 +92,6 @@ def _train(cfg: DictConfig) -> float | None:
     ckpt_path, step = checkpoints.resume_point(
         cfg.get("ckpt_path"), cfg.paths.output_dir, checkpoints.model_kind(model), slurm.restarts()
     )
-    # TensorBoard drops events logged after the checkpoint by the interrupted run, so the stream stays one
-    purge = {"purge_step": step + 1} if ckpt_path else {}
     # under SLURM, Lightning's own auto-requeue (a checkpoint mid-step on SIGUSR1) stays off: the project's
     # requeue (callbacks.checkpoint_on_interrupt) stops at the end of a step, so the job resumes exactly
     plugins = list(build(cfg.trainer.get("plugins") or [], "trainer.plugins"))
@@ -103,7 +101,7 @@ def _train(cfg: DictConfig) -> float | None:
         cfg.trainer,
         "trainer",
         callbacks=build_group(cfg.get("callbacks"), "callbacks"),
-        logger=build_group(cfg.get("logger"), "logger", **purge),
+        logger=build_loggers(cfg.get("logger"), cfg.paths.output_dir, step if ckpt_path else None),
         plugins=plugins or None,
     )
     batch, processes = cfg.data.batch_size, trainer.world_size
@@ -112,6 +110,16 @@ def _train(cfg: DictConfig) -> float | None:
         f"lr {OmegaConf.select(cfg, 'model.optimizer.lr')} (not rescaled)"
     )
 
+    run_loggers, status = trainer.loggers, "failed"
+    try:
+        metric = _fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
+        status = "success"
+        return metric
+    finally:  # a sweep's next job opens its own runs
+        loggers.close(run_loggers, status)
+
+
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt_path) -> float | None:
     start = time.perf_counter()
     resume = f"resume with the same overrides plus hydra.run.dir={cfg.paths.output_dir} ckpt_path=last"
     try:
@@ -138,10 +146,10 @@ def _train(cfg: DictConfig) -> float | None:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
 
     # validation and test metrics of the best checkpoint (the validation pass is not logged again)
-    loggers, trainer.loggers = trainer.loggers, []
+    run_loggers, trainer.loggers = trainer.loggers, []
     validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = validated[0] if validated else {}  # data.val_size=0: no validation set
-    trainer.loggers = loggers
+    trainer.loggers = run_loggers
     if cfg.get("test"):
         metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
 
@@ -157,26 +165,19 @@ def _train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         files.write_text(Path(cfg.paths.output_dir, "results.json"), json.dumps(results, indent=2))
         log.info("results: " + json.dumps(results))
-    hparams = hparams_for_tensorboard(cfg, overrides)
-    hparam_metrics = {f"hparams/{k}": v for k, v in results["metrics"].items()}
-    for logger in trainer.loggers:  # the HPARAMS tab: runs of a sweep side by side with their metrics
-        if isinstance(logger, TensorBoardLogger):
-            if trainer.is_global_zero:
-                compat.log_hparams_session(logger, hparams, hparam_metrics)
-        else:
-            logger.log_hyperparams(hparams, metrics=hparam_metrics)
-        # on disk now: TensorBoard's writer holds events back for up to 2 minutes, and exiting drops them
-        logger.finalize("success")
+        # a sweep's runs side by side with their metrics (TensorBoard's HPARAMS tab, W&B's, MLflow's tables)
+        hparam_metrics = {f"hparams/{k}": v for k, v in results["metrics"].items()}
+        loggers.log_hyperparameters(
+            trainer.loggers, key_hparams(cfg, overrides), hparam_metrics, trainer.global_step
+        )
     return results["metrics"].get(cfg.optimized_metric)
 
 
-def hparams_for_tensorboard(cfg: DictConfig, overrides: list[str]) -> dict[str, object]:
+def key_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, object]:
     """The run's own overrides first (a sweep's swept keys among them), then the key hyperparameters; no
     `_target_`, paths or other plumbing. Lists as text, so TensorBoard shows them as one value."""
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    keys = [
-        k for k in keys if OmegaConf.select(cfg, k, default=None) is not None and _shown_in_tensorboard(k)
-    ]
+    keys = [k for k in keys if OmegaConf.select(cfg, k, default=None) is not None and _is_hyperparameter(k)]
     hparams = {}
     for key in [*keys, *KEY_HPARAMS]:
         value = OmegaConf.select(cfg, key, default=None)
@@ -185,9 +186,9 @@ def hparams_for_tensorboard(cfg: DictConfig, overrides: list[str]) -> dict[str, 
     return hparams
 
 
-def _shown_in_tensorboard(key: str) -> bool:
+def _is_hyperparameter(key: str) -> bool:
     return not (
-        key.startswith(("paths.", "hydra.", "callbacks.", "logger."))
+        key.startswith(("paths.", "hydra.", "callbacks.", "logger.", "extras.", "debug"))
         or key.endswith("dir")
         or (key.endswith("_target_") and not key.startswith("model."))
     )

@@ -10,7 +10,6 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from cvae_lightning import MNISTDataModule
@@ -20,9 +19,9 @@ from cvae_lightning.callbacks.images import (
     Interpolation,
     LatentManifold,
     LatentProjector,
-    add_grayscale_image,
 )
 from cvae_lightning.callbacks.metrics import ActiveUnits, SampleAccuracy
+from cvae_lightning.loggers import log_image
 from cvae_lightning.model import gaussian_kl
 from tests.helpers import SHORT_RUN, assert_ran, mlp_cvae, read_events, run_script, tiny_module, tiny_trainer
 
@@ -43,8 +42,8 @@ def test_latent_manifold_is_skipped_for_other_latent_sizes(latent_dim):
     trainer = mock.MagicMock(sanity_checking=False, global_step=1)
     pl_module = mock.MagicMock(model=mlp_cvae(latent_dim=latent_dim))  # what the callback reads: .model
     with (
-        mock.patch("cvae_lightning.callbacks.images.tensorboard_writer", return_value=mock.MagicMock()),
-        mock.patch("cvae_lightning.callbacks.images.add_grayscale_image") as add,
+        mock.patch("cvae_lightning.callbacks.images.holds_images", return_value=True),
+        mock.patch("cvae_lightning.callbacks.images.log_image") as add,
         mock.patch.object(LatentManifold, "images", return_value=torch.zeros(4, 1, 28, 28)) as images,
     ):
         callback.on_validation_epoch_end(trainer, pl_module)
@@ -85,19 +84,19 @@ def test_an_image_logger_is_a_tag_and_a_picture():
             return torch.ones(4, 1, 28, 28)
 
     pl_module = tiny_module()
-    writer = mock.MagicMock()
     trainer = mock.MagicMock(sanity_checking=False, global_step=7)
     with (
-        mock.patch("cvae_lightning.callbacks.images.tensorboard_writer", return_value=writer),
-        mock.patch("cvae_lightning.callbacks.images.add_grayscale_image") as add,
+        mock.patch("cvae_lightning.callbacks.images.holds_images", return_value=True),
+        mock.patch("cvae_lightning.callbacks.images.log_image") as add,
     ):
         Blank().on_validation_epoch_end(trainer, pl_module)
     assert drawn_from == [pl_module.model, pl_module.model] and pl_module.training
-    (_, tag, grid), kwargs = add.call_args
+    (loggers, tag, grid), kwargs = add.call_args
     assert (
-        tag == "samples/blank"
+        loggers is trainer.loggers
+        and tag == "samples/blank"
         and grid.shape == (1, 2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
-        and kwargs["global_step"] == 7
+        and kwargs["step"] == 7
     )
 
 
@@ -105,10 +104,10 @@ def test_grayscale_images_read_back_as_add_image_shows_them(tmp_path):
     """TensorBoard reads the grayscale PNG summary as it reads add_image's: the same tag, step and size,
     and the same pixels (to within add_image's truncation of x * 255)."""
     grid = make_grid(torch.rand(12, 1, 28, 28), nrow=4, pad_value=1.0)
-    writer = SummaryWriter(tmp_path)
-    add_grayscale_image(writer, "ours", grid[:1], global_step=7)
-    writer.add_image("add_image", grid, global_step=7)
-    writer.close()
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    log_image([logger], "ours", grid[:1], step=7)
+    logger.experiment.add_image("add_image", grid, global_step=7)
+    logger.finalize("success")
     _, images = read_events(tmp_path)
     ours, reference = images["ours"][-1], images["add_image"][-1]
     assert ours.step == reference.step == 7

@@ -1,21 +1,17 @@
-"""The image grids logged to TensorBoard at the end of every validation epoch, and the latent codes in its
-projector at the end of training (rank zero only)."""
+"""The image grids logged at the end of every validation epoch, to every logger that holds images, and the
+latent codes in TensorBoard's projector at the end of training (rank zero only)."""
 
 from __future__ import annotations
-
-import io
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torchvision.utils import make_grid
 
-from cvae_lightning import compat
 from cvae_lightning.data import NUM_CLASSES
 from cvae_lightning.generation import lerp, style_transfer
+from cvae_lightning.loggers import holds_images, log_image
 from cvae_lightning.model import CVAE
 
 
@@ -25,21 +21,6 @@ def tensorboard_writer(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def add_grayscale_image(writer, tag: str, image: torch.Tensor, global_step: int) -> None:
-    """`writer.add_image` for a one-channel image in [0, 1] (C=1, H, W), as a grayscale PNG.
-
-    The same image summary that `add_image` writes, without its conversion to RGB, its same-size LANCZOS
-    resize and its slow PNG compression level (bench/README.md has the cost of each).
-    """
-    pixels = image[0].mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-    png = io.BytesIO()
-    Image.fromarray(pixels).save(png, format="PNG", compress_level=1)
-    height, width = pixels.shape
-    encoded = Summary.Image(height=height, width=width, colorspace=1, encoded_image_string=png.getvalue())
-    summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
-    compat.tensorboard_file_writer(writer).add_summary(summary, global_step)
 
 
 class ImageLogger(L.Callback):
@@ -58,14 +39,13 @@ class ImageLogger(L.Callback):
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None or trainer.sanity_checking or not self.applies(pl_module.model):
+        if not holds_images(trainer.loggers) or trainer.sanity_checking or not self.applies(pl_module.model):
             return
         was_training = pl_module.training
         pl_module.eval()
         grid = make_grid(self.images(trainer, pl_module.model).float().cpu(), nrow=self.nrow, pad_value=1.0)
         pl_module.train(was_training)
-        add_grayscale_image(writer, self.tag, grid[:1], global_step=trainer.global_step)
+        log_image(trainer.loggers, self.tag, grid[:1], step=trainer.global_step)
 
 
 def _validation_batch(trainer: L.Trainer, n: int):

@@ -1,0 +1,301 @@
+"""Every logger of conf/logger/ gets the scalars, the hyperparameters and the image grids, read back with its
+own reader; a resumed run continues the same run in each; a missing package is one line naming the extra."""
+
+import csv
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.helpers import (
+    ROOT,
+    SHORT_RUN,
+    assert_one_line_error,
+    assert_ran,
+    composed,
+    read_events,
+    read_hparams,
+    run_script,
+    sweep_summary,
+    wait_for_checkpoint,
+    wandb_history,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+# 2 epochs of 6 batches, every grid after each validation, train/* every 2 steps
+RUN = [*SHORT_RUN, "trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.log_every_n_steps=2"]
+
+
+def csv_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """metrics.csv of the CSV logger: key -> [(step, value)] in file order."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    series = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != "step" and value != "":
+                series.setdefault(key, []).append((int(row["step"]), float(value)))
+    return series
+
+
+def wandb_runs(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def wandb_metrics(run_file: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of an offline W&B run: key -> [(trainer/global_step, value)] in logged order."""
+    series = {}
+    for row in wandb_history(run_file):
+        for key, value in row.items():
+            if "/" in key and isinstance(value, int | float) and not key.startswith("trainer/"):
+                series.setdefault(key, []).append((row["trainer/global_step"], value))
+    return series
+
+
+def mlflow_run(log_dir: Path, run_dir: Path | None = None):
+    """(client, runs) of the MLflow store under log_dir, newest first, only run_dir's if given."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{log_dir}/mlflow.db")
+    experiment = client.get_experiment_by_name("train")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    return client, [r for r in runs if run_dir is None or r.data.tags["run_dir"] == str(run_dir)]
+
+
+def mlflow_metrics(client, run) -> dict[str, list[tuple[int, float]]]:
+    return {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        for key in run.data.metrics
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str, server: subprocess.Popen, timeout: float = 120) -> dict:
+    """GET url as JSON, waiting while the server starts."""
+    end = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.loads(response.read())
+        except OSError:
+            assert server.poll() is None and time.time() < end, (
+                server.stderr.read()[-3000:] if server.poll() else url
+            )
+            time.sleep(0.5)
+
+
+def assert_one_grayscale_png(path: Path) -> None:
+    image = Image.open(path)
+    assert image.mode == "L" and image.width > 28 and image.height > 28, (path, image.mode, image.size)
+
+
+@pytest.mark.slow
+def test_each_logger_holds_scalars_hyperparameters_and_images(tmp_path, data_dir):
+    """logger=many: TensorBoard, CSV, W&B (offline) and MLflow (local store) in one run, each read back."""
+    run_dir, log_dir = tmp_path / "run", tmp_path / "logs"
+    assert_ran(
+        run_script("train.py", *RUN, "logger=many", f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}")
+    )
+    scalars, images = read_events(run_dir)
+    assert {"val/nelbo", "train/nelbo", "test/nelbo"} <= set(scalars) and "samples/generated" in images
+    assert read_hparams(run_dir)["model.latent_dim"] == 20
+
+    # CSV: the curves, hparams.yaml, and each grid as a PNG per validation epoch (steps 6 and 12)
+    series = csv_metrics(run_dir)
+    assert [step for step, _ in series["val/nelbo"]] == [e.step for e in scalars["val/nelbo"]]
+    assert series["test/nelbo"][0][1] == pytest.approx(scalars["test/nelbo"][0].value)
+    assert "model.latent_dim: 20" in (run_dir / "csv" / "hparams.yaml").read_text()
+    pngs = sorted((run_dir / "csv" / "images" / "samples" / "generated").glob("*.png"))
+    assert [p.name for p in pngs] == ["step_000006.png", "step_000012.png"]
+    assert_one_grayscale_png(pngs[-1])
+
+    # W&B: one offline run named as the run folder, its history, config and image files
+    (run_file,) = wandb_runs(run_dir)
+    history = wandb_history(run_file)
+    assert [v for _, v in wandb_metrics(run_file)["val/nelbo"]] == [e.value for e in scalars["val/nelbo"]]
+    grids = [row for row in history if row.get("samples/generated/_type") == "images/separated"]
+    assert [row["trainer/global_step"] for row in grids] == [6, 12]
+    assert_one_grayscale_png(run_file.parent / "files" / grids[-1]["samples/generated/filenames"][0])
+    assert "model.latent_dim" in run_file.read_bytes().decode("latin-1")  # in the config record
+
+    # MLflow: one finished run, tagged with the run folder, with params, metrics and image artifacts
+    client, (run,) = mlflow_run(log_dir)
+    assert (
+        run.info.status == "FINISHED"
+        and run.info.run_name == "run"
+        and run.data.params["model.latent_dim"] == "20"
+    )
+    assert [v for _, v in mlflow_metrics(client, run)["val/nelbo"]] == [e.value for e in scalars["val/nelbo"]]
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    # images/<key><sep>step<sep><step><sep>timestamp...: the separators differ between MLflow versions
+    generated = [a for a in artifacts if re.match(r"images/samples\Wgenerated\Wstep\W12\W.*\.png$", a)]
+    assert len(generated) == 1
+    assert_one_grayscale_png(Path(run.info.artifact_uri.removeprefix("file://"), generated[0]))
+
+    # ... and `mlflow ui` serves them: the metric's history and the image files
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{log_dir}/mlflow.db",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        api = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow"
+        history = get_json(f"{api}/metrics/get-history?run_id={run.info.run_id}&metric_key=val/nelbo", server)
+        assert [m["value"] for m in history["metrics"]] == [e.value for e in scalars["val/nelbo"]]
+        listed = get_json(f"{api}/artifacts/list?run_id={run.info.run_id}&path=images", server)
+        assert generated[0] in [f["path"] for f in listed["files"]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_sweep_summary_reads_its_numbers_whatever_the_logger(tmp_path, data_dir):
+    """A sweep with CSV and W&B only: the summary has each job's numbers, and each job has its own W&B run
+    (the previous job's run was ended, not reused) and its own metrics.csv."""
+    result = run_script(
+        "train.py", "-m", *RUN, "model.latent_dim=2,3", "logger=many", "~logger.tensorboard",
+        "~logger.mlflow", f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )  # fmt: skip
+    assert_ran(result)
+    rows = sweep_summary(tmp_path / "sweep")
+    assert sorted(row["overrides"] for row in rows) == ["model.latent_dim=2", "model.latent_dim=3"]
+    for row in rows:
+        job = next((tmp_path / "sweep").glob(f"{row['job']}_*"))
+        assert 0 < float(row["val/nelbo"]) < 1000
+        assert float(row["test/nelbo"]) == pytest.approx(csv_metrics(job)["test/nelbo"][0][1], rel=1e-6)
+        assert not list(job.glob("events.out.tfevents.*"))
+    ids = {run_file.name for job in (tmp_path / "sweep").glob("*_*") for run_file in wandb_runs(job)}
+    assert len(ids) == 2
+
+
+# 3 epochs of 6 batches, last.ckpt every 4 steps, into one MLflow store
+RESUMED = [
+    *RUN, "trainer.max_epochs=3", "logger=many",
+    "callbacks.last_checkpoint.train_time_interval=null", "callbacks.last_checkpoint.every_n_train_steps=4",
+]  # fmt: skip
+
+
+def logged_points(run_dir: Path, log_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """logger -> key -> [(step, value)] as each logger's own files hold them (W&B: all offline folders)."""
+    events, _ = read_events(run_dir)
+    client, (run,) = mlflow_run(log_dir, run_dir)
+    wandb = {}
+    for run_file in wandb_runs(run_dir):
+        for key, points in wandb_metrics(run_file).items():
+            wandb.setdefault(key, []).extend(points)
+    return {
+        "tensorboard": {key: [(e.step, e.value) for e in points] for key, points in events.items()},
+        "csv": csv_metrics(run_dir),
+        "wandb": wandb,
+        "mlflow": {k: v for k, v in mlflow_metrics(client, run).items() if not k.startswith("hparams/")},
+    }
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, data_dir):
+    log_dir = tmp_path_factory.mktemp("loggers")
+    assert_ran(
+        run_script("train.py", *RESUMED, f"paths.log_dir={log_dir}", f"hydra.run.dir={log_dir / 'whole'}")
+    )
+    return log_dir, logged_points(log_dir / "whole", log_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["terminated", "killed"])
+def test_a_resumed_run_continues_the_same_run_in_each_logger(whole_run, sig):
+    """Stopped after a checkpoint, then resumed with ckpt_path=last. SIGTERM (what a cluster sends) while
+    training: every logger holds exactly the uninterrupted run's points, W&B in one run (two offline folders,
+    one id), MLflow in one run. SIGKILL: TensorBoard and CSV still do (the points after the checkpoint are
+    dropped); MLflow holds every point, those between the checkpoint and the kill twice with the same value
+    (the resume is bit-exact); W&B holds every point from the checkpoint on, and loses what the killed
+    process had not written (docs/usage.md)."""
+    log_dir, expected = whole_run
+    run_dir = log_dir / f"resumed_{sig.name}"
+    overrides = [*RESUMED, f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}"]
+    process = run_script("train.py", *overrides, background=True)
+    wait_for_checkpoint(run_dir, "checkpoints/last.ckpt", 8, process, timeout=240)
+    if (
+        sig == signal.SIGKILL
+    ):  # a step or two on: a checkpoint is written before its step's scalars are logged
+        time.sleep(0.5)
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    checkpoint_step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert_ran(run_script("train.py", *overrides, "ckpt_path=last"))
+
+    logged = logged_points(run_dir, log_dir)
+    assert len({run_file.name for run_file in wandb_runs(run_dir)}) == 1 < len(wandb_runs(run_dir))
+    assert mlflow_run(log_dir, run_dir)[1][0].info.status == "FINISHED"
+    exact = ("tensorboard", "csv", "wandb", "mlflow") if sig == signal.SIGTERM else ("tensorboard", "csv")
+    for logger in exact:
+        assert logged[logger] == expected[logger], logger
+    if sig == signal.SIGKILL:
+        for key, points in expected["mlflow"].items():
+            assert set(logged["mlflow"][key]) == set(points), key
+            again = {point for point in points if logged["mlflow"][key].count(point) > points.count(point)}
+            assert all(step > checkpoint_step for step, _ in again), (key, checkpoint_step, again)
+        for key, points in expected["wandb"].items():
+            assert (
+                {p for p in points if p[0] > checkpoint_step} <= set(logged["wandb"][key]) <= set(points)
+            ), key
+
+
+@pytest.mark.slow
+def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path, data_dir):
+    """As where wandb is not installed: `logger=wandb` is refused before anything runs; `logger=many` leaves
+    W&B out, says so, and runs with the others."""
+    script = tmp_path / "train_without_wandb.py"
+    script.write_text(
+        "import runpy, sys\n"
+        "sys.modules['wandb'] = None  # what `import wandb` finds where it is not installed\n"
+        f"sys.argv[0] = {str(ROOT / 'train.py')!r}\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    refused = run_script(str(script), "logger=wandb", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert_one_line_error(
+        refused,
+        'logger.wandb is not allowed here: the wandb package is not installed; pip install -e ".[wandb]"',
+    )
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+
+    run_dir = tmp_path / "many"
+    ran = run_script(
+        str(script), *SHORT_RUN, "logger=many", f"paths.log_dir={tmp_path}", f"hydra.run.dir={run_dir}"
+    )
+    assert_ran(ran)
+    assert "logger.wandb left out: the wandb package is not installed" in (run_dir / "train.log").read_text()
+    assert not (run_dir / "wandb").exists() and "val/nelbo" in csv_metrics(run_dir)
+    assert mlflow_run(tmp_path, run_dir)[1]
+
+
+def test_logger_choices_compose():
+    for name, targets in {
+        "csv": ["cvae_lightning.loggers.CSVLogger"],
+        "wandb": ["lightning.pytorch.loggers.WandbLogger"],
+        "mlflow": ["lightning.pytorch.loggers.MLFlowLogger"],
+        "many": [
+            "lightning.pytorch.loggers.TensorBoardLogger",
+            "cvae_lightning.loggers.CSVLogger",
+            "lightning.pytorch.loggers.WandbLogger",
+            "lightning.pytorch.loggers.MLFlowLogger",
+        ],
+    }.items():
+        cfg = composed(f"logger={name}")
+        assert [entry._target_ for entry in cfg.logger.values()] == targets
+    assert composed("logger=wandb").logger.wandb.offline is True
