@@ -57,3 +57,22 @@ def log_hparams_session(logger, hparams: dict[str, Any], metrics: dict[str, floa
     writer = tensorboard_file_writer(logger.experiment)
     writer.add_summary(session_start)
     writer.add_summary(session_end)
+
+
+def continue_optuna_sweep(sweeper, n_trials: int, first_job_idx: int, sampler=None) -> None:
+    """The Hydra Optuna sweeper's next `sweep()` launches `n_trials` trials (it launches its config's n_trials
+    on every call, whatever its study already holds), numbers their jobs from `first_job_idx` (its `setup()`
+    starts at 0) and, if given, samples them with `sampler` instead of the one built from its config."""
+    impl = sweeper.sweeper  # OptunaSweeper.sweeper: the OptunaSweeperImpl that does the work
+    impl.n_trials = n_trials
+    impl.job_idx = first_job_idx
+    if sampler is not None:
+        impl.sampler = sampler
+
+
+def optuna_search_space(overrides: list[str]) -> dict[str, Any]:
+    """Parameter name -> the optuna distribution the Hydra Optuna sweeper samples it from, for these overrides
+    (its `params`, then the command line's); values that are not sweeps are left out."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    return create_params_from_overrides(overrides)[0]

@@ -93,3 +93,65 @@ def test_lightning_stops_at_the_end_of_the_step_as_for_sigterm():
     with pytest.raises(SIGTERMException):
         trainer.fit(StopInStep4())
     assert trainer.global_step == 4  # the step it was in, finished
+
+
+def test_the_optuna_sweeper_launches_the_trials_jobs_and_sampler_it_is_given(
+    hydra_sweep_runner, hydra_restore_singletons, tmp_path, monkeypatch
+):
+    """OptunaSweeper.sweeper (its OptunaSweeperImpl) and that object's n_trials, job_idx and sampler, read by
+    sweep() after setup() has run: set to 2 trials from job 7 with a seeded RandomSampler, a real sweep
+    launches jobs 7 and 8 (not its config's 5 from 0) with that sampler's params."""
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # scans (re-executes) the plugin modules: patched after it, the class is Hydra's
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    plain_sweep = OptunaSweeper.sweep
+
+    def continued(self, arguments):
+        sampler = optuna.samplers.RandomSampler(seed=0)
+        compat.continue_optuna_sweep(self, n_trials=2, first_job_idx=7, sampler=sampler)
+        return plain_sweep(self, arguments)
+
+    monkeypatch.setattr(OptunaSweeper, "sweep", continued)
+    launched = []
+
+    def job(cfg):
+        launched.append((HydraConfig.get().job.num, cfg.x))
+        return cfg.x
+
+    overrides = [
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=5",
+        "hydra.job.chdir=false",
+        "+x=interval(0, 1)",
+    ]
+    with hydra_sweep_runner(__file__, None, job, None, None, overrides, tmp_path):
+        assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["7", "8"]
+    expected = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = [
+        expected.ask({"x": optuna.distributions.UniformDistribution(0, 1)}).params["x"] for _ in range(2)
+    ]
+    assert launched == [(7, draws[0]), (8, draws[1])], (
+        "OptunaSweeperImpl.n_trials/job_idx/sampler not honoured"
+    )
+
+
+def test_the_optuna_sweepers_search_space_parser():
+    """hydra_plugins.hydra_optuna_sweeper._impl.create_params_from_overrides: sweeps as distributions."""
+    from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+
+    space = compat.optuna_search_space(["a=choice(2, 4)", "b=tag(log, interval(1e-4, 1e-2))", "c=3"])
+    assert space == {"a": CategoricalDistribution([2, 4]), "b": LogUniformDistribution(1e-4, 1e-2)}
+
+
+def test_a_loggers_experiment_is_read_without_making_one(tmp_path):
+    """Logger._experiment: None until the experiment is made (the CSV logger's writer, W&B's run), then it."""
+    from cvae_lightning.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    assert compat.logger_experiment(logger) is None and not (tmp_path / "csv").exists()
+    writer = logger.experiment
+    assert writer is not None and compat.logger_experiment(logger) is writer

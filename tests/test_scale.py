@@ -116,6 +116,7 @@ def test_optuna_search_runs_its_trials(tmp_path, data_dir):
         "hydra.sweeper.n_trials=2",
         *SHORT_RUN,
         f"hydra.sweep.dir={tmp_path}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",  # not the project's logs/optuna.db
     )
     assert_ran(result)
     best = (tmp_path / "optimization_results.yaml").read_text()

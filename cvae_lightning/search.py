@@ -1,0 +1,150 @@
+"""A search that survives an interrupt: `hparams_search=optuna` continues the study it finds in
+`hydra.sweeper.storage` (the sweeper is hydra_plugins/cvae_lightning_search.py; this is what it does).
+
+Hydra's Optuna sweeper launches `n_trials` new trials on every call, numbers their jobs from 0 and samples
+them with the sampler seeded as in the first run, so a rerun would start the budget over, reuse the job
+numbers and, in the random start-up trials, repeat the first run's params (optuna/optuna#3255). Here
+`n_trials` is the study's total of complete trials: a rerun launches only the ones still missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cvae_lightning.errors import ConfigError, check_int, first_line
+
+log = logging.getLogger(__name__)
+
+STORAGES = (
+    "a database URL optuna can open, e.g. sqlite:///logs/optuna.db, or null (a study in memory, not kept)"
+)
+
+
+def open_storage(url):
+    """optuna's storage at `url`, the folder of its SQLite file made first (SQLite creates the file, not the
+    folder); a `url` that cannot be opened stops the sweep in one line naming hydra.sweeper.storage."""
+    import optuna
+    from sqlalchemy.engine import make_url
+
+    def refused(why: str) -> SystemExit:
+        return SystemExit(f"error: hydra.sweeper.storage={url} is not allowed: {why}; expected {STORAGES}")
+
+    try:
+        parsed = make_url(url)
+    except Exception as error:
+        raise refused(first_line(error)) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise refused(f"{folder} is not a folder") from None
+        except OSError as error:
+            raise refused(f"{folder} cannot be created ({error.strerror or error})") from None
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as error:  # an unknown scheme, a file that is not a database, a server not there
+        raise refused(first_line(error)) from None
+
+
+def stored_study(storage, swept: DictConfig):
+    """The study named `hydra.sweeper.study_name` in `storage`, None if there is none yet; one line if it was
+    created for other directions (optuna would refuse it with a traceback)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=swept.study_name, storage=storage)
+    except KeyError:
+        return None
+    asked = swept.direction if OmegaConf.is_list(swept.direction) else [swept.direction]
+    # the schema's default is a Direction enum, a value from yaml or the command line a string
+    asked = [str(getattr(direction, "name", direction)).lower() for direction in asked]
+    stored = [direction.name.lower() for direction in study.directions]
+    if asked != stored:
+        raise SystemExit(
+            f"error: hydra.sweeper.direction={' '.join(asked)} is not allowed: study '{study.study_name}' in "
+            f"{swept.storage} was created to {' '.join(stored)}; expected {' '.join(stored)}, or another "
+            "hydra.sweeper.study_name for a new study"
+        )
+    return study
+
+
+def check_search_space(study, swept: DictConfig, arguments: list[str]) -> None:
+    """One line if the search space (hydra.sweeper.params, then the command line's sweeps) samples a stored
+    parameter from a distribution optuna would refuse (other choices, another kind), instead of its traceback
+    at the first new trial."""
+    from optuna.distributions import check_distribution_compatibility
+
+    from cvae_lightning import compat
+
+    overrides = [f"{name}={value}" for name, value in (swept.params or {}).items()] + list(arguments)
+    written = {name: value for name, _, value in (override.partition("=") for override in overrides)}
+    asked = compat.optuna_search_space(overrides)
+    stored = {
+        name: d for trial in study.get_trials(deepcopy=False) for name, d in trial.distributions.items()
+    }
+    for name in asked.keys() & stored.keys():
+        try:
+            check_distribution_compatibility(stored[name], asked[name])
+        except ValueError as error:
+            why = first_line(error).rstrip(".")
+            raise SystemExit(
+                f"error: {name}={written.get(name, asked[name])} is not allowed: study '{study.study_name}' "
+                f"in {swept.storage} sampled it from {stored[name]} ({why}); expected that, or another "
+                "hydra.sweeper.study_name for a new study"
+            ) from None
+
+
+def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
+    """Readies Hydra's Optuna `sweeper` (set up with `config`, about to sweep `arguments`) to continue the
+    study in its storage: trials a stopped sweep left running are marked failed, only the complete trials
+    still missing from `hydra.sweeper.n_trials` are launched, their jobs numbered on from the study's trials,
+    sampled with a seed of their own. False when the study has them all already: nothing to launch."""
+    from hydra.utils import instantiate
+    from optuna.trial import TrialState
+
+    from cvae_lightning import compat
+
+    swept = config.hydra.sweeper
+    try:  # 0 would leave the plugin no best trial to report, and a traceback
+        check_int("hydra.sweeper.n_trials", swept.n_trials, low=1)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
+    if swept.storage is None or swept.study_name is None:
+        return True  # a study in memory, or under a fresh generated name: nothing earlier to continue
+    study = stored_study(open_storage(swept.storage), swept)
+    if study is None:
+        return True
+    check_search_space(study, swept, arguments)
+    where = f"study '{study.study_name}' in {swept.storage}"
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # no sweep runs it any more (one sweep per study at a time): left running, it would never end
+        study.tell(trial.number, state=TrialState.FAIL)
+        log.warning(
+            f"trial {trial.number} of {where} was left running by a sweep that stopped: marked failed"
+        )
+    trials = study.get_trials(deepcopy=False)
+    complete = sum(trial.state == TrialState.COMPLETE for trial in trials)
+    left = swept.n_trials - complete
+    if left <= 0:
+        log.info(
+            f"{where} has {complete} complete trials, hydra.sweeper.n_trials={swept.n_trials}: nothing to "
+            "run (raise hydra.sweeper.n_trials to run more, or set another hydra.sweeper.study_name)"
+        )
+        return False
+    seed = swept.sampler.get("seed")
+    sampler = None
+    if trials and seed is not None:
+        # offset by the trials so far: the first run's seed would draw the first run's start-up params again
+        seed += len(trials)
+        sampler = instantiate(swept.sampler, seed=seed)
+    if trials:
+        log.info(
+            f"{where} continues: {complete} of {swept.n_trials} trials complete, {left} to run as trials "
+            f"{len(trials)}..{len(trials) + left - 1}" + (f", sampled with seed {seed}" if sampler else "")
+        )
+    compat.continue_optuna_sweep(sweeper, n_trials=left, first_job_idx=len(trials), sampler=sampler)
+    return True

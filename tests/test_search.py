@@ -1,0 +1,208 @@
+"""`hparams_search=optuna` keeps its study in SQLite (cvae_lightning/search.py): a search killed midway goes
+on with the same command, a finished one launches nothing, optuna-dashboard serves the study, and a sweeper
+value or a stored study that cannot work is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
+
+from tests.helpers import SHORT_RUN, assert_one_line_error, assert_ran, run_script, sweep_summary
+
+STUDY = "cvae_latent_lr"  # conf/hparams_search/optuna.yaml's study_name
+SPACE = {
+    "model.latent_dim": CategoricalDistribution([2, 4, 8, 16, 32, 64]),
+    "model.optimizer.lr": LogUniformDistribution(1e-4, 1e-2),
+}
+COMPLETE, FAIL, RUNNING = TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING
+# stored_study's create_trial and add_trial, which optuna 2 marks experimental
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def search(log_dir: Path, *overrides: str) -> tuple[str, ...]:
+    """`train.py hparams_search=optuna` with short trials; its study (the default storage) and runs in
+    log_dir."""
+    return ("hparams_search=optuna", *SHORT_RUN, f"paths.log_dir={log_dir}", *overrides)
+
+
+def storage(log_dir: Path) -> str:
+    return f"sqlite:///{log_dir}/optuna.db"
+
+
+def trials(log_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=STUDY, storage=storage(log_dir)).trials
+
+
+def stored_study(log_dir: Path, complete: int, running: int = 0, direction: str = "minimize") -> optuna.Study:
+    """The study a search leaves: `complete` finished trials over the search space, then `running` that a
+    killed sweep left running."""
+    study = optuna.create_study(study_name=STUDY, storage=storage(log_dir), direction=direction)
+    for i in range(complete):
+        params = {"model.latent_dim": 2 ** (i % 6 + 1), "model.optimizer.lr": 1e-3}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=SPACE, value=500.0 - i))
+    for _ in range(running):
+        study.ask(SPACE)
+    return study
+
+
+def job_numbers(sweep_dir: Path) -> list[int]:
+    return sorted(int(job.name.split("_", 1)[0]) for job in sweep_dir.iterdir() if job.is_dir())
+
+
+@pytest.mark.slow
+def test_a_killed_search_goes_on_with_the_same_command(tmp_path, data_dir):
+    """SIGKILL once two of four trials are complete and the third runs; the same command again runs the two
+    missing trials only, numbered on, with params of their own; the first two stay as they were."""
+    command = search(tmp_path, "hydra.sweeper.n_trials=4")
+    first = run_script("train.py", *command, background=True)
+    end = time.time() + 300
+    states = []
+    while first.poll() is None and time.time() < end and states[:3] != [COMPLETE, COMPLETE, RUNNING]:
+        time.sleep(0.05)
+        # read once the sweep has made the study and launched a job: reading first would create the database
+        if not list(tmp_path.glob("train/multiruns/*/0_*")):
+            continue
+        try:
+            states = [trial.state for trial in trials(tmp_path)]
+        except OperationalError:  # locked: the sweep is writing
+            pass
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = trials(tmp_path)
+    assert [trial.state for trial in before] == [COMPLETE, COMPLETE, RUNNING], first.stderr.read()[-3000:]
+
+    rerun = run_script("train.py", *command)
+    assert_ran(rerun)
+    after = trials(tmp_path)
+    assert [trial.state for trial in after] == [COMPLETE, COMPLETE, FAIL, COMPLETE, COMPLETE]
+    assert [(t.params, t.value) for t in after[:2]] == [(t.params, t.value) for t in before[:2]]
+    # reseeded: the first run's seed would have drawn trial 0's and 1's start-up params again
+    assert not [new.params for new in after[3:] for old in before if new.params == old.params]
+    assert "trial 2 of study 'cvae_latent_lr'" in rerun.stdout and "marked failed" in rerun.stdout
+    first_sweep, second_sweep = sorted((tmp_path / "train" / "multiruns").iterdir())
+    assert set(job_numbers(first_sweep)) <= {0, 1, 2}
+    assert job_numbers(second_sweep) == [3, 4]  # two launched (a fresh search: four), numbered on
+    assert sorted(int(row["job"]) for row in sweep_summary(second_sweep)) == [3, 4]
+
+
+def test_a_finished_search_launches_nothing(tmp_path):
+    """Two complete trials of n_trials=2, and one a killed sweep left running: that one is marked failed, no
+    job is launched, and the log says so."""
+    stored_study(tmp_path, complete=2, running=1)
+    result = run_script("train.py", *search(tmp_path, "hydra.sweeper.n_trials=2"))
+    assert_ran(result)
+    assert [trial.state for trial in trials(tmp_path)] == [COMPLETE, COMPLETE, FAIL]
+    assert not (tmp_path / "train").exists()  # no sweep folder: nothing launched
+    assert "Launching" not in result.stdout
+    (said,) = [line for line in result.stdout.splitlines() if "nothing to run" in line]
+    assert f"study '{STUDY}' in {storage(tmp_path)} has 2 complete trials, hydra.sweeper.n_trials=2" in said
+    assert "trial 2 of study 'cvae_latent_lr'" in result.stdout and "marked failed" in result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, server: subprocess.Popen, timeout: float = 60) -> dict:
+    """GET url as JSON, retrying while the server starts."""
+    end = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            if server.poll() is not None or time.time() > end:
+                raise AssertionError(f"no answer from {url}: {server.stderr.read()[-2000:]}") from None
+            time.sleep(0.2)
+
+
+def test_optuna_dashboard_serves_the_study(tmp_path):
+    """`optuna-dashboard sqlite:///.../optuna.db`, as docs/usage.md says: its JSON API lists the study and
+    its trials."""
+    stored_study(tmp_path, complete=3)
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [Path(sys.executable).parent / "optuna-dashboard", storage(tmp_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        (summary,) = get_json(f"http://127.0.0.1:{port}/api/studies", dashboard)["study_summaries"]
+        assert summary["study_name"] == STUDY and summary["directions"] == ["minimize"]
+        study = get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", dashboard)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+    assert [(trial["number"], trial["state"]) for trial in study["trials"]] == [
+        (0, "Complete"),
+        (1, "Complete"),
+        (2, "Complete"),
+    ]
+    assert [trial["values"] for trial in study["trials"]] == [[500.0], [499.0], [498.0]]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "hydra.sweeper.storage=sqlite:////proc/nope/optuna.db",
+            "hydra.sweeper.storage=sqlite:////proc/nope/optuna.db is not allowed: /proc/nope cannot be "
+            "created (No such file or directory); expected a database URL optuna can open",
+        ),
+        (
+            "hydra.sweeper.storage=foo://x",
+            "hydra.sweeper.storage=foo://x is not allowed: Can't load plugin: sqlalchemy.dialects:foo; "
+            "expected a database URL optuna can open",
+        ),
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is not allowed: expected an integer >= 1"),
+    ],
+)
+def test_a_sweeper_value_that_cannot_work_is_refused_in_one_line(tmp_path, override, expected):
+    result = run_script("train.py", *search(tmp_path, override))
+    assert_one_line_error(result, expected)
+    assert not list(tmp_path.iterdir())  # nothing launched
+
+
+@pytest.mark.parametrize(
+    "stored_direction, overrides, expected",
+    [
+        (
+            "maximize",
+            (),
+            "hydra.sweeper.direction=minimize is not allowed: study '{study}' in {storage} was "
+            "created to maximize; expected maximize, or another hydra.sweeper.study_name",
+        ),
+        (
+            "minimize",
+            ("model.latent_dim=choice(2,4)",),
+            "model.latent_dim=choice(2,4) is not allowed: study "
+            "'{study}' in {storage} sampled it from CategoricalDistribution(choices=(2, 4, 8, 16, 32, 64)) "
+            "(CategoricalDistribution does not support dynamic value space); expected that, or another "
+            "hydra.sweeper.study_name",
+        ),
+    ],
+)
+def test_a_stored_study_the_search_does_not_fit_is_refused_in_one_line(
+    tmp_path, stored_direction, overrides, expected
+):
+    """The other direction, or other choices for a stored parameter: optuna refuses both with a traceback, the
+    choices only once a new trial is running (which is then left running)."""
+    stored_study(tmp_path, complete=1, direction=stored_direction)
+    result = run_script("train.py", *search(tmp_path, "hydra.sweeper.n_trials=2", *overrides))
+    assert_one_line_error(result, expected.format(study=STUDY, storage=storage(tmp_path)))
+    assert [trial.state for trial in trials(tmp_path)] == [COMPLETE]
