@@ -63,7 +63,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():  # no job launched (a search whose study has all its trials): nothing to sum
+        if not sweep_dir.is_dir():  # no job launched (a search whose study was complete): nothing to sum
             return
         rows = collect(sweep_dir)
         if not rows:
