@@ -219,11 +219,13 @@ class _ReadsTheFill:
 
 
 def test_sample_accuracy_judges_n_per_digit_samples_and_one_image_per_digit_at_the_prior_mean():
-    callback = SampleAccuracy("unused.ckpt", n_per_digit=7, temperatures=(1.0, 0.5, 0.0))
+    callback = SampleAccuracy("unused.ckpt", n_per_digit=7, temperatures=(1.0, 0.5, 0.0), misread_per_digit=9)
     callback.classifier = _ReadsTheFill()
     module = _Module()
     module.model = sampler = _Sampler(module)
-    callback.on_validation_epoch_end(SimpleNamespace(sanity_checking=False), module)
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=["logger"], global_step=5)
+    with mock.patch("cvae_lightning.callbacks.metrics.log_image") as log_image:
+        callback.on_validation_epoch_end(trainer, module)
     assert module.logged == {
         "samples/accuracy_T1": pytest.approx(0.9),
         "samples/accuracy_T0.5": 1.0,
@@ -232,6 +234,14 @@ def test_sample_accuracy_judges_n_per_digit_samples_and_one_image_per_digit_at_t
     assert sampler.drawn[1.0].tolist() == sampler.drawn[0.5].tolist() == sorted(list(range(10)) * 7)
     assert sampler.drawn[0.0].tolist() == list(range(10))  # z = the prior mean: the noise plays no part
     assert module.training
+    # the misread T=1 samples: the seven threes (read as fours) in row 3, black cells elsewhere
+    (loggers, tag, grid), kwargs = log_image.call_args
+    assert (loggers, tag, kwargs, log_image.call_count) == (["logger"], "samples/misread_T1", {"step": 5}, 1)
+    cells = grid[0, 2:, 2:].unfold(0, 28, 30).unfold(1, 28, 30)  # (row, column, 28, 28) inside the padding
+    assert cells.shape[:2] == (10, 9)
+    filled = cells.amax(dim=(2, 3))
+    assert filled[3, :7].eq(4).all() and filled[3, 7:].eq(0).all()
+    assert filled[torch.arange(10) != 3].eq(0).all()
 
 
 def _projector_files(log_dir):
