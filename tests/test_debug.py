@@ -225,28 +225,6 @@ def test_the_tree_shows_an_interpolation_that_cannot_resolve_as_written():
     assert "log_dir: /somewhere" in tree and "shuffle_seed: 42" in tree  # the rest resolved
 
 
-@pytest.mark.slow
-def test_a_ddp_run_prints_the_tree_once(tmp_path, data_dir):
-    result = run_script(
-        "train.py", "debug=default", "trainer.devices=2", f"hydra.run.dir={tmp_path}", timeout=300
-    )
-    assert_ran(result)
-    assert "GLOBAL_RANK: 1" in result.stderr  # the second process ran, and what it prints lands here
-    assert len(re.findall(r"^CONFIG$", result.stdout, flags=re.MULTILINE)) == 1
-
-
-@pytest.mark.slow
-def test_each_job_of_a_sweep_prints_and_keeps_its_own_tree(tmp_path, data_dir):
-    result = run_script(
-        "train.py", "-m", "debug=default", "model.latent_dim=2,4", f"paths.log_dir={tmp_path}"
-    )
-    assert_ran(result)
-    assert len(re.findall(r"^CONFIG$", result.stdout, flags=re.MULTILINE)) == 2
-    jobs = sorted((tmp_path / "debug" / "multiruns").glob("*/*/config_tree.log"))
-    assert ["latent_dim: 2" in job.read_text() for job in jobs] == [True, False]
-    assert ["latent_dim: 4" in job.read_text() for job in jobs] == [False, True]
-
-
 @pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"])
 def test_the_tree_is_printed_by_rank_zero_only(variable, monkeypatch, tmp_path, capsys):
     from cvae_lightning.runs import ConfigTree
@@ -328,19 +306,3 @@ def test_gradient_clip_val_clips_the_gradients_the_optimizer_uses(tmp_path, data
     assert len(made) == len(used) == 5
     assert min(made) > 0.5  # the loss's gradients are larger: else clipping would show nothing
     assert max(used) <= 0.5 * (1 + 1e-4), used
-
-
-@pytest.mark.slow
-def test_compile_true_trains_through_the_compiled_loss(tmp_path, data_dir):
-    """A first compile takes tens of seconds on CPU; TORCH_LOGS=graph_code prints the graphs dynamo traced."""
-    result = run_script(
-        "train.py",
-        "debug=default",
-        "compile=true",
-        f"hydra.run.dir={tmp_path}",
-        env={"TORCH_LOGS": "graph_code"},
-        timeout=600,
-    )
-    assert_ran(result)
-    assert results(tmp_path)["steps"] == 5
-    assert re.search(r'L_x_: "f32\[128, 1, 28, 28\]', result.stderr)  # a training batch's loss, traced

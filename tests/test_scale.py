@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -22,6 +23,7 @@ def test_ddp_two_processes_make_one_run(tmp_path, data_dir):
     )
     assert_ran(result)
     assert "Starting with 2 processes" in result.stderr + result.stdout
+    assert len(re.findall(r"^CONFIG$", result.stdout, flags=re.MULTILINE)) == 1  # the config tree: rank 0's
     assert run_dirs(tmp_path) == [tmp_path]  # rank 1 wrote into the same dir and no second config
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     events = list(tmp_path.rglob("events.out.tfevents.*"))
@@ -58,6 +60,11 @@ def test_multirun_summary_matches_each_run(tmp_path, data_dir):
         assert scalars["hparams/val/nelbo"][-1].value == pytest.approx(float(row["val/nelbo"]), rel=1e-5)
         assert row["best_checkpoint"].startswith(str(run / "checkpoints"))
     assert "| model.latent_dim=2 |" in (tmp_path / "summary.md").read_text()
+    # each job printed the config tree and kept its own
+    assert len(re.findall(r"^CONFIG$", result.stdout, flags=re.MULTILINE)) == 2
+    trees = [(tmp_path / job / "config_tree.log").read_text() for job in jobs]
+    assert ["latent_dim: 2" in tree for tree in trees] == [True, False]
+    assert ["latent_dim: 4" in tree for tree in trees] == [False, True]
     # the HPARAMS tab: what the run was told first, then the key hyperparameters, no plumbing
     hparams = [read_hparams(tmp_path / job) for job in jobs]
     assert [h["model.latent_dim"] for h in hparams] == [2, 4]
