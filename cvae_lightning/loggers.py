@@ -190,9 +190,15 @@ def log_hyperparameters(loggers: list, hparams: dict, metrics: dict[str, float],
     for logger in loggers:
         if isinstance(logger, pl_loggers.TensorBoardLogger):
             compat.log_hparams_session(logger, hparams, metrics)
-        else:
-            logger.log_hyperparams(hparams)
-            logger.log_metrics(metrics, step=step)
+            continue
+        if isinstance(logger, pl_loggers.MLFlowLogger):  # MLflow refuses to change a logged param
+            logged = logger.experiment.get_run(logger.run_id).data.params
+            kept = {k for k, v in hparams.items() if k in logged and logged[k] != str(v)}
+            if kept:
+                log.warning(f"MLflow keeps the first value of a param: {', '.join(sorted(kept))} not changed")
+            hparams = {k: v for k, v in hparams.items() if k not in kept}
+        logger.log_hyperparams(hparams)
+        logger.log_metrics(metrics, step=step)
 
 
 def close(loggers: list, status: str = "success") -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -273,7 +274,7 @@ def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path):
     assert not (tmp_path / "refused" / "checkpoints").exists()
 
 
-def test_many_leaves_out_a_logger_whose_package_is_missing(tmp_path, monkeypatch, caplog):
+def test_many_leaves_out_a_logger_whose_package_is_missing(tmp_path, monkeypatch):
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
     from cvae_lightning import loggers
@@ -283,10 +284,28 @@ def test_many_leaves_out_a_logger_whose_package_is_missing(tmp_path, monkeypatch
         loggers.importlib.util, "find_spec", lambda name: None if name == "wandb" else find_spec(name)
     )
     cfg = composed("logger=many", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}")
-    with caplog.at_level("INFO"):
+    with mock.patch.object(loggers.log, "info") as info:
         built = loggers.build_loggers(cfg.logger, str(tmp_path), None)
     assert [type(logger) for logger in built] == [TensorBoardLogger, loggers.CSVLogger, MLFlowLogger]
-    assert "logger.wandb left out: the wandb package is not installed" in caplog.text
+    info.assert_called_once_with("logger.wandb left out: the wandb package is not installed")
+
+
+def test_mlflow_keeps_a_params_first_value_where_a_resumed_run_changed_it(tmp_path):
+    """A run resumed with, say, more epochs: MLflow would refuse the new trainer.max_epochs (and lose the
+    final metrics with it); the param keeps its first value, with a warning, and the rest is logged."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from cvae_lightning import loggers
+
+    logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    logger.log_hyperparams({"trainer.max_epochs": 20})
+    with mock.patch.object(loggers.log, "warning") as warning:
+        hparams = {"trainer.max_epochs": 30, "seed": 42}
+        loggers.log_hyperparameters([logger], hparams, {"hparams/test/nelbo": 97.0}, 9)
+    run = logger.experiment.get_run(logger.run_id)
+    assert run.data.params == {"trainer.max_epochs": "20", "seed": "42"}
+    assert run.data.metrics == {"hparams/test/nelbo": 97.0}
+    warning.assert_called_once_with("MLflow keeps the first value of a param: trainer.max_epochs not changed")
 
 
 def test_logger_choices_compose():
