@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
