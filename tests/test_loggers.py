@@ -185,11 +185,12 @@ def test_the_sweep_summary_reads_its_numbers_whatever_the_logger(tmp_path, data_
     assert len(ids) == 2
 
 
-# 3 epochs of 6 batches, last.ckpt every 4 steps, into one MLflow store
+# 3 epochs of 60 batches, last.ckpt every 20 steps, into one MLflow store
 RESUMED = [
-    *RUN, "trainer.max_epochs=3", "logger=many",
-    "callbacks.last_checkpoint.train_time_interval=null", "callbacks.last_checkpoint.every_n_train_steps=4",
+    *RUN, "trainer.max_epochs=3", "trainer.limit_train_batches=60", "logger=many",
+    "callbacks.last_checkpoint.train_time_interval=null", "callbacks.last_checkpoint.every_n_train_steps=20",
 ]  # fmt: skip
+STEPS = 3 * 60
 
 
 def logged_points(run_dir: Path, log_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -230,14 +231,13 @@ def test_a_resumed_run_continues_the_same_run_in_each_logger(whole_run, sig):
     run_dir = log_dir / f"resumed_{sig.name}"
     overrides = [*RESUMED, f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}"]
     process = run_script("train.py", *overrides, background=True)
-    wait_for_checkpoint(run_dir, "checkpoints/last.ckpt", 8, process, timeout=240)
-    if (
-        sig == signal.SIGKILL
-    ):  # a step or two on: a checkpoint is written before its step's scalars are logged
-        time.sleep(0.5)
+    wait_for_checkpoint(run_dir, "checkpoints/last.ckpt", 20, process, timeout=240)
+    if sig == signal.SIGKILL:  # some steps on: a checkpoint is written before its step's scalars are logged
+        time.sleep(0.3)
     process.send_signal(sig)
     process.wait(timeout=60)
     checkpoint_step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert checkpoint_step < STEPS, "stopped after training had ended: nothing left to resume"
     assert_ran(run_script("train.py", *overrides, "ckpt_path=last"))
 
     logged = logged_points(run_dir, log_dir)
