@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from cvae_lightning.data import IMAGE_SHAPE
-from cvae_lightning.errors import check_choice, check_int_list
+from cvae_lightning.errors import check_bool, check_choice, check_int_list
 
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
 # between hidden layers (tanh: the published IWAE benchmark's networks)
@@ -32,37 +32,79 @@ def with_condition(h: Tensor, y: Tensor | None) -> Tensor:
     return h if y is None else torch.cat([h, y.to(h.dtype)], dim=1)
 
 
-def _checked(key: str, hidden_dims, activation, channels=None) -> list[int]:
+def _checked(key: str, hidden_dims, activation, channels=None, label_every_layer=False) -> list[int]:
     check_choice(f"{key}.activation", activation, ACTIVATIONS)
+    check_bool(f"{key}.label_every_layer", label_every_layer)
     if channels is not None:
         check_int_list(f"{key}.channels", channels, example="[32,64]")
     return check_int_list(f"{key}.hidden_dims", hidden_dims)  # a plain list: weights-only checkpoints
 
 
+def conditioned_mlp(
+    n_in: int, n_labels: int, sizes: Sequence[int], activation: str, label_every_layer: bool
+) -> nn.Sequential:
+    """mlp([n_in, *sizes]) whose first layer, or each with `label_every_layer`, also takes the label."""
+    layers = mlp([n_in, *sizes], activation)
+    if label_every_layer and n_labels:
+        linears = [m for m in layers if isinstance(m, nn.Linear)]
+        for i, linear in enumerate(linears[1:], start=1):
+            layers[2 * i] = nn.Linear(linear.in_features + n_labels, linear.out_features)
+    return layers
+
+
+def run_conditioned(layers: nn.Sequential, h: Tensor, y: Tensor | None, every_layer: bool) -> Tensor:
+    """`layers` with the label joined to the input of the first linear layer, or of every one."""
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Linear) and (i == 0 or every_layer):
+            h = with_condition(h, y)
+        h = layer(h)
+    return h
+
+
 class MLPEncoder(nn.Sequential):
-    """(x, y) -> (mu, logvar): flattened pixels and one-hot label through an MLP."""
+    """(x, y) -> (mu, logvar): flattened pixels and one-hot label through an MLP; with `label_every_layer`
+    the label joins every layer's input, not only the first."""
 
     def __init__(
-        self, latent_dim: int, n_labels: int, hidden_dims: Sequence[int] = (512, 256), activation="relu"
+        self,
+        latent_dim: int,
+        n_labels: int,
+        hidden_dims: Sequence[int] = (512, 256),
+        activation="relu",
+        label_every_layer: bool = False,
     ):
-        hidden_dims = _checked("model.encoder", hidden_dims, activation)
-        super().__init__(*mlp([PIXELS + n_labels, *hidden_dims, 2 * latent_dim], activation))
+        hidden_dims = _checked("model.encoder", hidden_dims, activation, None, label_every_layer)
+        layers = conditioned_mlp(
+            PIXELS + n_labels, n_labels, [*hidden_dims, 2 * latent_dim], activation, label_every_layer
+        )
+        super().__init__(*layers)
+        self.label_every_layer = bool(label_every_layer)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return super().forward(with_condition(x.flatten(1), y))
+        return run_conditioned(self, x.flatten(1), y, self.label_every_layer)
 
 
 class MLPDecoder(nn.Sequential):
-    """(z, y) -> Bernoulli logits shaped like images; `hidden_dims` in the order the data flows."""
+    """(z, y) -> Bernoulli logits shaped like images; `hidden_dims` in the order the data flows; with
+    `label_every_layer` the label joins every layer's input, so that it shapes the image at every depth."""
 
     def __init__(
-        self, latent_dim: int, n_labels: int, hidden_dims: Sequence[int] = (256, 512), activation="relu"
+        self,
+        latent_dim: int,
+        n_labels: int,
+        hidden_dims: Sequence[int] = (256, 512),
+        activation="relu",
+        label_every_layer: bool = False,
     ):
-        hidden_dims = _checked("model.decoder", hidden_dims, activation)
-        super().__init__(*mlp([latent_dim + n_labels, *hidden_dims, PIXELS], activation))
+        hidden_dims = _checked("model.decoder", hidden_dims, activation, None, label_every_layer)
+        layers = conditioned_mlp(
+            latent_dim + n_labels, n_labels, [*hidden_dims, PIXELS], activation, label_every_layer
+        )
+        super().__init__(*layers)
+        self.label_every_layer = bool(label_every_layer)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return super().forward(with_condition(z, y)).view(-1, *IMAGE_SHAPE)
+        return run_conditioned(self, z, y, self.label_every_layer).view(-1, *IMAGE_SHAPE)
 
 
 def conv_stack(channels: Sequence[int], transpose: bool = False, activation="relu") -> nn.Sequential:

@@ -24,7 +24,14 @@ needs_browser = pytest.mark.skipif(
 
 # -- the graphs -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "overrides", [(), ("model=vae",), ("model/net=conv",), ("model=vae", "model/net=conv")]
+    "overrides",
+    [
+        (),
+        ("model=vae",),
+        ("model/net=conv",),
+        ("model=vae", "model/net=conv"),
+        ("model.encoder.label_every_layer=true", "model.decoder.label_every_layer=true"),
+    ],
 )
 def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
     model = tiny_module(*overrides, latent_dim=3).model.eval()

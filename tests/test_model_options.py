@@ -82,8 +82,12 @@ def test_the_conditional_prior_is_learned():
             ["model.encoder._target_=mypkg.NoSuchEncoder"],
             "model.encoder: Error locating target 'mypkg.NoSuchEncoder'",
         ),
+        (
+            ["model.decoder.label_every_layer=yes"],
+            "model.decoder.label_every_layer='yes' is not allowed: expected true or false",
+        ),
     ],
-    ids=["vae-prior", "prior", "beta", "warmup", "objective", "activation", "encoder-target"],
+    ids=["vae-prior", "prior", "beta", "warmup", "objective", "activation", "encoder-target", "label-every"],
 )
 def test_bad_options_name_the_value_and_what_is_allowed(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -137,6 +141,31 @@ def test_the_iwae_learning_rate_schedule_has_the_papers_stages():
         lr = optimizer.param_groups[0]["lr"]
         assert lr == pytest.approx(base * 10 ** (-stage / 7), rel=1e-12, abs=0), epoch
         scheduler.step()
+
+
+@pytest.mark.parametrize("net", ["encoder", "decoder"])
+def test_label_every_layer_joins_the_label_to_each_linear_layer(net):
+    model = tiny_module(f"model.{net}.label_every_layer=true", latent_dim=5, hidden=32).model
+    plain = tiny_module(latent_dim=5, hidden=32).model
+    layers = [m for m in getattr(model, net) if isinstance(m, torch.nn.Linear)]
+    plain_layers = [m for m in getattr(plain, net) if isinstance(m, torch.nn.Linear)]
+    assert [m.in_features - p.in_features for m, p in zip(layers, plain_layers, strict=True)] == [0] + [
+        10
+    ] * (len(layers) - 1)
+    # the label reaches the last layer directly: changing it there alone changes the output
+    x, z = torch.rand(2, 1, 28, 28), torch.randn(2, 5)
+    inputs = (x,) if net == "encoder" else (z,)
+    with torch.no_grad():
+        base = getattr(model, net)(*inputs, torch.eye(10)[[1, 2]])
+        layers[-1].weight[:, -10:] += 1.0
+        moved = getattr(model, net)(*inputs, torch.eye(10)[[1, 2]])
+    assert not torch.allclose(base, moved)
+    model.elbo(x, torch.tensor([1, 2]))["nelbo"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    vae = tiny_module("model=vae", f"model.{net}.label_every_layer=true", latent_dim=5, hidden=32).model
+    assert [m.in_features for m in getattr(vae, net) if isinstance(m, torch.nn.Linear)] == [
+        m.in_features - (10 if i == 0 else 0) for i, m in enumerate(plain_layers)
+    ]
 
 
 def test_conv_net_encodes_and_decodes_images():
