@@ -34,15 +34,14 @@ class _Graph(nn.Module):
 
 
 class Sampler(_Graph):
-    """(digit, noise, temperature) -> images in [0, 1]: z = mu_y + temperature * sigma_y * noise of the
-    prior p(z|y), decoded; `model.sample` as one graph."""
+    """(digit, noise, temperature) -> images in [0, 1]: z = `model.from_noise` (mu_y + temperature *
+    sigma_y * noise for a Gaussian prior), decoded; `model.sample` as one graph."""
 
     def forward(self, digit: Tensor, noise: Tensor, temperature: Tensor) -> Tensor:
         return self.images(self.one_hot[digit], noise, temperature)
 
     def images(self, y: Tensor | None, noise: Tensor, temperature: Tensor) -> Tensor:
-        mu, logvar = self.model.prior(y)
-        return torch.sigmoid(self.model.decode(mu + temperature * (0.5 * logvar).exp() * noise, y))
+        return torch.sigmoid(self.model.decode(self.model.from_noise(noise, y, temperature), y))
 
 
 class UnconditionalSampler(Sampler):
@@ -53,17 +52,16 @@ class UnconditionalSampler(Sampler):
 
 
 class Encoder(_Graph):
-    """(image, digit) -> (mean of Q(z|x,y), style): the style is the mean in units of the prior p(z|y),
-    (mu - mu_y) / sigma_y, which the sampler at temperature 1 decodes as any other digit in the same
-    handwriting (generation.style_transfer)."""
+    """(image, digit) -> (mean of Q(z|x,y), style): the style is the mean's place within the prior p(z|y),
+    `model.to_noise` ((mu - mu_y) / sigma_y for a Gaussian prior), which the sampler at temperature 1
+    decodes as any other digit in the same handwriting (generation.style_transfer)."""
 
     def forward(self, image: Tensor, digit: Tensor) -> tuple[Tensor, Tensor]:
         return self.mean_and_style(image, self.one_hot[digit])
 
     def mean_and_style(self, image: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         mean = self.model.encode(image, y)[0]
-        prior_mu, prior_logvar = self.model.prior(y)
-        return mean, (mean - prior_mu) * (-0.5 * prior_logvar).exp()
+        return mean, self.model.to_noise(mean, y)
 
 
 class UnconditionalEncoder(Encoder):

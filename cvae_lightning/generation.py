@@ -32,12 +32,12 @@ def digit_grid(model, digits: Sequence[int], n: int, temperature: float = 1.0) -
 def style_transfer(model, x: Tensor, labels: Tensor) -> Tensor:
     """[original, decoded as 0, ..., decoded as 9] per image, from z = mu of Q(z|x,y): same handwriting.
 
-    The style is z's place within the source digit's prior, (z - mu_y) / sigma_y, carried over to each
-    target digit's prior (the identity for N(0, I); needed for a learned p(z|y), whose digits sit apart).
+    The style is z's place within the source digit's prior (`model.to_noise`: (z - mu_y) / sigma_y, through
+    the flow's inverse if any), carried over to each target digit's prior (the identity for N(0, I); needed
+    for a learned p(z|y), whose digits sit apart).
     """
     x = x.to(model.device)
-    prior_mu, prior_logvar = model.prior(labels)
-    style = (model.encode(x, labels)[0] - prior_mu) * (-0.5 * prior_logvar).exp()
+    style = model.to_noise(model.encode(x, labels)[0], model.condition(labels))
     noise = style.repeat_interleave(NUM_CLASSES, dim=0)
     digits = model.sample(labels=torch.arange(NUM_CLASSES).repeat(len(x)), noise=noise)
     digits = digits.view(len(x), NUM_CLASSES, *x.shape[1:])

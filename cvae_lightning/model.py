@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PRIORS = ("standard", "conditional")
+PRIORS = ("standard", "conditional", "mixture", "flow")
 LOG_2PI = math.log(2 * math.pi)
 # a safe range for the encoder's log-variance: exp(logvar) stays finite in the KL even in fp16/bf16
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
@@ -38,21 +38,72 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.flatten(1), x.flatten(1), reduction="none").sum(dim=1)
 
 
+class Coupling(nn.Module):
+    """One affine coupling layer (RealNVP) conditioned on the label: the dimensions outside `mask` are scaled
+    and shifted by a small MLP of those inside it and y. Zero-initialised, so it starts as the identity."""
+
+    def __init__(self, latent_dim: int, n_labels: int, mask: Tensor, hidden: int = 64):
+        super().__init__()
+        self.register_buffer("mask", mask.float())
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim + n_labels, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim)
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def scale_shift(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        y = y.to(u.dtype).expand(*u.shape[:-1], y.shape[-1])
+        log_s, t = self.net(torch.cat([u * self.mask, y], dim=-1)).chunk(2, dim=-1)
+        keep = 1 - self.mask
+        return torch.tanh(log_s) * keep, t * keep  # tanh: a bounded scale keeps the inverse stable
+
+    def forward(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        log_s, t = self.scale_shift(u, y)
+        return u * log_s.exp() + t, log_s.sum(-1)
+
+    def inverse(self, v: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        log_s, t = self.scale_shift(v, y)
+        return (v - t) * (-log_s).exp(), -log_s.sum(-1)
+
+
 class CVAE(nn.Module):
     """Q(z|x,y) = N(mu, sigma^2) from `encoder`, P(x|z,y) = Bernoulli(sigmoid(`decoder`)), and the prior
-    p(z|y): N(0, I) (`prior="standard"`) or N(mu_y, sigma_y^2) learned per label (`"conditional"`), so
-    that z need not carry the digit."""
+    p(z|y): N(0, I) (`prior="standard"`), N(mu_y, sigma_y^2) learned per label (`"conditional"`), so
+    that z need not carry the digit, or that Gaussian after `prior_flow_layers` couplings (`"flow"`), so
+    that the prior can take the shape of the codes the encoder gives and samples avoid where it gives none.
+    `from_noise` maps standard-normal noise to z of the prior, `to_noise` back."""
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, n_labels: int = 10, prior="standard"
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent_dim: int,
+        n_labels: int = 10,
+        prior="standard",
+        prior_components: int = 10,
+        prior_flow_layers: int = 4,
     ):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.n_labels = latent_dim, n_labels
-        self.prior_net = nn.Linear(n_labels, 2 * latent_dim) if prior == "conditional" else None
+        self.prior_net = nn.Linear(n_labels, 2 * latent_dim) if prior in ("conditional", "flow") else None
         if self.prior_net is not None:  # (mu_y, logvar_y) per label, starting at N(0, I)
             nn.init.zeros_(self.prior_net.weight)
             nn.init.zeros_(self.prior_net.bias)
+        self.flow = None
+        if prior == "flow":  # noise -> couplings -> mu_y + sigma_y * u
+            masks = [torch.arange(latent_dim) % 2 == i % 2 for i in range(prior_flow_layers)]
+            self.flow = nn.ModuleList(Coupling(latent_dim, n_labels, m) for m in masks)
+        self.mixture = None
+        if prior == "mixture":  # per label: component logits, means and log-variances
+            shape = (n_labels, prior_components)
+            self.mixture = nn.ParameterDict(
+                {
+                    "logits": nn.Parameter(torch.zeros(shape)),
+                    "mu": nn.Parameter(torch.randn(*shape, latent_dim)),
+                    "logvar": nn.Parameter(torch.zeros(*shape, latent_dim)),
+                }
+            )
 
     @property
     def device(self) -> torch.device:
@@ -68,8 +119,55 @@ class CVAE(nn.Module):
         labels = labels.to(self.device)
         return F.one_hot(labels.long(), self.n_labels).float() if labels.dim() == 1 else labels.float()
 
-    def prior(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of p(z|y): zeros for N(0, I), one row per label for the learned prior."""
+    def mixture_of(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The mixture prior's (log-weights, means, log-variances) for one-hot rows y: (B,K), (B,K,D) x 2."""
+        y = y.to(self.mixture["mu"].dtype)
+        log_w = torch.log_softmax(y @ self.mixture["logits"], dim=-1)
+        mu = torch.einsum("bn,nkd->bkd", y, self.mixture["mu"])
+        logvar = torch.einsum("bn,nkd->bkd", y, self.mixture["logvar"]).clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return log_w, mu, logvar
+
+    def from_noise(self, noise: Tensor, y: Tensor | None, temperature: float = 1.0) -> Tensor:
+        """z of the prior p(z|y) for standard-normal `noise` scaled by `temperature` (the flow, if any, then
+        mu_y + sigma_y * u)."""
+        u = temperature * noise
+        for layer in self.flow or ():
+            u = layer(u, y)[0]
+        mu, logvar = self.prior(y)
+        return mu + (0.5 * logvar).exp() * u
+
+    def to_noise(self, z: Tensor, y: Tensor | None) -> Tensor:
+        """The noise that `from_noise` maps to z at temperature 1: z's place within p(z|y), its "style"."""
+        mu, logvar = self.prior(y)
+        u = (z - mu) * (-0.5 * logvar).exp()
+        for layer in reversed(self.flow or ()):
+            u = layer.inverse(u, y)[0]
+        return u
+
+    def prior_log_prob(self, z: Tensor, y: Tensor | None) -> Tensor:
+        """log p(z|y) for z (..., B, D): (..., B)."""
+        if self.flow is not None:
+            mu, logvar = self.prior(y)
+            u = (z - mu) * (-0.5 * logvar).exp()
+            log_det = -0.5 * logvar.sum(-1)
+            for layer in reversed(self.flow):
+                u, layer_log_det = layer.inverse(u, y)
+                log_det = log_det + layer_log_det
+            return gaussian_log_prob(u) + log_det
+        if self.mixture is None:
+            return gaussian_log_prob(z, *self.prior(y))
+        log_w, mu, logvar = self.mixture_of(y)
+        return torch.logsumexp(log_w + gaussian_log_prob(z.unsqueeze(-2), mu, logvar), dim=-1)
+
+    def prior(self, labels: Tensor | None = None, component: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of p(z|y): zeros for N(0, I), one row per label for the learned prior; for
+        the mixture, those of `component` (drawn by its weights when None)."""
+        if self.mixture is not None:
+            log_w, mu, logvar = self.mixture_of(self.condition(labels))
+            if component is None:
+                component = torch.multinomial(log_w.exp(), 1).squeeze(1)
+            rows = torch.arange(len(mu), device=mu.device)
+            return mu[rows, component], logvar[rows, component]
         if self.prior_net is not None:
             return self.prior_net(self.condition(labels).to(self.prior_net.weight.dtype)).chunk(2, dim=1)
         zeros = torch.zeros(1, self.latent_dim, device=self.device)
@@ -98,13 +196,16 @@ class CVAE(nn.Module):
         logits = self.decode(z.flatten(0, 1), y_k)
         # the loss in fp32 under bf16/fp16 autocast: sums over 784 pixels need more than bf16's 8 bits
         logits, z, mu, logvar = logits.float(), z.float(), mu.float(), logvar.float()
-        prior = [t.float() for t in self.prior(y)]
-        kl_per_dim = gaussian_kl(mu, logvar, *prior).mean(dim=0)
         recon_k = bernoulli_nll(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)
-        recon, kl = recon_k.mean(), kl_per_dim.sum()
+        # per dimension against the Gaussian prior, or the flow's Gaussian part (its couplings mix dimensions)
+        kl_per_dim = gaussian_kl(mu, logvar, *[t.float() for t in self.prior(y)]).mean(dim=0)
+        kl = kl_per_dim.sum()
+        if self.flow is not None or self.mixture is not None:  # no closed form: log q - log p at the draws
+            kl = (gaussian_log_prob(z, mu, logvar) - self.prior_log_prob(z, y)).mean()
+        recon = recon_k.mean()
         terms = {"nelbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
         if iwae:
-            log_w = -recon_k + gaussian_log_prob(z, *prior) - gaussian_log_prob(z, mu, logvar)
+            log_w = -recon_k + self.prior_log_prob(z, y) - gaussian_log_prob(z, mu, logvar)
             terms["niwae"] = -(torch.logsumexp(log_w, dim=0) - math.log(k)).mean()
         return terms
 
@@ -117,19 +218,18 @@ class CVAE(nn.Module):
         change the number."""
         y = self.condition(labels)
         mu, logvar = self.encode(x, y)
-        prior = self.prior(y)
         noise = torch.randn(k, *mu.shape, device=mu.device)
-        log_w = [self.log_weights(x, y, mu, logvar, *prior, eps) for eps in noise.split(chunk)]
+        log_w = [self.log_weights(x, y, mu, logvar, eps) for eps in noise.split(chunk)]
         return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
 
-    def log_weights(self, x, y, mu, logvar, prior_mu, prior_logvar, eps: Tensor) -> Tensor:
+    def log_weights(self, x, y, mu, logvar, eps: Tensor) -> Tensor:
         """log p(x|z) + log p(z|y) - log q(z|x,y) at z = mu + sigma * eps, eps (n, B, latent): (n, B)."""
         z = mu + (0.5 * logvar).exp() * eps
         n = len(eps)
         y_n = None if y is None else y.expand(n, *y.shape).flatten(0, 1)
         logits = self.decode(z.flatten(0, 1), y_n)
         log_px = -bernoulli_nll(logits, x.expand(n, *x.shape).flatten(0, 1)).view(n, -1)
-        return log_px + gaussian_log_prob(z, prior_mu, prior_logvar) - gaussian_log_prob(z, mu, logvar)
+        return log_px + self.prior_log_prob(z, y) - gaussian_log_prob(z, mu, logvar)
 
     # -- drawing ------------------------------------------------------------------------------------
     def noise(self, *sizes: int, seed: int | None = None) -> Tensor | list[Tensor]:
@@ -161,8 +261,10 @@ class CVAE(nn.Module):
             n = len(labels) if labels is not None else len(noise) if noise is not None else 1
         if labels is None and self.n_labels:
             labels = torch.randint(self.n_labels, (n,))
-        mu, logvar = self.prior(labels)
         noise = self.noise(n) if noise is None else noise.to(self.device)
+        if self.flow is not None:
+            return self.images(self.from_noise(noise, self.condition(labels), temperature), labels)
+        mu, logvar = self.prior(labels)
         return self.images(mu + temperature * (0.5 * logvar).exp() * noise, labels)
 
     @torch.no_grad()

@@ -24,6 +24,20 @@ def test_style_transfer_keeps_the_original_then_decodes_every_digit_from_its_z(m
     assert torch.allclose(images[11 + 1 + 9], model.images(z[1:], torch.tensor([9]))[0])
 
 
+def test_style_transfer_under_a_flow_prior_decodes_the_same_z_as_its_own_digit():
+    torch.manual_seed(0)
+    model = mlp_cvae(latent_dim=3, prior="flow").eval()
+    with torch.no_grad():
+        for p in model.parameters():  # a learned prior and couplings, not the identity they start as
+            p.add_(0.2 * torch.randn_like(p))
+    x, labels = torch.rand(2, 1, 28, 28), torch.tensor([3, 8])
+    images = gen.style_transfer(model, x, labels)
+    z = model.encode(x, labels)[0]
+    assert torch.allclose(images[1 + 3], model.images(z[:1], torch.tensor([3]))[0], atol=1e-5)
+    assert torch.allclose(images[11 + 1 + 8], model.images(z[1:], torch.tensor([8]))[0], atol=1e-5)
+    assert not torch.allclose(images[1 + 5], model.images(z[:1], torch.tensor([5]))[0], atol=1e-3)
+
+
 def test_latent_interpolation_moves_z_and_keeps_the_digit(model):
     images = gen.latent_interpolation(model, [4, 6], steps=5)
     assert images.shape == (10, 1, 28, 28)

@@ -9,7 +9,7 @@ from cvae_lightning import MNISTDataModule
 from cvae_lightning.callbacks.loss import LogTrainingScalars
 from cvae_lightning.config import build
 from cvae_lightning.errors import ConfigError
-from cvae_lightning.model import gaussian_kl
+from cvae_lightning.model import gaussian_kl, gaussian_log_prob
 from cvae_lightning.module import kl_weight
 from tests.helpers import composed, mlp_cvae, tiny_module, tiny_trainer
 
@@ -53,6 +53,38 @@ def test_conditional_prior_starts_standard_and_its_kl_matches_torch_distribution
     assert torch.allclose(gaussian_kl(mu, logvar, prior_mu, prior_logvar), expected, rtol=1e-5)
 
 
+def test_the_flow_prior_is_a_density_and_to_noise_inverts_from_noise():
+    torch.manual_seed(0)
+    model = tiny_module("model.prior=flow", "model.prior_flow_layers=3", latent_dim=4).model
+    y = model.condition(torch.tensor([1, 2, 3]))
+    eps = torch.randn(3, 4)
+    with torch.no_grad():  # zero-initialised couplings: it starts as the conditional Gaussian prior
+        mu, logvar = model.prior(y)
+        assert torch.allclose(model.from_noise(eps, y, 0.7), mu + 0.7 * (0.5 * logvar).exp() * eps)
+        for p in model.flow.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+        z = model.from_noise(eps, y)
+        assert torch.allclose(model.to_noise(z, y), eps, atol=1e-5)
+    for i in range(3):  # log p(z|y) by the change of variables, with the Jacobian from autograd
+        jacobian = torch.autograd.functional.jacobian(
+            lambda e, i=i: model.from_noise(e[None], y[i : i + 1])[0], eps[i]
+        )
+        expected = gaussian_log_prob(eps[i]) - torch.logdet(jacobian)
+        assert model.prior_log_prob(z[i : i + 1], y[i : i + 1]).item() == pytest.approx(
+            expected.item(), abs=1e-4
+        )
+    # its KL is log q - log p at the sampled z: against a Monte Carlo of many draws it agrees
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        q_mu, q_logvar = model.encode(x, y)
+        draws = q_mu + (0.5 * q_logvar).exp() * torch.randn(20000, 3, 4)
+        expected = (gaussian_log_prob(draws, q_mu, q_logvar) - model.prior_log_prob(draws, y)).mean()
+        kl = torch.stack([model.elbo(x, y, k=200)["kl"] for _ in range(20)]).mean()
+    assert kl.item() == pytest.approx(expected.item(), rel=0.02)
+    model.elbo(x, y)["nelbo"].backward()
+    assert all(p.grad is not None for p in model.flow.parameters())
+
+
 def test_the_conditional_prior_is_learned():
     model = mlp_cvae(latent_dim=2, hidden_dims=(8,), prior="conditional")
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
@@ -67,7 +99,10 @@ def test_the_conditional_prior_is_learned():
             ["model=vae", "model.prior=conditional"],
             "model.prior='conditional' is not allowed: expected one of standard",
         ),
-        (["model.prior=flat"], "model.prior='flat' is not allowed: expected one of standard, conditional"),
+        (
+            ["model.prior=flat"],
+            "model.prior='flat' is not allowed: expected one of standard, conditional, mixture, flow",
+        ),
         (["model.beta=-1"], "model.beta=-1 is not allowed: expected a number >= 0"),
         (["model.kl_warmup_epochs=-2"], "model.kl_warmup_epochs=-2 is not allowed: expected a number >= 0"),
         (
@@ -86,8 +121,22 @@ def test_the_conditional_prior_is_learned():
             ["model.decoder.label_every_layer=yes"],
             "model.decoder.label_every_layer='yes' is not allowed: expected true or false",
         ),
+        (
+            ["model.prior=flow", "model.prior_flow_layers=0"],
+            "model.prior_flow_layers=0 is not allowed: expected an integer >= 1",
+        ),
     ],
-    ids=["vae-prior", "prior", "beta", "warmup", "objective", "activation", "encoder-target", "label-every"],
+    ids=[
+        "vae-prior",
+        "prior",
+        "beta",
+        "warmup",
+        "objective",
+        "activation",
+        "encoder-target",
+        "label-every",
+        "flow-layers",
+    ],
 )
 def test_bad_options_name_the_value_and_what_is_allowed(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -145,7 +194,7 @@ def test_the_iwae_learning_rate_schedule_has_the_papers_stages():
 
 @pytest.mark.parametrize("net", ["encoder", "decoder"])
 def test_label_every_layer_joins_the_label_to_each_linear_layer(net):
-    model = tiny_module(f"model.{net}.label_every_layer=true", latent_dim=5, hidden=32).model
+    model = tiny_module(f"++model.{net}.label_every_layer=true", latent_dim=5, hidden=32).model
     plain = tiny_module(latent_dim=5, hidden=32).model
     layers = [m for m in getattr(model, net) if isinstance(m, torch.nn.Linear)]
     plain_layers = [m for m in getattr(plain, net) if isinstance(m, torch.nn.Linear)]
@@ -162,7 +211,7 @@ def test_label_every_layer_joins_the_label_to_each_linear_layer(net):
     assert not torch.allclose(base, moved)
     model.elbo(x, torch.tensor([1, 2]))["nelbo"].backward()
     assert all(p.grad is not None for p in model.parameters())
-    vae = tiny_module("model=vae", f"model.{net}.label_every_layer=true", latent_dim=5, hidden=32).model
+    vae = tiny_module("model=vae", f"++model.{net}.label_every_layer=true", latent_dim=5, hidden=32).model
     assert [m.in_features for m in getattr(vae, net) if isinstance(m, torch.nn.Linear)] == [
         m.in_features - (10 if i == 0 else 0) for i, m in enumerate(plain_layers)
     ]
