@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PRIORS = ("standard", "conditional", "mixture", "flow")
+PRIORS = ("standard", "conditional", "flow")
 LOG_2PI = math.log(2 * math.pi)
 # a safe range for the encoder's log-variance: exp(logvar) stays finite in the KL even in fp16/bf16
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
@@ -80,7 +80,6 @@ class CVAE(nn.Module):
         latent_dim: int,
         n_labels: int = 10,
         prior="standard",
-        prior_components: int = 10,
         prior_flow_layers: int = 4,
     ):
         super().__init__()
@@ -94,16 +93,6 @@ class CVAE(nn.Module):
         if prior == "flow":  # noise -> couplings -> mu_y + sigma_y * u
             masks = [torch.arange(latent_dim) % 2 == i % 2 for i in range(prior_flow_layers)]
             self.flow = nn.ModuleList(Coupling(latent_dim, n_labels, m) for m in masks)
-        self.mixture = None
-        if prior == "mixture":  # per label: component logits, means and log-variances
-            shape = (n_labels, prior_components)
-            self.mixture = nn.ParameterDict(
-                {
-                    "logits": nn.Parameter(torch.zeros(shape)),
-                    "mu": nn.Parameter(torch.randn(*shape, latent_dim)),
-                    "logvar": nn.Parameter(torch.zeros(*shape, latent_dim)),
-                }
-            )
 
     @property
     def device(self) -> torch.device:
@@ -118,14 +107,6 @@ class CVAE(nn.Module):
             raise ValueError("a CVAE needs labels: the digit of each image")
         labels = labels.to(self.device)
         return F.one_hot(labels.long(), self.n_labels).float() if labels.dim() == 1 else labels.float()
-
-    def mixture_of(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The mixture prior's (log-weights, means, log-variances) for one-hot rows y: (B,K), (B,K,D) x 2."""
-        y = y.to(self.mixture["mu"].dtype)
-        log_w = torch.log_softmax(y @ self.mixture["logits"], dim=-1)
-        mu = torch.einsum("bn,nkd->bkd", y, self.mixture["mu"])
-        logvar = torch.einsum("bn,nkd->bkd", y, self.mixture["logvar"]).clamp(LOGVAR_MIN, LOGVAR_MAX)
-        return log_w, mu, logvar
 
     def from_noise(self, noise: Tensor, y: Tensor | None, temperature: float = 1.0) -> Tensor:
         """z of the prior p(z|y) for standard-normal `noise` scaled by `temperature` (the flow, if any, then
@@ -154,20 +135,11 @@ class CVAE(nn.Module):
                 u, layer_log_det = layer.inverse(u, y)
                 log_det = log_det + layer_log_det
             return gaussian_log_prob(u) + log_det
-        if self.mixture is None:
-            return gaussian_log_prob(z, *self.prior(y))
-        log_w, mu, logvar = self.mixture_of(y)
-        return torch.logsumexp(log_w + gaussian_log_prob(z.unsqueeze(-2), mu, logvar), dim=-1)
+        return gaussian_log_prob(z, *self.prior(y))
 
-    def prior(self, labels: Tensor | None = None, component: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of p(z|y): zeros for N(0, I), one row per label for the learned prior; for
-        the mixture, those of `component` (drawn by its weights when None)."""
-        if self.mixture is not None:
-            log_w, mu, logvar = self.mixture_of(self.condition(labels))
-            if component is None:
-                component = torch.multinomial(log_w.exp(), 1).squeeze(1)
-            rows = torch.arange(len(mu), device=mu.device)
-            return mu[rows, component], logvar[rows, component]
+    def prior(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of p(z|y): zeros for N(0, I), one row per label for the learned prior (and
+        the flow's Gaussian part)."""
         if self.prior_net is not None:
             return self.prior_net(self.condition(labels).to(self.prior_net.weight.dtype)).chunk(2, dim=1)
         zeros = torch.zeros(1, self.latent_dim, device=self.device)
@@ -200,7 +172,7 @@ class CVAE(nn.Module):
         # per dimension against the Gaussian prior, or the flow's Gaussian part (its couplings mix dimensions)
         kl_per_dim = gaussian_kl(mu, logvar, *[t.float() for t in self.prior(y)]).mean(dim=0)
         kl = kl_per_dim.sum()
-        if self.flow is not None or self.mixture is not None:  # no closed form: log q - log p at the draws
+        if self.flow is not None:  # no closed form: log q - log p at the same draws of z
             kl = (gaussian_log_prob(z, mu, logvar) - self.prior_log_prob(z, y)).mean()
         recon = recon_k.mean()
         terms = {"nelbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
@@ -262,10 +234,7 @@ class CVAE(nn.Module):
         if labels is None and self.n_labels:
             labels = torch.randint(self.n_labels, (n,))
         noise = self.noise(n) if noise is None else noise.to(self.device)
-        if self.flow is not None:
-            return self.images(self.from_noise(noise, self.condition(labels), temperature), labels)
-        mu, logvar = self.prior(labels)
-        return self.images(mu + temperature * (0.5 * logvar).exp() * noise, labels)
+        return self.images(self.from_noise(noise, self.condition(labels), temperature), labels)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -45,7 +45,6 @@ class CVAEModule(L.LightningModule):
         latent_dim: int = 20,
         n_labels: int = NUM_CLASSES,
         prior: str = "conditional",
-        prior_components: int = 10,
         prior_flow_layers: int = 4,
         beta: float = 1.0,
         kl_warmup_epochs: float = 0,
@@ -62,7 +61,6 @@ class CVAEModule(L.LightningModule):
             "0 or 10",
         )
         check_choice("model.prior", prior, PRIORS if n_labels else PRIORS[:1])
-        check_int("model.prior_components", prior_components, 1)
         check_int("model.prior_flow_layers", prior_flow_layers, 1)
         check_number("model.beta", beta)
         check_number("model.kl_warmup_epochs", kl_warmup_epochs)
@@ -75,7 +73,6 @@ class CVAEModule(L.LightningModule):
             build(encoder, "model.encoder", **sizes),
             build(decoder, "model.decoder", **sizes),
             prior=prior,
-            prior_components=prior_components,
             prior_flow_layers=prior_flow_layers,
             **sizes,
         )

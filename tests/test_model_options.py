@@ -101,7 +101,7 @@ def test_the_conditional_prior_is_learned():
         ),
         (
             ["model.prior=flat"],
-            "model.prior='flat' is not allowed: expected one of standard, conditional, mixture, flow",
+            "model.prior='flat' is not allowed: expected one of standard, conditional, flow",
         ),
         (["model.beta=-1"], "model.beta=-1 is not allowed: expected a number >= 0"),
         (["model.kl_warmup_epochs=-2"], "model.kl_warmup_epochs=-2 is not allowed: expected a number >= 0"),
