@@ -119,23 +119,24 @@ class CVAE(nn.Module):
 
     def to_noise(self, z: Tensor, y: Tensor | None) -> Tensor:
         """The noise that `from_noise` maps to z at temperature 1: z's place within p(z|y), its "style"."""
+        return self.noise_and_log_det(z, y)[0]
+
+    def noise_and_log_det(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        """`to_noise`, and the log-determinant of its Jacobian (for the prior's density)."""
         mu, logvar = self.prior(y)
         u = (z - mu) * (-0.5 * logvar).exp()
+        log_det = -0.5 * logvar.sum(-1)
         for layer in reversed(self.flow or ()):
-            u = layer.inverse(u, y)[0]
-        return u
+            u, layer_log_det = layer.inverse(u, y)
+            log_det = log_det + layer_log_det
+        return u, log_det
 
     def prior_log_prob(self, z: Tensor, y: Tensor | None) -> Tensor:
-        """log p(z|y) for z (..., B, D): (..., B)."""
-        if self.flow is not None:
-            mu, logvar = self.prior(y)
-            u = (z - mu) * (-0.5 * logvar).exp()
-            log_det = -0.5 * logvar.sum(-1)
-            for layer in reversed(self.flow):
-                u, layer_log_det = layer.inverse(u, y)
-                log_det = log_det + layer_log_det
-            return gaussian_log_prob(u) + log_det
-        return gaussian_log_prob(z, *self.prior(y))
+        """log p(z|y) for z (..., B, D): (..., B); through the flow by the change of variables."""
+        if self.flow is None:
+            return gaussian_log_prob(z, *self.prior(y))
+        u, log_det = self.noise_and_log_det(z, y)
+        return gaussian_log_prob(u) + log_det
 
     def prior(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of p(z|y): zeros for N(0, I), one row per label for the learned prior (and
