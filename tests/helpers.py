@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import lightning as L
@@ -230,3 +233,22 @@ def wandb_history(run_file: Path) -> list[dict]:
                 {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
             )
     return rows
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str, server: subprocess.Popen, timeout: float = 120, request_timeout: float = 10) -> dict:
+    """GET url as JSON from a local server (mlflow ui, optuna-dashboard), retrying while it starts."""
+    end = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=request_timeout) as response:
+                return json.load(response)
+        except OSError:
+            if server.poll() is not None or time.time() > end:
+                raise AssertionError(f"no answer from {url}: {server.stderr.read()[-3000:]}") from None
+            time.sleep(0.2)

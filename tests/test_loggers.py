@@ -2,14 +2,11 @@
 own reader; a resumed run continues the same run in each; a missing package is one line naming the extra."""
 
 import csv
-import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from unittest import mock
 
@@ -23,6 +20,8 @@ from tests.helpers import (
     assert_one_line_error,
     assert_ran,
     composed,
+    free_port,
+    get_json,
     read_events,
     read_hparams,
     run_script,
@@ -78,26 +77,6 @@ def mlflow_metrics(client, run) -> dict[str, list[tuple[int, float]]]:
         key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
         for key in run.data.metrics
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def get_json(url: str, server: subprocess.Popen, timeout: float = 120) -> dict:
-    """GET url as JSON, waiting while the server starts."""
-    end = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return json.loads(response.read())
-        except OSError:
-            assert server.poll() is None and time.time() < end, (
-                server.stderr.read()[-3000:] if server.poll() else url
-            )
-            time.sleep(0.5)
 
 
 def assert_one_grayscale_png(path: Path) -> None:

@@ -4,13 +4,10 @@ value or a stored study that cannot work is refused in one line."""
 
 from __future__ import annotations
 
-import json
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -19,7 +16,15 @@ from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from tests.helpers import SHORT_RUN, assert_one_line_error, assert_ran, run_script, sweep_summary
+from tests.helpers import (
+    SHORT_RUN,
+    assert_one_line_error,
+    assert_ran,
+    free_port,
+    get_json,
+    run_script,
+    sweep_summary,
+)
 
 STUDY = "cvae_latent_lr"  # conf/hparams_search/optuna.yaml's study_name
 SPACE = {
@@ -111,25 +116,6 @@ def test_a_finished_search_launches_nothing(tmp_path):
     assert "trial 2 of study 'cvae_latent_lr'" in result.stdout and "marked failed" in result.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str, server: subprocess.Popen, timeout: float = 60) -> dict:
-    """GET url as JSON, retrying while the server starts."""
-    end = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return json.load(response)
-        except OSError:
-            if server.poll() is not None or time.time() > end:
-                raise AssertionError(f"no answer from {url}: {server.stderr.read()[-2000:]}") from None
-            time.sleep(0.2)
-
-
 def test_optuna_dashboard_serves_the_study(tmp_path):
     """`optuna-dashboard sqlite:///.../optuna.db`, as docs/usage.md says: its JSON API lists the study and
     its trials."""
@@ -142,9 +128,10 @@ def test_optuna_dashboard_serves_the_study(tmp_path):
         text=True,
     )
     try:
-        (summary,) = get_json(f"http://127.0.0.1:{port}/api/studies", dashboard)["study_summaries"]
+        api = f"http://127.0.0.1:{port}/api/studies"
+        (summary,) = get_json(api, dashboard, timeout=60, request_timeout=5)["study_summaries"]
         assert summary["study_name"] == STUDY and summary["directions"] == ["minimize"]
-        study = get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", dashboard)
+        study = get_json(f"{api}/{summary['study_id']}", dashboard, timeout=60, request_timeout=5)
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
