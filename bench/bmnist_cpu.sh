@@ -4,11 +4,15 @@
 # them), two rows at a time, then evaluated by evaluate.py at k=5000 on the full binarized test set.
 # Epoch counts, not a time limit: a paused run (kill -STOP) keeps its budget. With a GPU, run the published
 # schedule instead: python train.py -m experiment=bmnist_vae_k1,bmnist_vae_k5,... trainer=gpu
-# Usage: [SCALE=1] [OUT=logs/bmnist] bash bench/bmnist_cpu.sh
+# `bash bench/bmnist_cpu.sh cpu` instead trains the two CPU-recipe rows (bmnist_vae_k1_cpu and
+# bmnist_cvae_iwae_k1_cpu: batch 100, the schedule compressed to 1,200 epochs, at most 2 hours each) side by
+# side, one core each, into logs/bmnist_cpu; then `python bench/bmnist_table.py --cpu`.
+# Usage: [SCALE=1] [OUT=logs/bmnist] bash bench/bmnist_cpu.sh [cpu]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${SCALE:-1}
-OUT=${OUT:-logs/bmnist}
+RECIPE=${1:-}
+OUT=${OUT:-logs/bmnist${RECIPE:+_$RECIPE}}
 EVERY=${EVERY:-3}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # two processes side by side, one core each
@@ -16,12 +20,13 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # two processes side by side, one co
 # a row another invocation is still training or evaluating is waited for, not started twice
 wait_for() { while pgrep -f "$1" > /dev/null; do sleep 10; done; }
 
+# row NAME [EPOCHS]: without EPOCHS the experiment's own epochs and curve points
 row() {
-  local name=$1 epochs=$(( $2 * SCALE )) dir=$OUT/$1
+  local name=$1 dir=$OUT/$1 length=()
+  [ -n "${2:-}" ] && length=(trainer.max_epochs=$(( $2 * SCALE )) callbacks.test_nll.every_n_epochs="$EVERY")
   wait_for "hydra.run.dir=$dir "
   if [ ! -f "$dir/results.json" ]; then
-    $PY train.py experiment=bmnist_$name trainer.max_epochs="$epochs" hydra.run.dir="$dir" \
-      callbacks.test_nll.every_n_epochs="$EVERY" > "$OUT/$name.train.log" 2>&1
+    $PY train.py experiment=bmnist_$name "${length[@]}" hydra.run.dir="$dir" > "$OUT/$name.train.log" 2>&1
   fi
   wait_for "out_dir=$dir "
   if [ ! -f "$dir/metrics.json" ]; then
@@ -34,6 +39,10 @@ row() {
 }
 
 mkdir -p "$OUT"
+if [ "$RECIPE" = cpu ]; then
+  (row vae_k1_cpu) & (row cvae_iwae_k1_cpu) & wait
+  exit
+fi
 # epochs per row as run for docs/results.md (2026-12-02): the first three rows got about 10-15 CPU minutes;
 # the rest were cut to about half to fit the session, on one core of a 2-core EPYC (15 s an epoch at k=1,
 # 25 s at k=5, 90 s at k=50)

@@ -36,9 +36,24 @@ def validate(cfg: DictConfig) -> None:
     for key, low in (("max_epochs", 1), ("min_epochs", 0), ("num_nodes", 1), ("log_every_n_steps", 1)):
         if _select(cfg, f"trainer.{key}") is not None:
             check_int(f"trainer.{key}", _select(cfg, f"trainer.{key}"), low)
+    _check_max_time(_select(cfg, "trainer.max_time"))
     _check_devices(cfg)
     _check_model_fits_callbacks(cfg)
     _check_early_stopping_validates(cfg)
+
+
+def _check_max_time(value: Any) -> None:
+    """Lightning's Timer takes DD:HH:MM:SS or timedelta keys, and says so only once the fit starts."""
+    allowed = "null, DD:HH:MM:SS (e.g. 00:02:00:00) or {hours: 2}"
+    if value is None:
+        return
+    if isinstance(value, dict):
+        keys = {"days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks"}
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
+        check("trainer.max_time", value, bool(value) and set(value) <= keys and numbers, allowed)
+        return
+    parts = str(value).split(":")
+    check("trainer.max_time", value, len(parts) == 4 and all(p.isdigit() for p in parts), allowed)
 
 
 def _check_devices(cfg: DictConfig) -> None:

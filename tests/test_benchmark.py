@@ -3,12 +3,15 @@
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from cvae_lightning.config import validate
 from cvae_lightning.training import train
 from tests.helpers import ROOT, composed
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("bmnist_*.yaml"))
+CPU_ROWS = [name for name in EXPERIMENTS if name.endswith("_cpu")]
+EXPERIMENTS = [name for name in EXPERIMENTS if name not in CPU_ROWS]
 
 
 def test_every_row_of_the_table_has_an_experiment():
@@ -55,3 +58,49 @@ def test_benchmark_config_is_the_published_setup_and_trains_a_few_steps(name, tm
     assert 100 < results["metrics"][bound] < 800
     curve = json.loads((tmp_path / "test_nll.json").read_text())
     assert [point["epoch"] for point in curve] == [1] and 100 < curve[0]["nll"] < 800
+
+
+def as_dict(cfg) -> dict:
+    return OmegaConf.to_container(cfg)
+
+
+@pytest.mark.parametrize("name", ["bmnist_vae_k1_cpu", "bmnist_cvae_iwae_k1_cpu"])
+def test_a_cpu_row_is_its_published_row_with_the_cpu_recipe_only(name):
+    """Networks, data and objective stay the paper's; batch, schedule, epochs, a 2-hour cap: the recipe."""
+    assert CPU_ROWS == ["bmnist_cvae_iwae_k1_cpu", "bmnist_vae_k1_cpu"]
+    cpu, paper = as_dict(composed(f"experiment={name}")), as_dict(composed(f"experiment={name[:-4]}"))
+    recipe = {
+        ("data", "batch_size"): 100,
+        ("model", "optimizer", "lr"): 1e-3,
+        ("model", "scheduler", "milestones"): [1, 2, 5, 15, 44, 133, 400],
+        ("trainer", "max_epochs"): 1200,
+        ("trainer", "max_time"): "00:02:00:00",
+        ("callbacks", "test_nll", "every_n_epochs"): 50,
+    }
+    for keys, value in recipe.items():
+        *parents, last = keys
+        cpu_node, paper_node = cpu, paper
+        for key in parents:
+            cpu_node, paper_node = cpu_node[key], paper_node[key]
+        assert cpu_node[last] == value
+        cpu_node[last] = paper_node[last]
+    assert cpu == paper
+
+
+def test_a_cpu_row_stops_at_its_time_limit_and_still_tests(tmp_path, data_dir):
+    """trainer.max_time ends the fit mid-schedule on a slow machine; the test pass and results follow."""
+    cfg = composed(
+        "experiment=bmnist_vae_k1_cpu",
+        f"paths.output_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+        "trainer.max_time=00:00:00:02",
+        "trainer.limit_test_batches=1",
+        "callbacks.test_nll.k=4",
+        "callbacks.test_nll.n_images=30",
+    )
+    train(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert 0 < results["steps"] < 1200 * 600 and "test/nelbo" in results["metrics"]
+    # the curve gets its point where training stopped, not only every 50 epochs
+    curve = json.loads((tmp_path / "test_nll.json").read_text())
+    assert [point["step"] for point in curve] == [results["steps"]]

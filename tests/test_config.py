@@ -104,6 +104,8 @@ def check_everything(cfg) -> None:
             "trainer.accelerator='tpu' is not allowed: expected one of cpu, gpu, auto",
         ),
         ("trainer.precision=17", "trainer: Precision 17 is invalid"),
+        ("trainer.max_time=2h", "trainer.max_time='2h' is not allowed: expected null, DD:HH:MM:SS"),
+        ("trainer.max_time={hour:2}", "trainer.max_time={'hour': 2} is not allowed"),
         ("seed=abc", "seed='abc' is not allowed: expected an integer >= 0"),
         ("test=maybe", "test='maybe' is not allowed: expected true or false"),
         ("flush_denormal=1", "flush_denormal=1 is not allowed: expected true or false"),
