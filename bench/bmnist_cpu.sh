@@ -22,11 +22,13 @@ wait_for() { while pgrep -f "$1" > /dev/null; do sleep 10; done; }
 
 # row NAME [EPOCHS]: without EPOCHS the experiment's own epochs and curve points
 row() {
-  local name=$1 dir=$OUT/$1 length=()
-  [ -n "${2:-}" ] && length=(trainer.max_epochs=$(( $2 * SCALE )) callbacks.test_nll.every_n_epochs="$EVERY")
+  local name=$1 dir=$OUT/$1 extra=()
+  [ -n "${2:-}" ] && extra=(trainer.max_epochs=$(( $2 * SCALE )) callbacks.test_nll.every_n_epochs="$EVERY")
   wait_for "hydra.run.dir=$dir "
+  # a row killed part-way continues from its last checkpoint
+  [ -f "$dir/checkpoints/last.ckpt" ] && extra+=(ckpt_path=last)
   if [ ! -f "$dir/results.json" ]; then
-    $PY train.py experiment=bmnist_$name "${length[@]}" hydra.run.dir="$dir" > "$OUT/$name.train.log" 2>&1
+    $PY train.py experiment=bmnist_$name "${extra[@]}" hydra.run.dir="$dir" >> "$OUT/$name.train.log" 2>&1
   fi
   wait_for "out_dir=$dir "
   if [ ! -f "$dir/metrics.json" ]; then
