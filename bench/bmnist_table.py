@@ -172,7 +172,7 @@ def plot(rows: list[dict], cpu: bool) -> None:
         if not r["curve"]:
             continue
         x = [p["seconds"] / 60 if cpu else p["epoch"] for p in r["curve"]]
-        (line,) = ax.plot(x, [p["nll"] for p in r["curve"]], marker=".", label=f"{r['name']}")
+        (line,) = ax.plot(x, [p["nll"] for p in r["curve"]], marker=".", label=r["name"])
         if r["ours"] is not None:
             ax.plot([x[-1]], [r["ours"]], marker="*", markersize=12, color=line.get_color())
         ax.axhline(r["published"], color=line.get_color(), linestyle=":", label=f"published {r['published']}")
