@@ -62,16 +62,14 @@ def test_benchmark_config_is_the_published_setup_and_trains_a_few_steps(name, tm
 
 @pytest.mark.parametrize("name", ["bmnist_vae_k1_cpu", "bmnist_cvae_iwae_k1_cpu"])
 def test_a_cpu_row_is_its_published_row_with_the_cpu_recipe_only(name):
-    """Networks, data and objective stay the paper's; batch, schedule, epochs, a 2-hour cap: the recipe."""
+    """Networks, data, objective and schedule stay the paper's; batch, compile, a 2-hour cap: the recipe."""
     assert CPU_ROWS == ["bmnist_cvae_iwae_k1_cpu", "bmnist_vae_k1_cpu"]
     cpu, paper = composed(f"experiment={name}"), composed(f"experiment={name[:-4]}")
     recipe = {
+        "compile": True,
         "data.batch_size": 100,
-        "model.optimizer.lr": 1e-3,
-        "model.scheduler.milestones": [1, 2, 5, 15, 44, 133, 400],
-        "trainer.max_epochs": 1200,
         "trainer.max_time": "00:02:00:00",
-        "callbacks.test_nll.every_n_epochs": 50,
+        "callbacks.test_nll.every_n_epochs": 100,
     }
     for key, value in recipe.items():
         assert OmegaConf.select(cpu, key) == value
@@ -92,7 +90,7 @@ def test_a_cpu_row_stops_at_its_time_limit_and_still_tests(tmp_path, data_dir):
     )
     train(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert 0 < results["steps"] < 1200 * 600 and "test/nelbo" in results["metrics"]
-    # the curve gets its point where training stopped, not only every 50 epochs
+    assert 0 < results["steps"] < 3280 * 600 and "test/nelbo" in results["metrics"]
+    # the curve gets its point where training stopped, not only every 100 epochs
     curve = json.loads((tmp_path / "test_nll.json").read_text())
     assert [point["step"] for point in curve] == [results["steps"]]
