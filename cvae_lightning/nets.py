@@ -18,11 +18,12 @@ PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
-    """Linear layers with `activation` between them (none after the last)."""
+def mlp(sizes: Sequence[int], activation: str = "relu", extra_in: int = 0) -> nn.Sequential:
+    """Linear layers with `activation` between them (none after the last); every layer after the first
+    takes `extra_in` more inputs (the label, with label_every_layer)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(n_in, n_out))
+        layers.append(nn.Linear(n_in + (extra_in if i else 0), n_out))
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
@@ -44,12 +45,7 @@ def conditioned_mlp(
     n_in: int, n_labels: int, sizes: Sequence[int], activation: str, label_every_layer: bool
 ) -> nn.Sequential:
     """mlp([n_in, *sizes]) whose first layer, or each with `label_every_layer`, also takes the label."""
-    layers = mlp([n_in, *sizes], activation)
-    if label_every_layer and n_labels:
-        linears = [m for m in layers if isinstance(m, nn.Linear)]
-        for i, linear in enumerate(linears[1:], start=1):
-            layers[2 * i] = nn.Linear(linear.in_features + n_labels, linear.out_features)
-    return layers
+    return mlp([n_in, *sizes], activation, n_labels if label_every_layer else 0)
 
 
 def run_conditioned(layers: nn.Sequential, h: Tensor, y: Tensor | None, every_layer: bool) -> Tensor:
