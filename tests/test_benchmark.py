@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from cvae_lightning.config import validate
 from cvae_lightning.training import train
@@ -62,7 +62,8 @@ def test_benchmark_config_is_the_published_setup_and_trains_a_few_steps(name, tm
 
 @pytest.mark.parametrize("name", ["bmnist_vae_k1_cpu", "bmnist_cvae_iwae_k1_cpu"])
 def test_a_cpu_row_is_its_published_row_with_the_cpu_recipe_only(name):
-    """Networks, data, objective and schedule stay the paper's; batch, compile, a 2-hour cap: the recipe."""
+    """Networks, data, objective and schedule stay the paper's; batch, compile, a 2-hour cap, the weights'
+    average: the recipe."""
     assert CPU_ROWS == ["bmnist_cvae_iwae_k1_cpu", "bmnist_vae_k1_cpu"]
     cpu, paper = composed(f"experiment={name}"), composed(f"experiment={name[:-4]}")
     recipe = {
@@ -74,6 +75,10 @@ def test_a_cpu_row_is_its_published_row_with_the_cpu_recipe_only(name):
     for key, value in recipe.items():
         assert OmegaConf.select(cpu, key) == value
         OmegaConf.update(cpu, key, OmegaConf.select(paper, key))
+    # and the weights tested are their moving average (conf/callbacks/ema.yaml)
+    assert cpu.callbacks.ema == composed("callbacks=[ema]").callbacks.ema
+    with open_dict(cpu):
+        del cpu.callbacks.ema
     assert cpu == paper
 
 

@@ -2,12 +2,14 @@
 accuracy, active units)."""
 
 import io
+import json
 from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torchvision.utils import make_grid
@@ -20,10 +22,20 @@ from cvae_lightning.callbacks.images import (
     LatentManifold,
     LatentProjector,
 )
-from cvae_lightning.callbacks.metrics import ActiveUnits, SampleAccuracy
+from cvae_lightning.callbacks.metrics import ActiveUnits, SampleAccuracy, dataset_nll
 from cvae_lightning.loggers import log_image
 from cvae_lightning.model import gaussian_kl
-from tests.helpers import SHORT_RUN, assert_ran, mlp_cvae, read_events, run_script, tiny_module, tiny_trainer
+from cvae_lightning.training import train
+from tests.helpers import (
+    SHORT_RUN,
+    assert_ran,
+    composed,
+    mlp_cvae,
+    read_events,
+    run_script,
+    tiny_module,
+    tiny_trainer,
+)
 
 
 def test_latent_manifold_decodes_a_grid_of_the_plane_for_one_digit():
@@ -284,3 +296,54 @@ def test_the_projector_is_skipped_without_tensorboard(tmp_path, data_dir):
         trainer.fit(tiny_module(latent_dim=3, hidden=16), datamodule=datamodule)
     validation_batch.assert_not_called()
     assert not list(tmp_path.rglob("projector_config.pbtxt"))
+
+
+@pytest.mark.parametrize(
+    "target, tested",
+    [
+        ("cvae_lightning.callbacks.averaging.EMA", "state_dict"),
+        # the negative control: Lightning's own reloads the trained weights for the test after the fit
+        ("lightning.pytorch.callbacks.EMAWeightAveraging", "current_model_state"),
+    ],
+)
+def test_the_ema_callback_checkpoints_and_tests_the_weights_average(target, tested, tmp_path, data_dir):
+    cfg = composed(
+        "callbacks=[checkpointing,ema]",
+        f"callbacks.ema._target_={target}",
+        "callbacks.ema.decay=0.99",  # far behind the trained weights after 40 steps
+        "callbacks.ema.update_every_n_steps=1",
+        "+callbacks.test_nll._target_=cvae_lightning.callbacks.metrics.NLLCurve",
+        "+callbacks.test_nll.k=2",
+        "+callbacks.test_nll.n_images=50",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "logger=csv",
+        f"paths.output_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+    )
+    train(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    checkpoint = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=False)
+    scores = {}
+    for weights in ("state_dict", "current_model_state"):
+        module = instantiate(cfg.model)
+        module.load_state_dict(checkpoint[weights])
+        torch.manual_seed(0)
+        trainer = tiny_trainer(limit_test_batches=2)
+        tested_scores = trainer.test(module, datamodule=instantiate(cfg.data), verbose=False)
+        scores[weights] = tested_scores[0]["test/nelbo"]
+    assert abs(scores["state_dict"] - scores["current_model_state"]) > 5
+    after_fit = results["metrics"]["test/nelbo"]
+    assert after_fit == pytest.approx(scores[tested], abs=1.0)
+    # the test-NLL curve's last point: the same weights, from the last checkpoint (its bound is exact again)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    module = instantiate(cfg.model)
+    module.load_state_dict(last[tested])
+    data = instantiate(cfg.data)
+    data.setup("test")
+    torch.manual_seed(0)
+    nll = dataset_nll(module.model.eval(), data.test_dataloader(), k=2, chunk=100, n_images=50)
+    curve = json.loads((tmp_path / "test_nll.json").read_text())
+    assert curve[-1]["nll"] == pytest.approx(nll, rel=1e-6)

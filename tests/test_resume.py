@@ -81,6 +81,27 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, uninterrupted, mi
 
 
 @pytest.mark.slow
+def test_a_run_with_the_weights_average_resumes_to_the_same_average(tmp_path):
+    """callbacks=[default,ema]: the average (a checkpoint's state_dict) and the trained weights beside it
+    both continue from a mid-epoch last.ckpt as if never stopped."""
+    overrides = [
+        *RUN,
+        "callbacks=[default,ema]",
+        "callbacks.ema.update_every_n_steps=1",
+        "callbacks.ema.decay=0.9",
+    ]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert_ran(run_script("train.py", *overrides, f"hydra.run.dir={whole}"))
+    kill_after_checkpoint(killed, overrides, min_step=6)
+    assert_ran(run_script("train.py", *overrides, f"hydra.run.dir={killed}", "ckpt_path=last"))
+    expected, ckpt = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (whole, killed))
+    assert_same_state(ckpt, expected)
+    for key, value in expected["current_model_state"].items():
+        assert torch.equal(ckpt["current_model_state"][key], value), key
+        assert not torch.equal(expected["state_dict"][key], value), key  # the average is not the weights
+
+
+@pytest.mark.slow
 def test_negative_control_without_rng_restore_differs(tmp_path, uninterrupted):
     """Proves the comparison above can fail: drop the RNG-state callback and the resumed run diverges."""
     overrides = [*RUN, "~callbacks.rng_state"]

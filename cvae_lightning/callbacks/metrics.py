@@ -13,6 +13,7 @@ import torch
 from torchvision.utils import make_grid
 
 from cvae_lightning import files
+from cvae_lightning.callbacks.averaging import averaged_weights
 from cvae_lightning.data import NUM_CLASSES
 from cvae_lightning.loggers import log_image
 
@@ -141,9 +142,9 @@ class LogLikelihood(L.Callback):
 class NLLCurve(L.Callback):
     """`test/nll_k<k>` every `every_n_epochs` training epochs and after the last: the IWAE bound with k
     samples on the first `n_images` test images, binarized as the data module does it with a fixed seed, in
-    float32. Each point is also appended to `<run dir>/test_nll.json` with its epoch and the wall and CPU
-    seconds since the fit began, so a benchmark run shows how far it got and where it was heading
-    (docs/results.md plots them)."""
+    float32, of the averaged weights under the `ema` callback. Each point is also appended to
+    `<run dir>/test_nll.json` with its epoch and the wall and CPU seconds since the fit began, so a benchmark
+    run shows how far it got and where it was heading (docs/results.md plots them)."""
 
     def __init__(self, k: int = 100, every_n_epochs: int = 10, n_images: int | None = None, chunk: int = 100):
         self.k, self.every_n_epochs, self.n_images, self.chunk = k, every_n_epochs, n_images, chunk
@@ -160,7 +161,11 @@ class NLLCurve(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         # its own random draws: the training run's RNG stream (and so exact resume) stays untouched
-        with torch.random.fork_rng(devices=[]), float32_matmul_precision("highest"):
+        with (
+            torch.random.fork_rng(devices=[]),
+            float32_matmul_precision("highest"),
+            averaged_weights(trainer, pl_module),
+        ):
             torch.manual_seed(0)
             loader = trainer.datamodule.test_dataloader()
             nll = dataset_nll(pl_module.model, loader, self.k, self.chunk, self.n_images)

@@ -1,0 +1,44 @@
+"""An exponential moving average of the weights (Polyak averaging), what checkpoints, validation, the test
+after fitting and the test-NLL curve read; the trained weights go on training and are kept beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's EMAWeightAveraging (a checkpoint's `state_dict` is the average, `current_model_state` the
+    trained weights), whose average is also what `trainer.validate` / `trainer.test` read after a fit: the
+    parent reloads the trained weights over a checkpoint's average there, and swaps its own final average
+    in for validation, so a best checkpoint's scores would be another model's."""
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.fn == TrainerFn.FITTING:  # resuming: both weights back in place
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    @contextmanager
+    def averaged(self, pl_module) -> Iterator[None]:
+        """The average in `pl_module` for the block, the trained weights back after it."""
+        self._swap_models(pl_module)  # the parent's private swap, used only here
+        try:
+            yield
+        finally:
+            self._swap_models(pl_module)
+
+
+def averaged_weights(trainer, pl_module) -> AbstractContextManager:
+    """A context with the EMA callback's average in `pl_module`, or an empty one without the callback."""
+    ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+    return ema.averaged(pl_module) if ema else nullcontext()
