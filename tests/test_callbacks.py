@@ -325,25 +325,26 @@ def test_the_ema_callback_checkpoints_and_tests_the_weights_average(target, test
     )
     train(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
-    checkpoint = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=False)
+
+    def module(path, weights):  # the run's module with one of a checkpoint's two sets of weights
+        built = instantiate(cfg.model)
+        built.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)[weights])
+        return built
+
     scores = {}
     for weights in ("state_dict", "current_model_state"):
-        module = instantiate(cfg.model)
-        module.load_state_dict(checkpoint[weights])
         torch.manual_seed(0)
         trainer = tiny_trainer(limit_test_batches=2)
-        tested_scores = trainer.test(module, datamodule=instantiate(cfg.data), verbose=False)
-        scores[weights] = tested_scores[0]["test/nelbo"]
+        best = module(results["best_checkpoint"], weights)
+        scores[weights] = trainer.test(best, datamodule=instantiate(cfg.data), verbose=False)[0]["test/nelbo"]
     assert abs(scores["state_dict"] - scores["current_model_state"]) > 5
     after_fit = results["metrics"]["test/nelbo"]
     assert after_fit == pytest.approx(scores[tested], abs=1.0)
     # the test-NLL curve's last point: the same weights, from the last checkpoint (its bound is exact again)
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    module = instantiate(cfg.model)
-    module.load_state_dict(last[tested])
+    last = module(tmp_path / "checkpoints" / "last.ckpt", tested)
     data = instantiate(cfg.data)
     data.setup("test")
     torch.manual_seed(0)
-    nll = dataset_nll(module.model.eval(), data.test_dataloader(), k=2, chunk=100, n_images=50)
+    nll = dataset_nll(last.model.eval(), data.test_dataloader(), k=2, chunk=100, n_images=50)
     curve = json.loads((tmp_path / "test_nll.json").read_text())
     assert curve[-1]["nll"] == pytest.approx(nll, rel=1e-6)
