@@ -37,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     check_bool("eval.cas", cfg.eval.cas)  # before any work: the test pass takes minutes
     check_int("eval.cas_epochs", cfg.eval.cas_epochs, 1)
-    module = checkpoints.load_module(cfg.ckpt_path)
+    module = checkpoints.load_module(cfg.ckpt_path, weights=cfg.weights)
     classifier = checkpoints.load_classifier(cfg.classifier_path)
     trained_on = checkpoints.data_config(checkpoints.read(cfg.ckpt_path))
     binarize = trained_on.get("binarize", "none")
@@ -57,6 +57,7 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     metrics = {
         "model": "CVAE" if module.model.n_labels else "VAE",
+        "weights": cfg.weights,
         "test_images": n_images,
         "k": k,
         "test": test,

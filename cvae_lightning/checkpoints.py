@@ -15,7 +15,7 @@ from hydra.utils import get_class
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from cvae_lightning import files
-from cvae_lightning.errors import CheckpointError, first_line
+from cvae_lightning.errors import CheckpointError, check_choice, first_line
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,27 @@ def expect(
     return found
 
 
+WEIGHTS = ("average", "trained")
+
+
 def load_module(
-    path: str | Path, kinds: tuple[str, ...] = ("cvae", "vae"), key: str = "ckpt_path", map_location="cpu"
+    path: str | Path,
+    kinds: tuple[str, ...] = ("cvae", "vae"),
+    key: str = "ckpt_path",
+    map_location="cpu",
+    weights: str = "average",
 ):
-    """The LightningModule in the checkpoint at `path`, in eval mode, if it is one of `kinds`."""
-    found = expect(read(path, key, kinds), path, kinds, key)
+    """The LightningModule in the checkpoint at `path`, in eval mode, if it is one of `kinds`. `weights`:
+    its state_dict ("average": the moving average where callbacks=[...,ema] trained it), or the trained
+    weights such a checkpoint keeps beside the average ("trained")."""
+    check_choice("weights", weights, WEIGHTS)
+    checkpoint = read(path, key, kinds)
+    found = expect(checkpoint, path, kinds, key)
+    if weights == "trained" and "current_model_state" not in checkpoint:
+        raise CheckpointError(
+            f"weights=trained is not allowed for {key}={path}: it holds one set of weights (trained without "
+            "callbacks=[default,ema]); use weights=average"
+        )
     # building a model draws initial weights from torch's global RNG: fork it, so that loading (as
     # SampleAccuracy does when training starts) leaves a training run's random draws as they would be
     with torch.random.fork_rng(devices=[]):
@@ -113,6 +129,8 @@ def load_module(
             raise CheckpointError(
                 f"{key}={path} is not allowed: it does not load as a {found} ({reason})"
             ) from None
+    if weights == "trained":
+        module.load_state_dict(checkpoint["current_model_state"])
     if found == "classifier":  # channels-last weights: oneDNN's faster convolution layout on CPU
         module = module.to(memory_format=torch.channels_last)
     return module.eval()

@@ -23,6 +23,7 @@ from cvae_lightning.callbacks.images import (
     LatentProjector,
 )
 from cvae_lightning.callbacks.metrics import ActiveUnits, SampleAccuracy, dataset_nll
+from cvae_lightning.checkpoints import load_module
 from cvae_lightning.loggers import log_image
 from cvae_lightning.model import gaussian_kl
 from cvae_lightning.training import train
@@ -301,9 +302,9 @@ def test_the_projector_is_skipped_without_tensorboard(tmp_path, data_dir):
 @pytest.mark.parametrize(
     "target, tested",
     [
-        ("cvae_lightning.callbacks.averaging.EMA", "state_dict"),
+        ("cvae_lightning.callbacks.averaging.EMA", "average"),
         # the negative control: Lightning's own reloads the trained weights for the test after the fit
-        ("lightning.pytorch.callbacks.EMAWeightAveraging", "current_model_state"),
+        ("lightning.pytorch.callbacks.EMAWeightAveraging", "trained"),
     ],
 )
 def test_the_ema_callback_checkpoints_and_tests_the_weights_average(target, tested, tmp_path, data_dir):
@@ -326,22 +327,17 @@ def test_the_ema_callback_checkpoints_and_tests_the_weights_average(target, test
     train(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
 
-    def module(path, weights):  # the run's module with one of a checkpoint's two sets of weights
-        built = instantiate(cfg.model)
-        built.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)[weights])
-        return built
-
     scores = {}
-    for weights in ("state_dict", "current_model_state"):
+    for weights in ("average", "trained"):  # evaluate.py's weights=
         torch.manual_seed(0)
         trainer = tiny_trainer(limit_test_batches=2)
-        best = module(results["best_checkpoint"], weights)
+        best = load_module(results["best_checkpoint"], weights=weights)
         scores[weights] = trainer.test(best, datamodule=instantiate(cfg.data), verbose=False)[0]["test/nelbo"]
-    assert abs(scores["state_dict"] - scores["current_model_state"]) > 5
+    assert abs(scores["average"] - scores["trained"]) > 5
     after_fit = results["metrics"]["test/nelbo"]
     assert after_fit == pytest.approx(scores[tested], abs=1.0)
     # the test-NLL curve's last point: the same weights, from the last checkpoint (its bound is exact again)
-    last = module(tmp_path / "checkpoints" / "last.ckpt", tested)
+    last = load_module(tmp_path / "checkpoints" / "last.ckpt", weights=tested)
     data = instantiate(cfg.data)
     data.setup("test")
     torch.manual_seed(0)

@@ -77,6 +77,22 @@ def test_every_script_refuses_a_bad_checkpoint_in_one_line(
     assert_one_line_error(result, expected.format(**names))
 
 
+def test_the_trained_weights_of_a_checkpoint_without_an_average_are_refused_in_one_line(
+    checkpoints, tiny_checkpoints
+):
+    ckpt = checkpoints / "cvae.ckpt"
+    result = run_script(
+        "evaluate.py",
+        f"ckpt_path={ckpt}",
+        f"classifier_path={tiny_checkpoints['classifier']}",
+        "weights=trained",
+        timeout=120,
+    )
+    assert_one_line_error(result, f"weights=trained is not allowed for ckpt_path={ckpt}: it holds one set")
+    result = run_script("evaluate.py", f"ckpt_path={ckpt}", "weights=best", timeout=120)
+    assert_one_line_error(result, "weights='best' is not allowed: expected one of average, trained")
+
+
 def test_resuming_from_a_vae_checkpoint_is_refused_in_one_line(checkpoints, tmp_path, data_dir):
     result = run_script(
         "train.py", *QUICK, f"ckpt_path={checkpoints / 'vae.ckpt'}", f"hydra.run.dir={tmp_path}", timeout=120
