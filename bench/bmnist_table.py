@@ -123,37 +123,8 @@ def table(rows: list[dict], cpu: bool) -> str:
             "minutes paused (SIGSTOP) while speed was measured on the quiet machine, and time shared with "
             "other jobs.",
         ]
-    if cpu:
-        lines += [""] + [heading(r) for r in rows if len(r["curve"]) >= 6 and r["ours"] is not None]
     lines += ["", markers(cpu)[1]]
     return "\n".join(lines)
-
-
-def heading(row: dict) -> str:
-    """Where a row's curve is heading: NLL(t) = a + b t^-c fitted to its points from a quarter of its time
-    on (IWAE k=100), shifted by the gap between its last k=100 point and its k=5000 number."""
-    import numpy as np
-
-    seconds = np.array([p["seconds"] for p in row["curve"]])
-    nll = np.array([p["nll"] for p in row["curve"]])
-    late = seconds >= seconds[-1] / 4
-
-    def fit(c: float) -> tuple[float, np.ndarray]:  # least squares in a and b for a given c
-        design = np.stack([np.ones(late.sum()), seconds[late] ** -c], axis=1)
-        coef, *_ = np.linalg.lstsq(design, nll[late], rcond=None)
-        return float(((design @ coef - nll[late]) ** 2).sum()), coef
-
-    c = min(np.linspace(0.05, 2, 391), key=lambda c: fit(c)[0])
-    a, b = fit(c)[1]
-    shift = row["ours"] - nll[-1]
-    at = {f"{h} h": a + b * (h * 3600) ** (-c) + shift for h in (4, 8)}
-    return (
-        f"- `bmnist_{row['name']}`: a + b·t^−c fitted to its curve from {seconds[-1] / 4 / 60:.0f} min on "
-        f"(a = {a:.2f} at k = 100, c = {c:.2f}); shifted by its k = 100 → 5000 gap ({shift:+.2f}) it heads "
-        f"for {a + shift:.2f}; trained on at its last learning rate, the fit reads "
-        + ", ".join(f"{v:.2f} at {k}" for k, v in at.items())
-        + "."
-    )
 
 
 def markers(cpu: bool) -> tuple[str, str]:

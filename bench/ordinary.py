@@ -8,9 +8,10 @@
 torchvision's `MNIST` + `ToTensor()` + `DataLoader(batch_size=128, shuffle=True)`, a plain PyTorch loop,
 `torch.optim.Adam(lr=1e-3)` and torch's defaults (float32 matmuls, denormals kept), as the seed notebook
 did. The network is the one `python train.py` trains by default (`default_model`: MLP encoder 512-256,
-decoder 256-512, latent 20, learned conditional prior) and the loss its -ELBO, so only the way of training
-differs. Prints a JSON line: epoch times, test -ELBO, and with `--test-every-epoch` the seconds from process
-start until test -ELBO first reached `--target`.
+decoder 256-512 with the label at every layer, latent 20, flow prior) and the loss its -ELBO, so only the
+way of training differs (train.py also keeps a moving average of the weights). Prints a JSON line: epoch
+times, test -ELBO, and with `--test-every-epoch` the seconds from process start until test -ELBO first
+reached `--target`.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ def default_model() -> CVAE:
     """The model `python train.py` trains by default (conf/model/cvae.yaml), as a plain nn.Module."""
     return CVAE(
         MLPEncoder(LATENT_DIM, N_LABELS, [512, 256]),
-        MLPDecoder(LATENT_DIM, N_LABELS, [256, 512]),
+        MLPDecoder(LATENT_DIM, N_LABELS, [256, 512], label_every_layer=True),
         latent_dim=LATENT_DIM,
         n_labels=N_LABELS,
-        prior="conditional",
+        prior="flow",
     )
 
 

@@ -116,8 +116,8 @@ def load_module(
     found = expect(checkpoint, path, kinds, key)
     if weights == "trained" and "current_model_state" not in checkpoint:
         raise CheckpointError(
-            f"weights=trained is not allowed for {key}={path}: it holds one set of weights (trained without "
-            "callbacks=[default,ema]); use weights=average"
+            f"weights=trained is not allowed for {key}={path}: it holds one set of weights (its run "
+            "kept no weights average: ~callbacks.ema or experiment=classic); use weights=average"
         )
     # building a model draws initial weights from torch's global RNG: fork it, so that loading (as
     # SampleAccuracy does when training starts) leaves a training run's random draws as they would be

