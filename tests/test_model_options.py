@@ -155,7 +155,7 @@ def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup_epochs():
 def test_the_optimizer_is_swapped_with_one_override():
     optimizer = tiny_module("model.optimizer._target_=torch.optim.AdamW").configure_optimizers()
     assert type(optimizer) is torch.optim.AdamW
-    assert optimizer.defaults["lr"] == 3e-3  # conf/model/cvae.yaml's, kept
+    assert optimizer.defaults["lr"] == 2.5e-3  # conf/model/cvae.yaml's, kept
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
