@@ -344,3 +344,18 @@ def test_the_ema_callback_checkpoints_and_tests_the_weights_average(target, test
     nll = dataset_nll(last.model.eval(), data.test_dataloader(), k=2, chunk=100, n_images=50)
     curve = json.loads((tmp_path / "test_nll.json").read_text())
     assert curve[-1]["nll"] == pytest.approx(nll, rel=1e-6)
+
+
+def test_the_weights_average_is_debiased_the_closed_form_of_an_ema_started_at_zero():
+    from torch.optim.swa_utils import AveragedModel
+
+    from cvae_lightning.callbacks.averaging import debiased_ema
+
+    decay, seen = 0.9, [3.0, -1.0, 4.0, 1.0, 5.0]
+    weight = torch.nn.Parameter(torch.zeros(()))
+    average = AveragedModel(torch.nn.ParameterList([weight]), avg_fn=debiased_ema(decay))
+    for n, value in enumerate(seen, 1):
+        weight.data.fill_(value)
+        average.update_parameters(torch.nn.ParameterList([weight]))
+        expected = sum((1 - decay) * decay ** (n - i) * w for i, w in enumerate(seen[:n], 1)) / (1 - decay**n)
+        assert average.module[0].item() == pytest.approx(expected, rel=1e-6)

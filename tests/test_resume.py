@@ -97,7 +97,8 @@ def test_a_run_with_the_weights_average_resumes_to_the_same_average(tmp_path):
     assert_same_state(ckpt, expected)
     for key, value in expected["current_model_state"].items():
         assert torch.equal(ckpt["current_model_state"][key], value), key
-        assert not torch.equal(expected["state_dict"][key], value), key  # the average is not the weights
+        if not key.endswith(".mask"):  # the flow's masks are constants; every weight differs from its average
+            assert not torch.equal(expected["state_dict"][key], value), key
 
 
 @pytest.mark.slow

@@ -10,11 +10,27 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
 
+def debiased_ema(decay: float):
+    """The EMA update that weighs the weights seen so far as an average started at zero and divided by
+    1 - decay^n (Adam's bias correction): the first weights keep no share of their own, so a short run's
+    average follows its training instead of staying near the weights of its first update."""
+
+    def avg_fn(averaged, current, num_averaged):
+        return averaged + (current - averaged) * ((1 - decay) / (1 - decay ** (num_averaged + 1)))
+
+    return avg_fn
+
+
 class EMA(EMAWeightAveraging):
     """Lightning's EMAWeightAveraging (a checkpoint's `state_dict` is the average, `current_model_state` the
-    trained weights), whose average is also what `trainer.validate` / `trainer.test` read after a fit: the
-    parent reloads the trained weights over a checkpoint's average there, and swaps its own final average
-    in for validation, so a best checkpoint's scores would be another model's."""
+    trained weights), debiased (`debiased_ema`), whose average is also what `trainer.validate` /
+    `trainer.test` read after a fit: the parent reloads the trained weights over a checkpoint's average
+    there, and swaps its own final average in for validation, so a best checkpoint's scores would be another
+    model's."""
+
+    def __init__(self, *args, decay: float = 0.999, **kwargs):
+        super().__init__(*args, decay=decay, **kwargs)
+        self._kwargs["avg_fn"] = debiased_ema(decay)  # what the parent hands torch's AveragedModel
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         if trainer.state.fn == TrainerFn.FITTING:  # resuming: both weights back in place
