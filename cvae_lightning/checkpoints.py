@@ -109,7 +109,7 @@ def load_module(
     weights: str = "average",
 ):
     """The LightningModule in the checkpoint at `path`, in eval mode, if it is one of `kinds`. `weights`:
-    its state_dict ("average": the moving average where callbacks=[...,ema] trained it), or the trained
+    its state_dict ("average": the moving average where callbacks.ema trained it), or the trained
     weights such a checkpoint keeps beside the average ("trained")."""
     check_choice("weights", weights, WEIGHTS)
     checkpoint = read(path, key, kinds)
