@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
 
 def stop_at_end_of_step(trainer: L.Trainer) -> None:
@@ -27,6 +27,18 @@ def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
     fast_dev_run, a step already saved)."""
     if not callback._should_skip_saving_checkpoint(trainer):
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def set_averaging_fn(callback: WeightAveraging, avg_fn) -> None:
+    """`callback` averages with `avg_fn(averaged, current, num_averaged)`: Lightning's WeightAveraging hands
+    its stored keyword arguments to torch's AveragedModel, and EMAWeightAveraging puts `avg_fn` there."""
+    callback._kwargs["avg_fn"] = avg_fn
+
+
+def swap_averaged_weights(callback: WeightAveraging, pl_module: L.LightningModule) -> None:
+    """The average goes into `pl_module` and its weights into the average's place (twice: back again), as
+    Lightning's WeightAveraging does around validation."""
+    callback._swap_models(pl_module)
 
 
 def tensorboard_file_writer(writer: Any):

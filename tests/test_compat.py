@@ -2,6 +2,7 @@
 project relies on: an upgrade that removes or changes one fails here, by name, not deep in a training run."""
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -155,3 +156,24 @@ def test_a_loggers_experiment_is_read_without_making_one(tmp_path):
     assert compat.logger_experiment(logger) is None and not (tmp_path / "csv").exists()
     writer = logger.experiment
     assert writer is not None and compat.logger_experiment(logger) is writer
+
+
+def test_weight_averaging_takes_an_averaging_fn_and_swaps_the_average_in():
+    """WeightAveraging._kwargs (handed to torch's AveragedModel) and WeightAveraging._swap_models."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    def keep_first(averaged, current, num_averaged):  # an average that never moves from its first weights
+        return averaged
+
+    class SwapAtEpochEnd(WeightAveraging):
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.seen = [pl_module.weight.item()]
+            for _ in range(2):
+                compat.swap_averaged_weights(self, pl_module)
+                self.seen.append(pl_module.weight.item())
+
+    callback = SwapAtEpochEnd()
+    compat.set_averaging_fn(callback, keep_first)
+    tiny_trainer(max_epochs=1, callbacks=[callback]).fit(OneWeight())
+    # six SGD steps of lr 0.1 on a gradient of 2; the average kept the weights after the first
+    assert callback.seen == pytest.approx([1 - 0.2 * 6, 1 - 0.2, 1 - 0.2 * 6])

@@ -9,6 +9,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
+from cvae_lightning import compat
+
 
 def debiased_ema(decay: float):
     """The EMA update that weighs the weights seen so far as an average started at zero and divided by
@@ -30,7 +32,7 @@ class EMA(EMAWeightAveraging):
 
     def __init__(self, *args, decay: float = 0.999, **kwargs):
         super().__init__(*args, decay=decay, **kwargs)
-        self._kwargs["avg_fn"] = debiased_ema(decay)  # what the parent hands torch's AveragedModel
+        compat.set_averaging_fn(self, debiased_ema(decay))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         if trainer.state.fn == TrainerFn.FITTING:  # resuming: both weights back in place
@@ -47,11 +49,11 @@ class EMA(EMAWeightAveraging):
     @contextmanager
     def averaged(self, pl_module) -> Iterator[None]:
         """The average in `pl_module` for the block, the trained weights back after it."""
-        self._swap_models(pl_module)  # the parent's private swap, used only here
+        compat.swap_averaged_weights(self, pl_module)
         try:
             yield
         finally:
-            self._swap_models(pl_module)
+            compat.swap_averaged_weights(self, pl_module)
 
 
 def averaged_weights(trainer, pl_module) -> AbstractContextManager:
