@@ -4,7 +4,7 @@ project relies on: an upgrade that removes or changes one fails here, by name, n
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -160,7 +160,6 @@ def test_a_loggers_experiment_is_read_without_making_one(tmp_path):
 
 def test_weight_averaging_takes_an_averaging_fn_and_swaps_the_average_in():
     """WeightAveraging._kwargs (handed to torch's AveragedModel) and WeightAveraging._swap_models."""
-    from lightning.pytorch.callbacks import WeightAveraging
 
     def keep_first(averaged, current, num_averaged):  # an average that never moves from its first weights
         return averaged
