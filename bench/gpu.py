@@ -34,14 +34,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-
-from cvae_lightning import compat
+from lightning.pytorch.callbacks import WeightAveraging
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/gpu.py` puts bench/ on the path, not the project root
     sys.path.insert(0, str(ROOT))
 
 from bench import machine  # noqa: E402
+from cvae_lightning import compat  # noqa: E402  (after the path: the project need not be pip-installed)
 
 RESULTS = ROOT / "bench" / "gpu_results.md"
 SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's text under set_sync_debug_mode("warn")
@@ -152,10 +152,15 @@ class GpuProbe(L.Callback):
 def reads_back(trainer: L.Trainer, batch_idx: int) -> str | None:
     """Why a training step reads a value back from the device by design, or None: Lightning converts the
     logged metrics to numbers when it logs (after the step) and when the progress bar redraws (inside its
-    on_train_batch_end, before GpuProbe's); at an epoch's last step the non-finite loss check
+    on_train_batch_end, before GpuProbe's); torch's AveragedModel reads its count of averages when the
+    weights average (`callbacks.ema`) updates; at an epoch's last step the non-finite loss check
     (`callbacks.loss.StopOnNonFiniteLoss`, deferred on a GPU) reads the losses it gathered."""
     if compat.logs_this_step(trainer):
         return "Lightning logs"
+    # WeightAveraging updates after the optimizer step, with step_idx = the global step before it
+    averaging = (cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging))
+    if any(cb.should_update(step_idx=trainer.global_step) for cb in averaging):
+        return "the weights average updates"
     if batch_idx + 1 >= trainer.num_training_batches:
         return "the epoch's last step"
     rate = getattr(trainer.progress_bar_callback, "refresh_rate", 0)  # 0: no progress bar

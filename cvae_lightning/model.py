@@ -23,13 +23,13 @@ LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor = 0.0, prior_logvar: Tensor = 0.0) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))) per example and latent dimension."""
-    prior_logvar = torch.as_tensor(prior_logvar, dtype=mu.dtype, device=mu.device)
+    prior_logvar = torch.as_tensor(prior_logvar, dtype=mu.dtype)  # a float: a host scalar, no GPU copy
     return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
 
 
 def gaussian_log_prob(z: Tensor, mu: Tensor = 0.0, logvar: Tensor = 0.0) -> Tensor:
     """log N(z; mu, exp(logvar)), summed over the last dimension."""
-    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    logvar = torch.as_tensor(logvar, dtype=z.dtype)  # a float: a host scalar, no GPU copy (a sync)
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(dim=-1)
 
 

@@ -21,6 +21,7 @@ from bench.gpu import (
     violations,
     write_results,
 )
+from cvae_lightning.callbacks.averaging import EMA
 from cvae_lightning.data import MNISTDataModule
 from cvae_lightning.model import CVAE
 from cvae_lightning.nets import MLPDecoder, MLPEncoder
@@ -200,7 +201,7 @@ def test_the_probe_times_epochs_and_checks_the_steps_that_read_nothing_back(tmp_
         limit_val_batches=1,
         log_every_n_steps=3,
         enable_progress_bar=True,
-        callbacks=[TQDMProgressBar(refresh_rate=4), probe],
+        callbacks=[TQDMProgressBar(refresh_rate=4), EMA(decay=0.9, update_every_n_steps=7), probe],
     )
     with pytest.warns(UserWarning, match=SYNC_WARNING):  # step 5's, outside what is checked, is not kept
         trainer.fit(SyncsAt(sync_at=(5, 6)), datamodule(data_dir))
@@ -208,13 +209,15 @@ def test_the_probe_times_epochs_and_checks_the_steps_that_read_nothing_back(tmp_
     assert len(record["epochs"]) == len(record["steps"]) == 2 and record["images"] == [80, 80]
     assert all(0 < s < e for s, e in zip(record["steps"], record["epochs"], strict=True))
     assert set(record["data"].values()) == {"cpu"} and len(record["data"]) == 5
-    # steps 2, 5 log (log_every_n_steps=3); batch 4 of each epoch redraws the bar; 4 ends epoch 0
-    assert record["checked_steps"] == [1, 6, 7]
+    # steps 2, 5 log (log_every_n_steps=3); batch 4 of each epoch redraws the bar; 4 ends epoch 0; the
+    # average updates after steps 0 and 7
+    assert record["checked_steps"] == [1, 6]
     assert record["skipped_steps"] == {
         "2": "Lightning logs",
         "3": "the progress bar redraws",
         "4": "the epoch's last step",
         "5": "Lightning logs",
+        "7": "the weights average updates",
     }
     assert record["syncs"] == [
         f"step 6: test_gpu_bench.py:{SyncsAt.training_step.__code__.co_firstlineno + 2}"
