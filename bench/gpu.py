@@ -11,8 +11,8 @@ which also checks that
 
 (a) the datasets sit on the model's device when training starts (no host-to-device copy per batch), and
 (b) training steps force no host sync: steps `GpuProbe.check_steps` run under
-    `torch.cuda.set_sync_debug_mode("warn")`, except those where Lightning logs, the progress bar redraws
-    or an epoch ends, which read values back by design.
+    `torch.cuda.set_sync_debug_mode("warn")`, except those where Lightning logs, the progress bar redraws,
+    the weights average updates or an epoch ends, which read values back by design.
 
 Writes bench/gpu_results.md and bench/gpu_results.json (with bench/machine.py's commit, host and versions);
 exits 1 with one line if a run fails or a check does not hold.
