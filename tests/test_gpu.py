@@ -62,6 +62,19 @@ def test_the_bounds_on_the_gpu_equal_the_cpus(prior, float32_matmuls):
         torch.testing.assert_close(results[1][name].cpu(), value, rtol=1e-4, atol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("prior", ["standard", "flow"])
+def test_the_loss_and_its_gradient_wait_for_nothing_on_the_host(prior):
+    """What bench/gpu.py's probe checks inside a run, on the maths alone: a float default once became a
+    CUDA tensor in every step, a copy that waits for the device."""
+    model = mlp_cvae(latent_dim=4, hidden_dims=(64,), prior=prior).cuda()
+    x, y = torch.rand(32, 1, 28, 28, device="cuda"), torch.arange(32, device="cuda") % 10
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model.elbo(x, y)["nelbo"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_a_run_on_the_gpu_logs_and_its_checkpoint_draws_on_a_cpu(tmp_path, data_dir):
     assert_ran(run_script("train.py", "trainer=gpu", *SHORT_RUN, f"hydra.run.dir={tmp_path}"))
     scalars, images = read_events(tmp_path)
