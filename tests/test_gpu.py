@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cvae_lightning.process import float32_matmul_precision
 from tests.helpers import (
     SHORT_RUN,
     assert_ran,
@@ -27,18 +28,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def float32_matmuls():
-    """float32 matmuls in float32 (no TF32) for the test, so that the GPU's sums differ from the CPU's
-    only by their order."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(before)
-
-
 @pytest.mark.parametrize("prior", ["standard", "conditional", "flow"])
-def test_the_bounds_on_the_gpu_equal_the_cpus(prior, float32_matmuls):
+def test_the_bounds_on_the_gpu_equal_the_cpus(prior):
     torch.manual_seed(0)
     cpu = mlp_cvae(latent_dim=4, hidden_dims=(64,), prior=prior)
     for p in cpu.parameters():  # a prior away from its N(0, I) start, so that it takes part
@@ -47,17 +38,19 @@ def test_the_bounds_on_the_gpu_equal_the_cpus(prior, float32_matmuls):
     gpu.load_state_dict(cpu.state_dict())
     x, y, eps = torch.rand(32, 1, 28, 28).bernoulli(), torch.arange(32) % 10, torch.randn(50, 32, 4)
     results = []
-    for model in (cpu, gpu):
-        d = model.device
-        mu, logvar = model.encode(x.to(d), y.to(d))
-        y_hot = model.condition(y.to(d))
-        results.append(
-            {
-                "log_weights": model.log_weights(x.to(d), y_hot, mu, logvar, eps.to(d)),
-                "prior_log_prob": model.prior_log_prob(mu, y_hot),
-                "images": model.images(mu, y.to(d)),
-            }
-        )
+    # float32 matmuls without TF32, so that the GPU's sums differ from the CPU's only by their order
+    with float32_matmul_precision("highest"):
+        for model in (cpu, gpu):
+            d = model.device
+            mu, logvar = model.encode(x.to(d), y.to(d))
+            y_hot = model.condition(y.to(d))
+            results.append(
+                {
+                    "log_weights": model.log_weights(x.to(d), y_hot, mu, logvar, eps.to(d)),
+                    "prior_log_prob": model.prior_log_prob(mu, y_hot),
+                    "images": model.images(mu, y.to(d)),
+                }
+            )
     for name, value in results[0].items():
         torch.testing.assert_close(results[1][name].cpu(), value, rtol=1e-4, atol=1e-4, msg=name)
 
