@@ -26,12 +26,12 @@ def main(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig) -> dict:
     import lightning as L
 
-    from cvae_lightning import checkpoints
-    from cvae_lightning.config import build
-    from cvae_lightning.data import BINARIZE, load_split
     from cvae_lightning.errors import ConfigError, check_bool, check_int
-    from cvae_lightning.scores import sample_scores, write_report
-    from cvae_lightning.training import build_group
+    from cvae_lightning.evaluation.scores import sample_scores, write_report
+    from cvae_lightning.harness import checkpoints
+    from cvae_lightning.harness.config import build
+    from cvae_lightning.harness.training import build_group
+    from cvae_lightning.model.data import BINARIZE, load_split
 
     if not cfg.ckpt_path:
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")

@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict:
     from cvae_lightning.errors import ConfigError, check_bool, check_number
-    from cvae_lightning.export import export
+    from cvae_lightning.evaluation.export import export
 
     if not cfg.ckpt_path:
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")

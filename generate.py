@@ -27,9 +27,10 @@ def generate(cfg: DictConfig) -> None:
     import torch
     from torchvision.utils import save_image
 
-    from cvae_lightning import checkpoints, generation
-    from cvae_lightning.data import NUM_CLASSES, MNISTDataModule
     from cvae_lightning.errors import ConfigError, check, check_int, check_number
+    from cvae_lightning.evaluation import generation
+    from cvae_lightning.harness import checkpoints
+    from cvae_lightning.model.data import NUM_CLASSES, MNISTDataModule
 
     if not cfg.ckpt_path:
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")

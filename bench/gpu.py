@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:  # `python bench/gpu.py` puts bench/ on the path, 
     sys.path.insert(0, str(ROOT))
 
 from bench import machine  # noqa: E402
-from cvae_lightning import compat  # noqa: E402  (after the path: the project need not be pip-installed)
+from cvae_lightning.harness import compat  # noqa: E402  (after the path: the project need not be pip-installed)
 
 RESULTS = ROOT / "bench" / "gpu_results.md"
 SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's text under set_sync_debug_mode("warn")

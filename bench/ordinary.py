@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from cvae_lightning.model import CVAE  # noqa: E402
-from cvae_lightning.nets import MLPDecoder, MLPEncoder  # noqa: E402
+from cvae_lightning.model.cvae import CVAE  # noqa: E402
+from cvae_lightning.model.nets import MLPDecoder, MLPEncoder  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 LATENT_DIM, N_LABELS = 20, 10

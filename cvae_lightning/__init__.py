@@ -1,10 +1,32 @@
-"""Conditional VAE (and VAE) on MNIST with PyTorch Lightning, Hydra and TensorBoard."""
+"""Conditional VAE (and VAE) on MNIST with PyTorch Lightning, Hydra and TensorBoard.
 
-from cvae_lightning.checkpoints import load_checkpoint
-from cvae_lightning.classifier import Classifier
-from cvae_lightning.data import MNISTDataModule
-from cvae_lightning.errors import Error
-from cvae_lightning.model import CVAE
-from cvae_lightning.module import CVAEModule
+model/       what is trained: the CVAE's maths, its networks and prior, the LightningModule, the MNIST data
+evaluation/  how it is judged and used: the classifier, sampling and scores, ONNX export
+callbacks/   what a run logs and keeps while it trains (Lightning callbacks)
+harness/     how a run is composed, launched, checkpointed and resumed (Hydra, SLURM, loggers, files)
 
-__all__ = ["CVAE", "CVAEModule", "Classifier", "MNISTDataModule", "Error", "load_checkpoint"]
+The names below import on first use, so `import cvae_lightning` costs nothing (train.py catches SLURM's
+signal before torch loads).
+"""
+
+from importlib import import_module
+
+_PUBLIC = {
+    "CVAE": "cvae_lightning.model.cvae",
+    "CVAEModule": "cvae_lightning.model.module",
+    "MNISTDataModule": "cvae_lightning.model.data",
+    "Classifier": "cvae_lightning.evaluation.classifier",
+    "Error": "cvae_lightning.errors",
+    "load_checkpoint": "cvae_lightning.harness.checkpoints",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'cvae_lightning' has no attribute {name!r}")
+    return getattr(import_module(_PUBLIC[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

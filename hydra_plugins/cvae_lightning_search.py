@@ -1,5 +1,5 @@
 """`hparams_search=optuna`'s sweeper: Hydra's Optuna sweeper, continuing the study in its storage
-(cvae_lightning/search.py says how). It lives here because Hydra instantiates sweepers only from the
+(harness/search.py says how). It lives here because Hydra instantiates sweepers only from the
 hydra_plugins package, and imports nothing heavy at the top because Hydra imports this package whole at every
 start, a plain `python train.py` included."""
 
@@ -15,7 +15,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
         self.config = config
 
     def sweep(self, arguments):
-        from cvae_lightning.search import continue_study
+        from cvae_lightning.harness.search import continue_study
 
         if continue_study(self, self.config, arguments):
             return super().sweep(arguments)

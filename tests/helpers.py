@@ -30,8 +30,8 @@ def composed(*overrides: str, return_hydra_config: bool = False):
     """The `train` config as `python train.py OVERRIDES` composes it (not validated, nothing built)."""
     from hydra import compose, initialize_config_dir
 
-    import cvae_lightning.runs  # noqa: F401  (registers the resolvers of conf/hydra)
-    import cvae_lightning.slurm  # noqa: F401
+    import cvae_lightning.harness.runs  # noqa: F401  (registers the resolvers of conf/hydra)
+    import cvae_lightning.harness.slurm  # noqa: F401
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
@@ -52,9 +52,9 @@ def tiny_module(*overrides: str, latent_dim: int = 2, hidden: int = 32):
 
 
 def mlp_cvae(latent_dim: int = 3, hidden_dims=(16,), n_labels: int = 10, prior: str = "standard"):
-    """A bare `cvae_lightning.model.CVAE` with MLP networks (no Lightning, no config)."""
-    from cvae_lightning.model import CVAE
-    from cvae_lightning.nets import MLPDecoder, MLPEncoder
+    """A bare `cvae_lightning.model.cvae.CVAE` with MLP networks (no Lightning, no config)."""
+    from cvae_lightning.model.cvae import CVAE
+    from cvae_lightning.model.nets import MLPDecoder, MLPEncoder
 
     encoder = MLPEncoder(latent_dim, n_labels, list(hidden_dims))
     decoder = MLPDecoder(latent_dim, n_labels, list(reversed(hidden_dims)))

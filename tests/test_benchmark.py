@@ -5,8 +5,8 @@ import json
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from cvae_lightning.config import validate
-from cvae_lightning.training import train
+from cvae_lightning.harness.config import validate
+from cvae_lightning.harness.training import train
 from tests.helpers import ROOT, composed
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("bmnist_*.yaml"))

@@ -23,10 +23,10 @@ from cvae_lightning.callbacks.images import (
     LatentProjector,
 )
 from cvae_lightning.callbacks.metrics import ActiveUnits, SampleAccuracy, dataset_nll
-from cvae_lightning.checkpoints import load_module
-from cvae_lightning.loggers import log_image
-from cvae_lightning.model import gaussian_kl
-from cvae_lightning.training import train
+from cvae_lightning.harness.checkpoints import load_module
+from cvae_lightning.harness.loggers import log_image
+from cvae_lightning.harness.training import train
+from cvae_lightning.model.cvae import gaussian_kl
 from tests.helpers import (
     SHORT_RUN,
     assert_ran,

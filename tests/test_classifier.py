@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from cvae_lightning.checkpoints import load_classifier
-from cvae_lightning.classifier import Classifier, ClassifierFeatures
-from cvae_lightning.data import load_split
+from cvae_lightning.evaluation.classifier import Classifier, ClassifierFeatures
+from cvae_lightning.harness.checkpoints import load_classifier
+from cvae_lightning.model.data import load_split
 from tests.helpers import ROOT, assert_one_line_error, assert_ran, composed, read_events, run_script
 
 
@@ -26,7 +26,7 @@ def test_features_logits_and_fid_feature_extractor():
 
 def test_experiment_classifier_composes_its_own_model_checkpoint_and_callbacks():
     cfg = composed("experiment=classifier")
-    assert cfg.model._target_ == "cvae_lightning.classifier.Classifier"
+    assert cfg.model._target_ == "cvae_lightning.evaluation.classifier.Classifier"
     assert cfg.optimized_metric == cfg.callbacks.model_checkpoint.monitor == "val/loss"
     assert cfg.callbacks.model_checkpoint.filename == "classifier"
     assert cfg.callbacks.model_checkpoint.dirpath.endswith("/checkpoints")

@@ -1,4 +1,4 @@
-"""Each private library API the project uses (cvae_lightning/compat.py) still exists and still does what the
+"""Each private library API the project uses (harness/compat.py) still exists and still does what the
 project relies on: an upgrade that removes or changes one fails here, by name, not deep in a training run."""
 
 import lightning as L
@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from cvae_lightning import compat
+from cvae_lightning.harness import compat
 from tests.helpers import read_events, read_hparams, tiny_trainer
 
 
@@ -150,7 +150,7 @@ def test_the_optuna_sweepers_search_space_parser():
 
 def test_a_loggers_experiment_is_read_without_making_one(tmp_path):
     """Logger._experiment: None until the experiment is made (the CSV logger's writer, W&B's run), then it."""
-    from cvae_lightning.loggers import CSVLogger
+    from cvae_lightning.harness.loggers import CSVLogger
 
     logger = CSVLogger(tmp_path, name="csv", version="")
     assert compat.logger_experiment(logger) is None and not (tmp_path / "csv").exists()

@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from cvae_lightning.config import build, validate
 from cvae_lightning.errors import ConfigError, Error
-from cvae_lightning.process import process_settings
+from cvae_lightning.harness.config import build, validate
+from cvae_lightning.harness.process import process_settings
 from tests.helpers import assert_one_line_error, composed, run_script
 
 
@@ -82,8 +82,8 @@ def check_everything(cfg) -> None:
             "model.prior='gaussian' is not allowed: expected one of standard, conditional",
         ),
         (
-            "model.encoder._target_=cvae_lightning.nets.ResNet",
-            "model.encoder: Error locating target 'cvae_lightning.nets.ResNet'",
+            "model.encoder._target_=cvae_lightning.model.nets.ResNet",
+            "model.encoder: Error locating target 'cvae_lightning.model.nets.ResNet'",
         ),
         ("model.n_labels=3", "model.n_labels=3 is not allowed: expected 0 or 10"),
         ("model.beta=-1", "model.beta=-1 is not allowed: expected a number >= 0"),
@@ -189,7 +189,7 @@ def test_cli_prints_one_line_and_fails(override, expected):
 
 
 def test_a_run_dir_is_checked_without_leaving_folders_behind(tmp_path):
-    from cvae_lightning.runs import _can_create
+    from cvae_lightning.harness.runs import _can_create
 
     assert _can_create(tmp_path / "a" / "b" / "c") is None
     assert list(tmp_path.iterdir()) == []  # Hydra makes it moments later, from its own ${now:}
@@ -199,7 +199,7 @@ def test_a_run_dir_is_checked_without_leaving_folders_behind(tmp_path):
 
 
 def test_a_sweep_jobs_folder_name_says_what_it_is_and_fits_a_file_system():
-    from cvae_lightning.runs import run_name
+    from cvae_lightning.harness.runs import run_name
 
     assert run_name(0, "model.latent_dim=2") == "0_model.latent_dim=2"
     assert run_name(3, "") == "3"

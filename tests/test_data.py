@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cvae_lightning.data import (
+from cvae_lightning.errors import DataError
+from cvae_lightning.model.data import (
     RAW_SHA256,
     InMemoryLoader,
     MNISTDataModule,
@@ -14,7 +15,6 @@ from cvae_lightning.data import (
     verify_raw_files,
     write_raw_from_offline_copy,
 )
-from cvae_lightning.errors import DataError
 
 
 @pytest.fixture(scope="module")

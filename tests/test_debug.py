@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cvae_lightning.config import build, validate
 from cvae_lightning.errors import ConfigError
+from cvae_lightning.harness.config import build, validate
 from tests.helpers import assert_one_line_error, assert_ran, composed, read_events, run_script, tiny_trainer
 
 ANSI = re.compile(r"\x1b\[")
@@ -217,7 +217,7 @@ def test_print_config_false_prints_and_writes_no_tree(limit_run):
 
 # -- the config tree, in-process ---------------------------------------------------------------------------
 def test_the_tree_shows_an_interpolation_that_cannot_resolve_as_written():
-    from cvae_lightning.runs import config_tree, plain_text
+    from cvae_lightning.harness.runs import config_tree, plain_text
 
     # outside a Hydra run nothing sets ${hydra:runtime.output_dir}
     tree = plain_text(config_tree(composed("paths.log_dir=/somewhere", "+extras.note=${oc.env:NO_SUCH_VAR}")))
@@ -227,7 +227,7 @@ def test_the_tree_shows_an_interpolation_that_cannot_resolve_as_written():
 
 @pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"])
 def test_the_tree_is_printed_by_rank_zero_only(variable, monkeypatch, tmp_path, capsys):
-    from cvae_lightning.runs import ConfigTree
+    from cvae_lightning.harness.runs import ConfigTree
 
     cfg = composed(f"paths.output_dir={tmp_path}", return_hydra_config=True)
     cfg.hydra.runtime.output_dir = str(tmp_path)

@@ -10,8 +10,8 @@ import onnxruntime
 import pytest
 import torch
 
-from cvae_lightning import checkpoints
-from cvae_lightning.export import ORT_FILES, WEB, export_onnx
+from cvae_lightning.evaluation.export import ORT_FILES, WEB, export_onnx
+from cvae_lightning.harness import checkpoints
 from tests.browser import CHROMIUM, draw_stroke, served_page
 from tests.helpers import ROOT, assert_one_line_error, assert_ran, run_script, tiny_module
 
@@ -211,7 +211,7 @@ def test_a_drawn_stroke_comes_back_as_ten_digits(site):
 
 @needs_browser
 def test_the_page_says_so_when_the_model_files_are_missing(tmp_path):
-    from cvae_lightning.export import assemble_page
+    from cvae_lightning.evaluation.export import assemble_page
 
     assemble_page(tmp_path)
     with served_page(tmp_path, ready=False) as page:
@@ -223,8 +223,8 @@ def test_the_page_says_so_when_the_model_files_are_missing(tmp_path):
 
 
 def test_page_true_without_npm_install_is_one_line(tiny_checkpoints, tmp_path, monkeypatch):
-    from cvae_lightning import export
     from cvae_lightning.errors import ConfigError
+    from cvae_lightning.evaluation import export
 
     monkeypatch.setattr(export, "WEB", tmp_path / "web")
     shutil.copytree(WEB, tmp_path / "web", ignore=shutil.ignore_patterns("node_modules"))

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
-from cvae_lightning import compat
 from cvae_lightning.callbacks.loss import LogTrainingScalars
+from cvae_lightning.harness import compat
 from tests.helpers import mlp_cvae, tiny_module, tiny_trainer
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cvae_lightning import generation as gen
+from cvae_lightning.evaluation import generation as gen
 from tests.helpers import assert_one_line_error, assert_ran, mlp_cvae, run_script
 
 

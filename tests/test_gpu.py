@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cvae_lightning.process import float32_matmul_precision
+from cvae_lightning.harness.process import float32_matmul_precision
 from tests.helpers import (
     SHORT_RUN,
     assert_ran,

@@ -22,9 +22,9 @@ from bench.gpu import (
     write_results,
 )
 from cvae_lightning.callbacks.averaging import EMA
-from cvae_lightning.data import MNISTDataModule
-from cvae_lightning.model import CVAE
-from cvae_lightning.nets import MLPDecoder, MLPEncoder
+from cvae_lightning.model.cvae import CVAE
+from cvae_lightning.model.data import MNISTDataModule
+from cvae_lightning.model.nets import MLPDecoder, MLPEncoder
 from tests.helpers import assert_one_line_error, composed, run_script, tiny_trainer
 
 

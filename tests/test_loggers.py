@@ -256,7 +256,7 @@ def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path):
 def test_many_leaves_out_a_logger_whose_package_is_missing(tmp_path, monkeypatch):
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
-    from cvae_lightning import loggers
+    from cvae_lightning.harness import loggers
 
     find_spec = loggers.importlib.util.find_spec
     monkeypatch.setattr(
@@ -274,7 +274,7 @@ def test_mlflow_keeps_a_params_first_value_where_a_resumed_run_changed_it(tmp_pa
     final metrics with it); the param keeps its first value, with a warning, and the rest is logged."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from cvae_lightning import loggers
+    from cvae_lightning.harness import loggers
 
     logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     logger.log_hyperparams({"trainer.max_epochs": 20})
@@ -289,12 +289,12 @@ def test_mlflow_keeps_a_params_first_value_where_a_resumed_run_changed_it(tmp_pa
 
 def test_logger_choices_compose():
     for name, targets in {
-        "csv": ["cvae_lightning.loggers.CSVLogger"],
+        "csv": ["cvae_lightning.harness.loggers.CSVLogger"],
         "wandb": ["lightning.pytorch.loggers.WandbLogger"],
         "mlflow": ["lightning.pytorch.loggers.MLFlowLogger"],
         "many": [
             "lightning.pytorch.loggers.TensorBoardLogger",
-            "cvae_lightning.loggers.CSVLogger",
+            "cvae_lightning.harness.loggers.CSVLogger",
             "lightning.pytorch.loggers.WandbLogger",
             "lightning.pytorch.loggers.MLFlowLogger",
         ],

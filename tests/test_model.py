@@ -1,5 +1,5 @@
-"""The maths module `cvae_lightning.model.CVAE` (n_labels=0: the VAE) with its networks: shapes, one API for
-both, labels, the KL and the -ELBO; and a network of one's own, from a class anywhere on the path."""
+"""The maths module `cvae_lightning.model.cvae.CVAE` (n_labels=0: the VAE) with its networks: shapes, one API
+for both, labels, the KL and the -ELBO; and a network of one's own, from a class anywhere on the path."""
 
 import math
 
@@ -9,7 +9,7 @@ from torch import nn
 
 import cvae_lightning
 from cvae_lightning import CVAE, MNISTDataModule
-from cvae_lightning.model import bernoulli_nll, gaussian_kl
+from cvae_lightning.model.cvae import bernoulli_nll, gaussian_kl
 from tests.helpers import mlp_cvae, tiny_module, tiny_trainer
 
 

@@ -7,10 +7,10 @@ from torch.distributions import Normal, kl_divergence
 
 from cvae_lightning import MNISTDataModule
 from cvae_lightning.callbacks.loss import LogTrainingScalars
-from cvae_lightning.config import build
 from cvae_lightning.errors import ConfigError
-from cvae_lightning.model import gaussian_kl, gaussian_log_prob
-from cvae_lightning.module import kl_weight
+from cvae_lightning.harness.config import build
+from cvae_lightning.model.cvae import gaussian_kl, gaussian_log_prob
+from cvae_lightning.model.module import kl_weight
 from tests.helpers import composed, mlp_cvae, tiny_module, tiny_trainer
 
 

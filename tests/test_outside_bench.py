@@ -14,7 +14,7 @@ from tests.helpers import assert_ran, composed, run_script
 
 def test_the_ordinary_script_trains_the_model_train_py_trains_by_default():
     from bench.ordinary import default_model
-    from cvae_lightning.model import CVAE
+    from cvae_lightning.model.cvae import CVAE
 
     cfg = composed().model
     sizes = {"latent_dim": cfg.latent_dim, "n_labels": cfg.get("n_labels", 10)}

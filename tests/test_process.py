@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cvae_lightning.process import float32_matmul_precision, nvml_available
+from cvae_lightning.harness.process import float32_matmul_precision, nvml_available
 from tests.helpers import assert_ran, run_script
 
 

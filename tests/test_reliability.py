@@ -180,7 +180,7 @@ def test_ten_runs_in_a_row_all_complete_and_leave_nothing_behind(tmp_path, data_
 
 @pytest.mark.slow
 def test_in_process_runs_close_their_files(tmp_path, data_dir):
-    from cvae_lightning.training import train
+    from cvae_lightning.harness.training import train
 
     def run(name):
         cfg = composed(*QUICK, f"paths.output_dir={tmp_path / name}", "~callbacks.progress_bar")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cvae_lightning.training import build_group
+from cvae_lightning.harness.training import build_group
 from tests.helpers import (
     assert_one_line_error,
     assert_ran,

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from cvae_lightning.runs import run_name
-from cvae_lightning.training import KEY_HPARAMS
+from cvae_lightning.harness.runs import run_name
+from cvae_lightning.harness.training import KEY_HPARAMS
 from tests.helpers import SHORT_RUN, assert_ran, read_events, read_hparams, run_script
 
 

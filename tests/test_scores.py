@@ -9,14 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cvae_lightning import checkpoints, load_checkpoint
+from cvae_lightning import load_checkpoint
 from cvae_lightning.callbacks.metrics import LogLikelihood
-from cvae_lightning.checkpoints import load_classifier
-from cvae_lightning.classifier import Classifier
-from cvae_lightning.data import load_split
 from cvae_lightning.errors import CheckpointError, ConfigError
-from cvae_lightning.model import CVAE
-from cvae_lightning.scores import (
+from cvae_lightning.evaluation.classifier import Classifier
+from cvae_lightning.evaluation.scores import (
     CAS_NOT_DEFINED,
     classification_accuracy_score,
     classifier_fid,
@@ -25,6 +22,10 @@ from cvae_lightning.scores import (
     markdown,
     sample_scores,
 )
+from cvae_lightning.harness import checkpoints
+from cvae_lightning.harness.checkpoints import load_classifier
+from cvae_lightning.model.cvae import CVAE
+from cvae_lightning.model.data import load_split
 from tests.helpers import assert_one_line_error, assert_ran, run_script, tiny_trainer
 
 

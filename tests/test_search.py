@@ -1,4 +1,4 @@
-"""`hparams_search=optuna` keeps its study in SQLite (cvae_lightning/search.py): a search killed midway goes
+"""`hparams_search=optuna` keeps its study in SQLite (harness/search.py): a search killed midway goes
 on with the same command, a finished one launches nothing, optuna-dashboard serves the study, and a sweeper
 value or a stored study that cannot work is refused in one line."""
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cvae_lightning.slurm import request_problem
+from cvae_lightning.harness.slurm import request_problem
 from tests.helpers import (
     SHORT_RUN,
     assert_one_line_error,

@@ -16,8 +16,8 @@ def train_short(tmp_path, *overrides):
 def test_cvae_run_writes_config_checkpoints_and_tensorboard_images(tmp_path, data_dir):
     run_dir = train_short(tmp_path)
     cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-    assert cfg["model"]["_target_"] == "cvae_lightning.module.CVAEModule"
-    assert cfg["model"]["encoder"]["_target_"] == "cvae_lightning.nets.MLPEncoder"
+    assert cfg["model"]["_target_"] == "cvae_lightning.model.module.CVAEModule"
+    assert cfg["model"]["encoder"]["_target_"] == "cvae_lightning.model.nets.MLPEncoder"
 
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints == ["epoch_000.ckpt", "last.ckpt"]

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from cvae_lightning import checkpoints, files
-from cvae_lightning.checkpoints import AtomicCheckpointIO
 from cvae_lightning.errors import CheckpointError, WriteError
+from cvae_lightning.harness import checkpoints, files
+from cvae_lightning.harness.checkpoints import AtomicCheckpointIO
 from tests.helpers import (
     ROOT,
     assert_one_line_error,
@@ -109,7 +109,7 @@ def current_umask() -> int:
 
 def test_the_trainer_writes_through_it(tmp_path):
     """conf/trainer/default.yaml gives the Trainer the plugin, so every checkpoint goes through it."""
-    from cvae_lightning.config import build
+    from cvae_lightning.harness.config import build
 
     cfg = composed(f"paths.output_dir={tmp_path}")
     trainer = build(cfg.trainer, "trainer", logger=False, enable_progress_bar=False)
@@ -123,7 +123,7 @@ def test_the_trainer_writes_through_it(tmp_path):
 KILLED_WRITER = """
 import sys, torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from cvae_lightning.checkpoints import AtomicCheckpointIO
+from cvae_lightning.harness.checkpoints import AtomicCheckpointIO
 io, target = (AtomicCheckpointIO if sys.argv[1] == "atomic" else TorchCheckpointIO)(), sys.argv[2]
 for value in range(1, 10_000):  # 64 MB each, until killed
     weights = {"w": torch.full((16_000_000,), float(value))}
@@ -229,7 +229,7 @@ def test_an_unreadable_last_ckpt_names_the_intact_one_beside_it(run_with_truncat
 
 def test_a_requeued_job_resumes_from_the_newest_intact_checkpoint(run_with_truncated_last, caplog):
     run = run_with_truncated_last
-    with caplog.at_level(logging.INFO, logger="cvae_lightning.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="cvae_lightning.harness.checkpoints"):
         assert checkpoints.resume_point(None, run, "cvae", restarts=1) == (
             run / "checkpoints" / "epoch_000.ckpt",
             3,

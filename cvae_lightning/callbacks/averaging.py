@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
-from cvae_lightning import compat
+from cvae_lightning.harness import compat
 
 
 def debiased_ema(decay: float):

@@ -9,10 +9,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from cvae_lightning.data import NUM_CLASSES
-from cvae_lightning.generation import lerp, style_transfer
-from cvae_lightning.loggers import holds_images, log_image
-from cvae_lightning.model import CVAE
+from cvae_lightning.evaluation.generation import lerp, style_transfer
+from cvae_lightning.harness.loggers import holds_images, log_image
+from cvae_lightning.model.cvae import CVAE
+from cvae_lightning.model.data import NUM_CLASSES
 
 
 def tensorboard_writer(trainer: L.Trainer):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from cvae_lightning import compat
 from cvae_lightning.errors import NonFiniteLossError
+from cvae_lightning.harness import compat
 
 
 class LogTrainingScalars(L.Callback):

@@ -12,10 +12,10 @@ import lightning as L
 import torch
 from torchvision.utils import make_grid
 
-from cvae_lightning import files
 from cvae_lightning.callbacks.averaging import averaged_weights
-from cvae_lightning.data import NUM_CLASSES
-from cvae_lightning.loggers import log_image
+from cvae_lightning.harness import files
+from cvae_lightning.harness.loggers import log_image
+from cvae_lightning.model.data import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class SampleAccuracy(L.Callback):
         self.classifier = None
 
     def setup(self, trainer, pl_module, stage):
-        from cvae_lightning.checkpoints import load_classifier
+        from cvae_lightning.harness.checkpoints import load_classifier
 
         if not pl_module.hparams.get("n_labels") or self.classifier is not None:
             return
@@ -156,7 +156,7 @@ class NLLCurve(L.Callback):
         epoch = trainer.current_epoch + 1  # epochs completed
         if epoch % self.every_n_epochs and epoch < trainer.max_epochs and not trainer.should_stop:
             return
-        from cvae_lightning.process import float32_matmul_precision
+        from cvae_lightning.harness.process import float32_matmul_precision
 
         was_training = pl_module.training
         pl_module.eval()

@@ -15,8 +15,8 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cvae_lightning import checkpoints, compat, slurm
 from cvae_lightning.errors import WriteError
+from cvae_lightning.harness import checkpoints, compat, slurm
 
 log = logging.getLogger(__name__)
 

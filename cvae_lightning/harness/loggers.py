@@ -18,9 +18,9 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from cvae_lightning import compat
-from cvae_lightning.config import build
 from cvae_lightning.errors import ConfigError
+from cvae_lightning.harness import compat
+from cvae_lightning.harness.config import build
 
 log = logging.getLogger(__name__)
 

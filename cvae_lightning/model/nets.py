@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from cvae_lightning.data import IMAGE_SHAPE
 from cvae_lightning.errors import check_bool, check_choice, check_int_list
+from cvae_lightning.model.data import IMAGE_SHAPE
 
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
 # between hidden layers (tanh: the published IWAE benchmark's networks)

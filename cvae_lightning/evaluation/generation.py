@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cvae_lightning.data import NUM_CLASSES
+from cvae_lightning.model.data import NUM_CLASSES
 
 
 def lerp(a: Tensor, b: Tensor, steps: int) -> Tensor:

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from cvae_lightning.data import IMAGE_SHAPE, NUM_CLASSES
 from cvae_lightning.errors import check, check_int, check_int_list, check_number
+from cvae_lightning.model.data import IMAGE_SHAPE, NUM_CLASSES
 
 
 class Classifier(L.LightningModule):

@@ -139,7 +139,7 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from cvae_lightning.compat import hydra_args_parser
+    from cvae_lightning.harness.compat import hydra_args_parser
 
     try:  # Hydra's own command-line parser separates its flags (--cfg job, -m) from the overrides
         parsed = OverridesParser.create().parse_overrides(hydra_args_parser().parse_args(argv).overrides)

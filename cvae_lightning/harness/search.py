@@ -78,7 +78,7 @@ def check_search_space(study, swept: DictConfig, arguments: list[str]) -> None:
     at the first new trial."""
     from optuna.distributions import check_distribution_compatibility
 
-    from cvae_lightning import compat
+    from cvae_lightning.harness import compat
 
     overrides = [f"{name}={value}" for name, value in (swept.params or {}).items()] + list(arguments)
     written = {name: value for name, _, value in (override.partition("=") for override in overrides)}
@@ -106,7 +106,7 @@ def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
     from hydra.utils import instantiate
     from optuna.trial import TrialState
 
-    from cvae_lightning import compat
+    from cvae_lightning.harness import compat
 
     swept = config.hydra.sweeper
     try:  # 0 would leave the plugin no best trial to report, and a traceback

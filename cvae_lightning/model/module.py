@@ -9,10 +9,10 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning.config import build
-from cvae_lightning.data import NUM_CLASSES
 from cvae_lightning.errors import check, check_choice, check_int, check_number
-from cvae_lightning.model import CVAE, PRIORS
+from cvae_lightning.harness.config import build
+from cvae_lightning.model.cvae import CVAE, PRIORS
+from cvae_lightning.model.data import NUM_CLASSES
 
 # what training minimises: the ELBO (recon averaged over k draws, KL in closed form) or the IWAE bound
 OBJECTIVES = ("elbo", "iwae")

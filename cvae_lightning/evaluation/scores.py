@@ -15,11 +15,11 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from cvae_lightning import files
-from cvae_lightning.classifier import Classifier, ClassifierFeatures
-from cvae_lightning.data import NUM_CLASSES, InMemoryLoader
 from cvae_lightning.errors import ConfigError, check_bool, check_int
-from cvae_lightning.model import CVAE
+from cvae_lightning.evaluation.classifier import Classifier, ClassifierFeatures
+from cvae_lightning.harness import files
+from cvae_lightning.model.cvae import CVAE
+from cvae_lightning.model.data import NUM_CLASSES, InMemoryLoader
 
 # images per classifier pass: small enough that its activations reuse heap memory instead of fresh mmaps
 CLASSIFIER_BATCH = 128

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from cvae_lightning import files
-from cvae_lightning.data import IMAGE_SHAPE, NUM_CLASSES
 from cvae_lightning.errors import ConfigError
-from cvae_lightning.model import CVAE
+from cvae_lightning.harness import files
+from cvae_lightning.model.cvae import CVAE
+from cvae_lightning.model.data import IMAGE_SHAPE, NUM_CLASSES
 
 OPSET = 18
 # what the page needs of onnxruntime-web (the WebAssembly build): copied from web/node_modules
@@ -140,7 +140,8 @@ def accuracy_t1(model: CVAE, ckpt_path: Path, classifier_path: Path, n_per_digit
         return {"value": evaluated["overall"], "samples": 10 * 1000, "by": "evaluate.py"}
     if not model.n_labels or not classifier_path.is_file():
         return {"value": None, "samples": 0, "by": "not measured: a VAE, or no checkpoints/classifier.ckpt"}
-    from cvae_lightning import checkpoints, scores
+    from cvae_lightning.evaluation import scores
+    from cvae_lightning.harness import checkpoints
 
     torch.manual_seed(0)
     images = scores.generate_per_digit(model, n_per_digit, temperature=1.0)
@@ -202,7 +203,7 @@ def assemble_page(site: Path) -> None:
 def export(ckpt_path: Path, out: Path, classifier_path: Path, page: bool = False) -> dict:
     """The checkpoint's model as `out/model/{sampler,encoder}.onnx` and `model.json` (checked against
     PyTorch), and with `page` the web page around it: `out` is then a static site."""
-    from cvae_lightning import checkpoints
+    from cvae_lightning.harness import checkpoints
 
     ckpt_path = Path(ckpt_path)
     model = checkpoints.load_checkpoint(ckpt_path)

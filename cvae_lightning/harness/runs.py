@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-from cvae_lightning import files
 from cvae_lightning.errors import WriteError, refuse
+from cvae_lightning.harness import files
 
 log = logging.getLogger(__name__)
 

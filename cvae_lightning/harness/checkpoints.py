@@ -14,22 +14,25 @@ import torch
 from hydra.utils import get_class
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from cvae_lightning import files
 from cvae_lightning.errors import CheckpointError, check_choice, first_line
+from cvae_lightning.harness import files
 
 log = logging.getLogger(__name__)
 
 # kind -> (the LightningModule it holds, what writes it)
 KINDS = {
     "cvae": (
-        "cvae_lightning.module.CVAEModule",
+        "cvae_lightning.model.module.CVAEModule",
         "`python train.py` (model=cvae), e.g. logs/train/runs/<run>/checkpoints/last.ckpt",
     ),
     "vae": (
-        "cvae_lightning.module.CVAEModule",
+        "cvae_lightning.model.module.CVAEModule",
         "`python train.py model=vae`, e.g. logs/train/runs/<run>/checkpoints/last.ckpt",
     ),
-    "classifier": ("cvae_lightning.classifier.Classifier", "`make classifier` (checkpoints/classifier.ckpt)"),
+    "classifier": (
+        "cvae_lightning.evaluation.classifier.Classifier",
+        "`make classifier` (checkpoints/classifier.ckpt)",
+    ),
 }
 RETRAIN = "it was written before the model's networks became configs; retrain it with `python train.py`"
 
@@ -139,8 +142,8 @@ def load_module(
 def load_checkpoint(
     path: str | Path, kinds: tuple[str, ...] = ("cvae", "vae"), key="ckpt_path", map_location="cpu"
 ):
-    """The trained model (`cvae_lightning.model.CVAE`: a CVAE, or a VAE) in the checkpoint at `path`, in eval
-    mode: `model.sample(labels=torch.tensor([2, 0, 2, 6]))`."""
+    """The trained model (`cvae_lightning.model.cvae.CVAE`: a CVAE, or a VAE) in the checkpoint at `path`,
+    in eval mode: `model.sample(labels=torch.tensor([2, 0, 2, 6]))`."""
     return load_module(path, kinds, key, map_location).model
 
 

@@ -15,12 +15,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning import checkpoints, files, loggers, slurm
 from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
-from cvae_lightning.config import build, validate
 from cvae_lightning.errors import Error, Interrupted, WriteError
-from cvae_lightning.loggers import build_loggers
-from cvae_lightning.process import in_multirun, one_job_per_ddp_launch, process_settings
+from cvae_lightning.harness import checkpoints, files, loggers, slurm
+from cvae_lightning.harness.config import build, validate
+from cvae_lightning.harness.loggers import build_loggers
+from cvae_lightning.harness.process import in_multirun, one_job_per_ddp_launch, process_settings
 
 log = logging.getLogger(__name__)
 
