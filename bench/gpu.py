@@ -1,21 +1,13 @@
-"""Training speed on NVIDIA GPUs, in one command (issue #17): `make bench-gpu`.
+"""Training speed on NVIDIA GPUs, in one command: `make bench-gpu` (bench/README.md says what it measures).
 
     python bench/gpu.py                       # 3 epochs per mode
     python bench/gpu.py --epochs 10 data.batch_size=512   # longer runs; train.py overrides for every run
     python bench/gpu.py --dry-run [--gpus 4]  # print the train.py commands, run nothing (no GPU needed)
 
-Runs `python train.py trainer=gpu ... test=false` in a subprocess per mode: eager fp32, bf16-mixed, compiled,
-and DDP over every visible GPU when there are 2 or more. Each run is timed from outside (the whole process:
-start, imports, data, compiling) and from inside by `GpuProbe`, a callback added through a Hydra override,
-which also checks that
-
-(a) the datasets sit on the model's device when training starts (no host-to-device copy per batch), and
-(b) training steps force no host sync: steps `GpuProbe.check_steps` run under
-    `torch.cuda.set_sync_debug_mode("warn")`, except those where Lightning logs, the progress bar redraws,
-    the weights average updates or an epoch ends, which read values back by design.
-
-Writes bench/gpu_results.md and bench/gpu_results.json (with bench/machine.py's commit, host and versions);
-exits 1 with one line if a run fails or a check does not hold.
+One `python train.py trainer=gpu ... test=false` process per mode (eager fp32, bf16-mixed, compiled, DDP over
+every visible GPU when there are 2 or more), timed from outside and from inside by `GpuProbe`, which also
+checks that the data sit on the model's device and that training steps force no host sync. Writes
+bench/gpu_results.md and .json; exits 1 with one line if a run fails or a check does not hold.
 """
 
 from __future__ import annotations
@@ -54,14 +46,9 @@ MODES = {
 
 # -- inside each run ---------------------------------------------------------------------------------
 class GpuProbe(L.Callback):
-    """Epoch times and the two checks of a `train.py` run, written to `path` as JSON when training ends
-    (on global rank 0: its epochs end with every rank's).
-
-    `epochs`: seconds per training epoch, its validation and checkpoints included; `steps`: the same epochs
-    up to their validation; `images`: training images per epoch on this rank. `data`: the device of the
-    model and of each loader's tensors. `syncs`: host syncs seen in the steps checked (`check_steps`, a
-    range of global steps; the first ones warm up, and compiled runs compile there).
-    """
+    """Epoch times and the two checks of a `train.py` run, written to `path` as JSON on rank 0 when training
+    ends: seconds per epoch (`epochs`) and up to its validation (`steps`), images per epoch, each loader's
+    device (`data`) and the host syncs seen in the global steps `check_steps`."""
 
     def __init__(self, path: str, check_steps: tuple[int, int] = (5, 25)):
         self.path, self.check_steps = Path(path), range(*check_steps)
@@ -150,11 +137,8 @@ class GpuProbe(L.Callback):
 
 
 def reads_back(trainer: L.Trainer, batch_idx: int) -> str | None:
-    """Why a training step reads a value back from the device by design, or None: Lightning converts the
-    logged metrics to numbers when it logs (after the step) and when the progress bar redraws (inside its
-    on_train_batch_end, before GpuProbe's); torch's AveragedModel reads its count of averages when the
-    weights average (`callbacks.ema`) updates; at an epoch's last step the non-finite loss check
-    (`callbacks.loss.StopOnNonFiniteLoss`, deferred on a GPU) reads the losses it gathered."""
+    """Why a training step reads a value back from the device by design, or None: Lightning's logging and
+    progress bar, the weights average's count (torch's AveragedModel), an epoch's non-finite loss check."""
     if compat.logs_this_step(trainer):
         return "Lightning logs"
     # WeightAveraging updates after the optimizer step, with step_idx = the global step before it
@@ -182,7 +166,6 @@ def plan(gpus: int, epochs: int, *overrides: str) -> list[dict]:
 
 
 def command(args: list[str], run_dir: Path) -> list[str]:
-    """`python train.py ARGS` with GpuProbe added and the run in `run_dir`."""
     probe = [
         f"hydra.run.dir={run_dir}",
         "+callbacks.gpu_probe._target_=bench.gpu.GpuProbe",
@@ -200,7 +183,7 @@ def preview(r: dict) -> str:
 
 
 def run(args: list[str], run_dir: Path) -> dict:
-    """Runs train.py and returns what GpuProbe recorded, its command, its whole time and how it ended."""
+    """What GpuProbe recorded, the command, its whole time and how it ended."""
     cmd = command(args, run_dir)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -213,8 +196,7 @@ def run(args: list[str], run_dir: Path) -> dict:
 
 
 def summarize(record: dict) -> dict:
-    """Images per second of the median epoch after the first (which pays warming up and compiling), over
-    all ranks, and the verdict of each check."""
+    """Images per second (all ranks) of the median epoch after the first, and each check's verdict."""
     if "error" in record or "skipped" in record:
         return record
     timed = slice(1, None) if len(record["epochs"]) > 1 else slice(None)
@@ -284,25 +266,16 @@ def write_results(results: dict, path: Path = RESULTS) -> None:
         f"lightning {results['lightning']}, python {results['python']}",
         f"- host: {results['machine']}; load average before {results['load_before']}, after "
         f"{results['load_after']}",
-        "- images/s: training images of an epoch (all ranks) over its seconds, the median epoch after the "
-        "first (which pays warming up and compiling); *epoch* includes the validation and checkpoints, "
-        "*training steps* stops at the validation. *process*: the whole `train.py` process timed from "
-        "outside (start, imports, data, compiling, every epoch).",
-        "- *eager fp32* is `trainer.precision=32-true` with the project's `matmul_precision=medium`, which "
-        "lets float32 matmuls use TF32 on NVIDIA GPUs; *compiled* is `compile=true` in that precision.",
+        "- images/s: the median epoch after the first (bench/README.md); process: the whole `train.py` run.",
         "",
         *table(runs),
         "",
         "## Checks",
         "",
-        "- **data on the GPU**: when training starts, the datamodule's training and validation images and "
-        "labels sit on the model's device (the loaders slice batches there: no host-to-device copy per "
-        "batch).",
+        "- **data on the GPU**: the loaders' images and labels sit on the model's device.",
         "- **host syncs**: training steps "
         f"{', '.join(map(str, checked.get('checked_steps', []))) or '(none)'} ran under "
-        '`torch.cuda.set_sync_debug_mode("warn")` from `on_train_batch_start` to `on_train_batch_end` '
-        "(forward, backward, optimizer step); a sync would name its file and line. Not checked, as they read "
-        "values back by design: "
+        '`torch.cuda.set_sync_debug_mode("warn")`. Not checked, as they read values back by design: '
         + (", ".join(f"{step} ({why})" for step, why in checked.get("skipped_steps", {}).items()) or "none")
         + ".",
         "",
@@ -332,10 +305,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r['mode']}: {preview(r)}")
         return
     if not visible:
-        raise SystemExit(
-            "error: no CUDA GPU visible; bench/gpu.py needs one (`python bench/gpu.py --dry-run` shows its "
-            "commands)"
-        )
+        raise SystemExit("error: no CUDA GPU visible; bench/gpu.py needs one (--dry-run shows its commands)")
     if not 1 <= gpus <= visible:
         raise SystemExit(f"error: --gpus={gpus} is not allowed: expected 1 to {visible} (the GPUs visible)")
 
@@ -357,10 +327,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": shlex.join(["python", "bench/gpu.py", *(sys.argv[1:] if argv is None else argv)]),
         "gpu": measured.get("device_name", "unknown"),
         "gpus": visible,
-        "torch": versions["torch"],
+        **{name: versions[name] for name in ("torch", "lightning", "python")},
         "cuda": measured.get("cuda", torch.version.cuda),
-        "lightning": versions["lightning"],
-        "python": versions["python"],
         "machine": machine.machine(),
         "load_before": load_before,
         "load_after": machine.load(),

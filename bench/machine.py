@@ -52,17 +52,13 @@ def version(package: str) -> str:
 
 
 def versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "torch": version("torch"),
-        "lightning": version("lightning"),
-        "torchvision": version("torchvision"),
+    return {"python": platform.python_version()} | {
+        p: version(p) for p in ("torch", "lightning", "torchvision")
     }
 
 
 def machine(env: Mapping[str, str] = os.environ) -> str:
-    """One line: cores, CPU, OS, versions and threads, e.g. "2 cores, AMD EPYC, Linux 6.1; Python 3.11.7,
-    torch 2.9.0, lightning 2.6.0, torchvision 0.24.0; torch's default threads (one a core)"."""
+    """One line: cores, CPU, OS, versions and threads."""
     shown = ", ".join(f"{'Python' if name == 'python' else name} {v}" for name, v in versions().items())
     return (
         f"{os.cpu_count()} cores, {cpu()}, {platform.system()} {platform.release()}; {shown}; {threads(env)}"

@@ -5,13 +5,9 @@
     python bench/ordinary.py --epochs 3 --test-every-epoch
     python bench/ordinary.py --epochs 1 --limit-batches 3      # a few steps: a quick check
 
-torchvision's `MNIST` + `ToTensor()` + `DataLoader(batch_size=128, shuffle=True)`, a plain PyTorch loop,
-`torch.optim.Adam(lr=1e-3)` and torch's defaults (float32 matmuls, denormals kept), as the seed notebook
-did. The network is the one `python train.py` trains by default (`default_model`: MLP encoder 512-256,
-decoder 256-512 with the label at every layer, latent 20, flow prior) and the loss its -ELBO, so only the
-way of training differs (train.py also keeps a moving average of the weights). Prints a JSON line: epoch
-times, test -ELBO, and with `--test-every-epoch` the seconds from process start until test -ELBO first
-reached `--target`.
+torchvision's MNIST + ToTensor + DataLoader, a plain PyTorch loop, Adam(lr=1e-3) and torch's defaults, as
+the seed notebook did, on the network and loss train.py trains by default, so only the way of training
+differs. Prints a JSON line: epoch times, test -ELBO, with --test-every-epoch the seconds until --target.
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
-"""Training speed as a user measures it (issue #17): whole processes timed from outside, side by side.
+"""Training speed as a user measures it: whole processes timed from outside, side by side (bench/README.md).
 
     python bench/outside.py                 # `make bench`: per epoch (3 repeats), end to end, time to quality
     python bench/outside.py --repeats 1 --skip-end-to-end      # a quicker per-epoch check
     python bench/outside.py --variant fast=experiment=fast     # another train.py configuration beside them
 
-- per epoch: `python train.py trainer.max_epochs=E` and `python bench/ordinary.py --epochs E` for E = 1 and
-  3, alternated, `--repeats` times; the medians' difference / 2 is one epoch with start-up, data preparation
-  and the final test cancelled out. Per training image: the project trains on 55k images an epoch (5k held
-  out for validation), the ordinary script on 60k.
-- end to end: `python train.py` as it is (20 epochs, validation, checkpoints, images, the final test) and
-  `python bench/ordinary.py --test-every-epoch` (20 epochs of 60k); each variant's train.py likewise.
-- time to quality: from the command until test -ELBO <= 98 (train.py: its one test, at the end, so the run's
-  time when reached; ordinary: the first epoch whose test reached it) and until the run ends.
-- the other bar, samples that read as the requested digit at T=1: each train.py run's best checkpoint through
-  `python evaluate.py ~callbacks.log_likelihood "eval.temperatures=[1.0]"` (10,000 samples, the project's
-  classifier, no test NLL), after its timed run; skipped with a note when checkpoints/classifier.ckpt is
-  missing or with --skip-accuracy.
-
-Writes bench/outside.md and bench/outside.json. Run it on a quiet machine: nothing else on the cores.
+Per epoch: train.py and bench/ordinary.py for 1 and 3 epochs, alternated; half the medians' difference is one
+epoch. End to end: both as they are, each train.py run then judged at T=1 by evaluate.py. Writes
+bench/outside.md and .json. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -182,10 +171,7 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"The ordinary run's wall time includes {e['ordinary']['seconds_in_per_epoch_tests']} s of "
-            "per-epoch tests (for its time to quality). T=1 accuracy: `python evaluate.py ckpt_path=<best> "
-            '~callbacks.log_likelihood "eval.temperatures=[1.0]"` after each train.py run, outside its time '
-            "(10,000 samples, checkpoints/classifier.ckpt); not measured for the ordinary script, which has "
-            "no classifier.",
+            "per-epoch tests; T=1 accuracy is measured after each train.py run, outside its time.",
             "",
         ]
     return "\n".join(lines)
