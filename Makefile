@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-fast sweep tensorboard bench bench-gpu lint clean classifier evaluate generate export demo web browser slurm-up slurm-down
+.PHONY: install train test test-fast coverage sweep tensorboard bench bench-gpu lint clean classifier evaluate generate export demo web browser slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -61,6 +61,12 @@ test: install  ## the whole suite, slow end-to-end tests included
 
 test-fast: install  ## everything but the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+coverage: install  ## the suite under coverage.py, its subprocesses too: line coverage of cvae_lightning/
+	rm -rf logs/coverage && mkdir -p logs/coverage
+	COVERAGE_FILE=$(CURDIR)/logs/coverage/.coverage $(VENV)/bin/coverage run -m pytest $(ARGS)
+	COVERAGE_FILE=$(CURDIR)/logs/coverage/.coverage $(VENV)/bin/coverage combine -q
+	COVERAGE_FILE=$(CURDIR)/logs/coverage/.coverage $(VENV)/bin/coverage report
 
 slurm-up:  ## a real two-node SLURM cluster on this machine (root; installs slurm-wlm, slurmdbd, munge, mariadb)
 	bash cluster/local_slurm.sh start
