@@ -9,7 +9,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from cvae_lightning.errors import check, check_int, check_int_list, check_number
+from cvae_lightning.harness.config import build
 from cvae_lightning.model.data import IMAGE_SHAPE, NUM_CLASSES
+from cvae_lightning.model.module import plain
 
 
 class Classifier(L.LightningModule):
@@ -19,9 +21,14 @@ class Classifier(L.LightningModule):
     """
 
     def __init__(
-        self, channels: tuple[int, int] = (32, 64), feature_dim: int = 128, dropout: float = 0.3, lr=1e-3
+        self,
+        channels: tuple[int, int] = (32, 64),
+        feature_dim: int = 128,
+        dropout: float = 0.3,
+        optimizer=None,
     ):
         super().__init__()
+        optimizer = plain(optimizer) or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
         channels = check_int_list("model.channels", channels, example="[32,64]")
         check("model.channels", channels, len(channels) == 2, "two integers >= 1, e.g. [32,64]")
         check_int("model.feature_dim", feature_dim, 1)
@@ -31,7 +38,7 @@ class Classifier(L.LightningModule):
             isinstance(dropout, int | float) and 0 <= dropout < 1,
             "a number in [0, 1)",
         )
-        check_number("model.lr", lr, 0, above=True)
+        check_number("model.optimizer.lr", optimizer.get("lr", 1.0), 0, above=True)
         self.save_hyperparameters()
         c1, c2 = channels
         self.body = nn.Sequential(
@@ -78,7 +85,7 @@ class Classifier(L.LightningModule):
         self._step(batch, "test", self.test_acc)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return build(self.hparams.optimizer, "model.optimizer", params=self.parameters())
 
 
 class ClassifierFeatures(nn.Module):

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PRIORS = ("standard", "conditional", "flow")
-LOG_2PI = math.log(2 * math.pi)
+from cvae_lightning.model.priors import StandardPrior, gaussian_log_prob
+
 # a safe range for the encoder's log-variance: exp(logvar) stays finite in the KL even in fp16/bf16
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
 
@@ -27,76 +27,33 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor = 0.0, prior_logvar
     return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
 
 
-def gaussian_log_prob(z: Tensor, mu: Tensor = 0.0, logvar: Tensor = 0.0) -> Tensor:
-    """log N(z; mu, exp(logvar)), summed over the last dimension."""
-    logvar = torch.as_tensor(logvar, dtype=z.dtype)  # a float: a host scalar, no GPU copy (a sync)
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(dim=-1)
-
-
 def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     """-log P(x|z) per example, summed over pixels (x may be continuous in [0, 1])."""
     return F.binary_cross_entropy_with_logits(logits.flatten(1), x.flatten(1), reduction="none").sum(dim=1)
 
 
-class Coupling(nn.Module):
-    """One affine coupling layer (RealNVP) conditioned on the label: the dimensions outside `mask` are scaled
-    and shifted by a small MLP of those inside it and y. Zero-initialised, so it starts as the identity."""
-
-    def __init__(self, latent_dim: int, n_labels: int, mask: Tensor, hidden: int = 64):
-        super().__init__()
-        self.register_buffer("mask", mask.float())
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim + n_labels, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim)
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def scale_shift(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        y = y.to(u.dtype).expand(*u.shape[:-1], y.shape[-1])
-        log_s, t = self.net(torch.cat([u * self.mask, y], dim=-1)).chunk(2, dim=-1)
-        keep = 1 - self.mask
-        return torch.tanh(log_s) * keep, t * keep  # tanh: a bounded scale keeps the inverse stable
-
-    def forward(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        log_s, t = self.scale_shift(u, y)
-        return u * log_s.exp() + t, log_s.sum(-1)
-
-    def inverse(self, v: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        log_s, t = self.scale_shift(v, y)
-        return (v - t) * (-log_s).exp(), -log_s.sum(-1)
-
-
 class CVAE(nn.Module):
-    """Q(z|x,y) = N(mu, sigma^2) from `encoder`, P(x|z,y) = Bernoulli(sigmoid(`decoder`)), and the prior
-    p(z|y): N(0, I) (`prior="standard"`), N(mu_y, sigma_y^2) learned per label (`"conditional"`), so
-    that z need not carry the digit, or that Gaussian after `prior_flow_layers` couplings (`"flow"`), so
-    that the prior can take the shape of the codes the encoder gives and samples avoid where it gives none.
-    `from_noise` maps standard-normal noise to z of the prior, `to_noise` back."""
+    """Q(z|x,y) = N(mu, sigma^2) from `encoder`, P(x|z,y) = Bernoulli(sigmoid(`decoder`)) and the prior p(z|y)
+    (`prior`, a `model.priors` module; N(0, I) when None). `from_noise` maps standard-normal noise to z of the
+    prior, `to_noise` back."""
 
     def __init__(
-        self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        latent_dim: int,
-        n_labels: int = 10,
-        prior="standard",
-        prior_flow_layers: int = 4,
+        self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, n_labels: int = 10, prior=None
     ):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.n_labels = latent_dim, n_labels
-        self.prior_net = nn.Linear(n_labels, 2 * latent_dim) if prior in ("conditional", "flow") else None
-        if self.prior_net is not None:  # (mu_y, logvar_y) per label, starting at N(0, I)
-            nn.init.zeros_(self.prior_net.weight)
-            nn.init.zeros_(self.prior_net.bias)
-        self.flow = None
-        if prior == "flow":  # noise -> couplings -> mu_y + sigma_y * u
-            masks = [torch.arange(latent_dim) % 2 == i % 2 for i in range(prior_flow_layers)]
-            self.flow = nn.ModuleList(Coupling(latent_dim, n_labels, m) for m in masks)
+        self.prior_net = StandardPrior(latent_dim) if prior is None else prior
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def use_compiled(self, name: str) -> None:
+        """Method `name` (elbo, log_weights) through torch.compile from now on: fused inductor kernels for it
+        and its backward; the parameters, and so the checkpoints, are untouched."""
+        if name not in vars(self):  # once: compiling the compiled function again would recompile
+            setattr(self, name, torch.compile(getattr(self, name), dynamic=False))
 
     # -- the three distributions --------------------------------------------------------------------
     def condition(self, labels: Tensor | None) -> Tensor | None:
@@ -109,13 +66,8 @@ class CVAE(nn.Module):
         return F.one_hot(labels.long(), self.n_labels).float() if labels.dim() == 1 else labels.float()
 
     def from_noise(self, noise: Tensor, y: Tensor | None, temperature: float = 1.0) -> Tensor:
-        """z of the prior p(z|y) for standard-normal `noise` scaled by `temperature` (the flow, if any, then
-        mu_y + sigma_y * u)."""
-        u = temperature * noise
-        for layer in self.flow or ():
-            u = layer(u, y)[0]
-        mu, logvar = self.prior(y)
-        return mu + (0.5 * logvar).exp() * u
+        """z of the prior p(z|y) for standard-normal `noise` scaled by `temperature`."""
+        return self.prior_net.from_noise(temperature * noise, y)
 
     def to_noise(self, z: Tensor, y: Tensor | None) -> Tensor:
         """The noise that `from_noise` maps to z at temperature 1: z's place within p(z|y), its "style"."""
@@ -123,28 +75,15 @@ class CVAE(nn.Module):
 
     def noise_and_log_det(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         """`to_noise`, and the log-determinant of its Jacobian (for the prior's density)."""
-        mu, logvar = self.prior(y)
-        u = (z - mu) * (-0.5 * logvar).exp()
-        log_det = -0.5 * logvar.sum(-1)
-        for layer in reversed(self.flow or ()):
-            u, layer_log_det = layer.inverse(u, y)
-            log_det = log_det + layer_log_det
-        return u, log_det
+        return self.prior_net.noise_and_log_det(z, y)
 
     def prior_log_prob(self, z: Tensor, y: Tensor | None) -> Tensor:
-        """log p(z|y) for z (..., B, D): (..., B); through the flow by the change of variables."""
-        if self.flow is None:
-            return gaussian_log_prob(z, *self.prior(y))
-        u, log_det = self.noise_and_log_det(z, y)
-        return gaussian_log_prob(u) + log_det
+        """log p(z|y) for z (..., B, D): (..., B)."""
+        return self.prior_net.log_prob(z, y)
 
     def prior(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of p(z|y): zeros for N(0, I), one row per label for the learned prior (and
-        the flow's Gaussian part)."""
-        if self.prior_net is not None:
-            return self.prior_net(self.condition(labels).to(self.prior_net.weight.dtype)).chunk(2, dim=1)
-        zeros = torch.zeros(1, self.latent_dim, device=self.device)
-        return zeros, zeros
+        """Mean and log-variance of p(z|y)'s Gaussian part (zeros for N(0, I), or one row per label)."""
+        return self.prior_net(self.condition(labels))
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of Q(z|x,y)."""
@@ -173,7 +112,7 @@ class CVAE(nn.Module):
         # per dimension against the Gaussian prior, or the flow's Gaussian part (its couplings mix dimensions)
         kl_per_dim = gaussian_kl(mu, logvar, *[t.float() for t in self.prior(y)]).mean(dim=0)
         kl = kl_per_dim.sum()
-        if self.flow is not None:  # no closed form: log q - log p at the same draws of z
+        if not self.prior_net.closed_form_kl:  # log q - log p at the same draws of z
             kl = (gaussian_log_prob(z, mu, logvar) - self.prior_log_prob(z, y)).mean()
         recon = recon_k.mean()
         terms = {"nelbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}

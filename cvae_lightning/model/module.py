@@ -9,9 +9,9 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning.errors import check, check_choice, check_int, check_number
+from cvae_lightning.errors import check, check_bool, check_choice, check_int, check_number
 from cvae_lightning.harness.config import build
-from cvae_lightning.model.cvae import CVAE, PRIORS
+from cvae_lightning.model.cvae import CVAE
 from cvae_lightning.model.data import NUM_CLASSES
 
 # what training minimises: the ELBO (recon averaged over k draws, KL in closed form) or the IWAE bound
@@ -44,14 +44,15 @@ class CVAEModule(L.LightningModule):
         scheduler: dict | None = None,
         latent_dim: int = 20,
         n_labels: int = NUM_CLASSES,
-        prior: str = "conditional",
-        prior_flow_layers: int = 4,
+        prior: dict | None = None,
         beta: float = 1.0,
         kl_warmup_epochs: float = 0,
         objective: str = "elbo",
         k: int = 1,
+        compile: bool = False,
     ):
         super().__init__()
+        prior = plain(prior) or {"_target_": "cvae_lightning.model.priors.ConditionalPrior"}
         encoder, decoder, optimizer, scheduler = map(plain, (encoder, decoder, optimizer, scheduler))
         check_int("model.latent_dim", latent_dim, 1)
         check(
@@ -60,23 +61,31 @@ class CVAEModule(L.LightningModule):
             n_labels in (0, NUM_CLASSES) and not isinstance(n_labels, bool),
             "0 or 10",
         )
-        check_choice("model.prior", prior, PRIORS if n_labels else PRIORS[:1])
-        check_int("model.prior_flow_layers", prior_flow_layers, 1)
+        check(
+            "model.prior",
+            prior,
+            isinstance(prior, dict),
+            "a config: model/prior=standard, conditional or flow",
+        )
         check_number("model.beta", beta)
         check_number("model.kl_warmup_epochs", kl_warmup_epochs)
         check_choice("model.objective", objective, OBJECTIVES)
         check_int("model.k", k, 1)
+        check_bool("model.compile", compile)
         check_number("model.optimizer.lr", optimizer.get("lr", 1.0), 0, above=True)
         self.save_hyperparameters()
         sizes = {"latent_dim": latent_dim, "n_labels": n_labels}
         self.model = CVAE(
             build(encoder, "model.encoder", **sizes),
             build(decoder, "model.decoder", **sizes),
-            prior=prior,
-            prior_flow_layers=prior_flow_layers,
+            prior=build(prior, "model.prior", **sizes),
             **sizes,
         )
         self.loss_name = f"niwae_k{k}" if objective == "iwae" else "nelbo"
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.compile:  # training only: evaluating a checkpoint stays eager
+            self.model.use_compiled("elbo")
 
     def terms(self, x, labels) -> dict:
         return self.model.elbo(x, labels, k=self.hparams.k, iwae=self.hparams.objective == "iwae")
