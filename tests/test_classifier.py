@@ -88,7 +88,9 @@ def test_the_optimizer_is_a_partial_config_swapped_with_one_override():
     without a config (CAS builds one so)."""
     from cvae_lightning.harness.config import build
 
-    model = build(composed("experiment=classifier", "model.optimizer._target_=torch.optim.SGD").model, "model")
+    model = build(
+        composed("experiment=classifier", "model.optimizer._target_=torch.optim.SGD").model, "model"
+    )
     assert type(model.hparams.optimizer) is dict and model.hparams.optimizer["lr"] == 1e-3
     optimizer = model.configure_optimizers()
     assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 1e-3

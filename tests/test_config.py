@@ -80,7 +80,7 @@ def check_everything(cfg) -> None:
         ("model.optimizer.lr=fast", "model.optimizer.lr='fast' is not allowed: expected a number > 0"),
         (
             "model.prior=gaussian",
-            "model.prior='gaussian' is not allowed: expected a config: model/prior=standard, conditional",
+            "model.prior='gaussian' is not allowed: expected model/prior=standard, conditional or flow",
         ),
         (
             "model.encoder._target_=cvae_lightning.model.nets.ResNet",
@@ -123,7 +123,7 @@ def check_everything(cfg) -> None:
         ),
         (
             "model=vae model/prior=flow",
-            "model.prior='FlowPrior' is not allowed: expected model/prior=standard, as the VAE has no label",
+            "model.prior='FlowPrior' is not allowed: expected model/prior=standard (the VAE has no label)",
         ),
         ("+model.depth=3", "model: "),
         ("model.optimizer.eps=-1", "model.optimizer: Invalid epsilon value: -1"),

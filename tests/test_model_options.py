@@ -99,11 +99,11 @@ def test_the_conditional_prior_is_learned():
         (
             ["model=vae", "model/prior=conditional"],
             "model.prior='ConditionalPrior' is not allowed: "
-            "expected model/prior=standard, as the VAE has no label",
+            "expected model/prior=standard (the VAE has no label)",
         ),
         (
             ["model.prior=flat"],
-            "model.prior='flat' is not allowed: expected a config: model/prior=standard, conditional or flow",
+            "model.prior='flat' is not allowed: expected model/prior=standard, conditional or flow",
         ),
         (
             ["model.prior._target_=mypkg.NoSuchPrior"],

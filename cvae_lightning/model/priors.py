@@ -1,8 +1,6 @@
 """The prior p(z|y), built from its config (`conf/model/prior/*.yaml`, `_target_`) with the model's
-`latent_dim` and `n_labels` added, as the networks are. Any class with the same constructor arguments and
-methods works: called on y (one-hot, or None for the VAE) it gives the mean and log-variance of its Gaussian
-part, which the KL per dimension is taken against; `from_noise` maps standard-normal noise u to z and
-`noise_and_log_det` back; `log_prob` is log p(z|y); `closed_form_kl`: whether the KL is that Gaussian's."""
+`latent_dim` and `n_labels`, as the networks are. One of one's own needs StandardPrior's methods; `forward(y)`
+is its Gaussian part, which the KL per dimension is taken against (all the KL where `closed_form_kl`)."""
 
 from __future__ import annotations
 
@@ -13,19 +11,24 @@ from torch import Tensor, nn
 
 from cvae_lightning.errors import check, check_int
 
-LOG_2PI = math.log(2 * math.pi)
-
 
 def gaussian_log_prob(z: Tensor, mu: Tensor = 0.0, logvar: Tensor = 0.0) -> Tensor:
     """log N(z; mu, exp(logvar)), summed over the last dimension."""
     logvar = torch.as_tensor(logvar, dtype=z.dtype)  # a float: a host scalar, no GPU copy (a sync)
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(dim=-1)
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(dim=-1)
 
 
-class GaussianPrior(nn.Module):
-    """p(z|y) = N(mu_y, sigma_y^2), with (mu_y, logvar_y) from `forward(y)`: z = mu_y + sigma_y * u."""
+class StandardPrior(nn.Module):
+    """p(z) = N(0, I) whatever the label (the VAE's); the base of the priors z = mu_y + sigma_y * u."""
 
     closed_form_kl = True  # False: the KL is log q - log p at the draws of z
+
+    def __init__(self, latent_dim: int, n_labels: int = 0):
+        super().__init__()
+        self.register_buffer("zeros", torch.zeros(1, latent_dim), persistent=False)  # on the model's device
+
+    def forward(self, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.zeros, self.zeros
 
     def from_noise(self, u: Tensor, y: Tensor | None) -> Tensor:
         mu, logvar = self(y)
@@ -40,25 +43,12 @@ class GaussianPrior(nn.Module):
         return gaussian_log_prob(z, *self(y))
 
 
-class StandardPrior(GaussianPrior):
-    """p(z) = N(0, I) whatever the label: the VAE's prior."""
-
-    def __init__(self, latent_dim: int, n_labels: int = 0):
-        super().__init__()
-        self.register_buffer("zeros", torch.zeros(1, latent_dim), persistent=False)  # on the model's device
-
-    def forward(self, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self.zeros, self.zeros
-
-
-class ConditionalPrior(GaussianPrior):
+class ConditionalPrior(StandardPrior):
     """N(mu_y, sigma_y^2) learned per label, so that z need not carry the digit; starts as N(0, I)."""
 
     def __init__(self, latent_dim: int, n_labels: int):
-        check(
-            "model.prior", type(self).__name__, n_labels > 0, "model/prior=standard, as the VAE has no label"
-        )
-        super().__init__()
+        check("model.prior", type(self).__name__, n_labels > 0, "model/prior=standard (the VAE has no label)")
+        super().__init__(latent_dim)
         self.gaussian = nn.Linear(n_labels, 2 * latent_dim)
         nn.init.zeros_(self.gaussian.weight)
         nn.init.zeros_(self.gaussian.bias)
@@ -86,13 +76,10 @@ class Coupling(nn.Module):
         keep = 1 - self.mask
         return torch.tanh(log_s) * keep, t * keep  # tanh: a bounded scale keeps the inverse stable
 
-    def forward(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, u: Tensor, y: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        """The layer's output (or with `inverse` its input) and the log-determinant of that map's Jacobian."""
         log_s, t = self.scale_shift(u, y)
-        return u * log_s.exp() + t, log_s.sum(-1)
-
-    def inverse(self, v: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        log_s, t = self.scale_shift(v, y)
-        return (v - t) * (-log_s).exp(), -log_s.sum(-1)
+        return ((u - t) * (-log_s).exp(), -log_s.sum(-1)) if inverse else (u * log_s.exp() + t, log_s.sum(-1))
 
 
 class FlowPrior(ConditionalPrior):
@@ -115,7 +102,7 @@ class FlowPrior(ConditionalPrior):
     def noise_and_log_det(self, z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         u, log_det = super().noise_and_log_det(z, y)
         for layer in reversed(self.flow):
-            u, layer_log_det = layer.inverse(u, y)
+            u, layer_log_det = layer(u, y, inverse=True)
             log_det = log_det + layer_log_det
         return u, log_det
 
