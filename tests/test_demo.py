@@ -31,7 +31,7 @@ needs_browser = pytest.mark.skipif(
         ("model/net=conv",),
         ("model=vae", "model/net=conv"),
         ("+model.encoder.label_every_layer=true", "model.decoder.label_every_layer=true"),
-        ("model.prior=conditional", "model.decoder.label_every_layer=false"),
+        ("model/prior=conditional", "model.decoder.label_every_layer=false"),
     ],
 )
 def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
