@@ -26,6 +26,7 @@ from torchvision import datasets, transforms  # noqa: E402
 
 from cvae_lightning.model.cvae import CVAE  # noqa: E402
 from cvae_lightning.model.nets import MLPDecoder, MLPEncoder  # noqa: E402
+from cvae_lightning.model.priors import FlowPrior  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 LATENT_DIM, N_LABELS = 20, 10
@@ -38,7 +39,7 @@ def default_model() -> CVAE:
         MLPDecoder(LATENT_DIM, N_LABELS, [256, 512], label_every_layer=True),
         latent_dim=LATENT_DIM,
         n_labels=N_LABELS,
-        prior="flow",
+        prior=FlowPrior(LATENT_DIM, N_LABELS),
     )
 
 

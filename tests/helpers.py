@@ -53,12 +53,14 @@ def tiny_module(*overrides: str, latent_dim: int = 2, hidden: int = 32):
 
 def mlp_cvae(latent_dim: int = 3, hidden_dims=(16,), n_labels: int = 10, prior: str = "standard"):
     """A bare `cvae_lightning.model.cvae.CVAE` with MLP networks (no Lightning, no config)."""
+    from cvae_lightning.model import priors
     from cvae_lightning.model.cvae import CVAE
     from cvae_lightning.model.nets import MLPDecoder, MLPEncoder
 
     encoder = MLPEncoder(latent_dim, n_labels, list(hidden_dims))
     decoder = MLPDecoder(latent_dim, n_labels, list(reversed(hidden_dims)))
-    return CVAE(encoder, decoder, latent_dim, n_labels, prior)
+    prior_net = getattr(priors, f"{prior.capitalize()}Prior")(latent_dim, n_labels)  # prior: standard, ...
+    return CVAE(encoder, decoder, latent_dim, n_labels, prior_net)
 
 
 def run_script(script: str, *args: str, timeout: float = 600, env: dict | None = None, background=False):

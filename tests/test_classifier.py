@@ -81,3 +81,39 @@ def test_model_classifier_alone_says_to_use_the_experiment(tmp_path, data_dir):
         "model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
         " (or `make classifier`), which also sets its checkpoint and callbacks",
     )
+
+
+def test_the_optimizer_is_a_partial_config_swapped_with_one_override():
+    """Built as the CVAE's is, kept as plain data (a weights-only checkpoint), the default Adam(lr=1e-3)
+    without a config (CAS builds one so)."""
+    from cvae_lightning.harness.config import build
+
+    model = build(
+        composed("experiment=classifier", "model.optimizer._target_=torch.optim.SGD").model, "model"
+    )
+    assert type(model.hparams.optimizer) is dict and model.hparams.optimizer["lr"] == 1e-3
+    optimizer = model.configure_optimizers()
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 1e-3
+    assert type(Classifier().configure_optimizers()) is torch.optim.Adam
+    assert Classifier(**model.hparams).hparams == model.hparams
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.channels=[32]", "model.channels=[32] is not allowed: expected two integers >= 1"),
+        ("model.channels=[32,0]", "model.channels=[32, 0] is not allowed: expected a list of integers >= 1"),
+        ("model.feature_dim=0", "model.feature_dim=0 is not allowed: expected an integer >= 1"),
+        ("model.dropout=1", "model.dropout=1 is not allowed: expected a number in [0, 1)"),
+        ("model.dropout=high", "model.dropout='high' is not allowed: expected a number in [0, 1)"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0 is not allowed: expected a number > 0"),
+        ("+model.optimizer.betas=[2,0]", "model.optimizer: Invalid beta parameter at index 0: 2"),
+    ],
+)
+def test_bad_classifier_values_are_refused_in_one_line(override, expected):
+    from cvae_lightning.errors import ConfigError
+    from cvae_lightning.harness.config import build
+
+    with pytest.raises(ConfigError) as error:
+        build(composed("experiment=classifier", override).model, "model").configure_optimizers()
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value), error.value

@@ -26,10 +26,11 @@ def test_the_default_has_a_flow_prior_the_label_at_every_decoder_layer_a_weights
     """experiment=classic is the default before issue #23; docs/results.md measured both over three seeds."""
     default, classic = composed(), composed("experiment=classic")
     validate(classic)
-    assert build(default.model, "model").model.flow is not None
-    assert build(classic.model, "model").model.flow is None
-    assert (default.model.prior, default.model.decoder.label_every_layer) == ("flow", True)
-    assert (classic.model.prior, classic.model.decoder.label_every_layer) == ("conditional", False)
+    assert hasattr(build(default.model, "model").model.prior_net, "flow")
+    assert not hasattr(build(classic.model, "model").model.prior_net, "flow")
+    assert default.model.prior._target_.endswith(".FlowPrior") and default.model.decoder.label_every_layer
+    assert classic.model.prior._target_.endswith(".ConditionalPrior")
+    assert classic.model.decoder.label_every_layer is False
     assert default.callbacks.ema._target_.endswith("averaging.EMA") and classic.callbacks.ema is None
     classic.model.prior = default.model.prior
     classic.model.decoder.label_every_layer = default.model.decoder.label_every_layer
@@ -79,7 +80,7 @@ def check_everything(cfg) -> None:
         ("model.optimizer.lr=fast", "model.optimizer.lr='fast' is not allowed: expected a number > 0"),
         (
             "model.prior=gaussian",
-            "model.prior='gaussian' is not allowed: expected one of standard, conditional",
+            "model.prior='gaussian' is not allowed: expected model/prior=standard, conditional or flow",
         ),
         (
             "model.encoder._target_=cvae_lightning.model.nets.ResNet",
@@ -121,8 +122,8 @@ def check_everything(cfg) -> None:
             "matmul_precision='low' is not allowed: expected one of highest, high, medium",
         ),
         (
-            "model=vae model.prior=conditional",
-            "model.prior='conditional' is not allowed: expected one of standard",
+            "model=vae model/prior=flow",
+            "model.prior='FlowPrior' is not allowed: expected model/prior=standard (the VAE has no label)",
         ),
         ("+model.depth=3", "model: "),
         ("model.optimizer.eps=-1", "model.optimizer: Invalid epsilon value: -1"),

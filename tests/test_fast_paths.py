@@ -97,7 +97,7 @@ def test_bf16_autocast_keeps_the_loss_in_fp32(prior):
     torch.manual_seed(0)
     net, (x, y) = mlp_cvae(latent_dim=4, hidden_dims=(64, 32), prior=prior), batch()
     if prior == "conditional":  # a prior away from N(0, I), so its bf16 output counts
-        torch.nn.init.normal_(net.prior_net.weight, std=0.5)
+        torch.nn.init.normal_(net.prior_net.gaussian.weight, std=0.5)
     torch.manual_seed(1)
     fp32 = net.elbo(x, y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -115,17 +115,23 @@ def test_bf16_mixed_trainer_learns_on_cpu():
     assert len(elbo) == 4 and all(torch.isfinite(torch.tensor(elbo))) and elbo[-1] < elbo[0]
 
 
-def compiled(net):
-    """What `compile=true` does in training.py: the CVAE's loss (and its backward) through torch.compile."""
-    net.model.elbo = torch.compile(net.model.elbo, dynamic=False)
+def compiled():
+    """What `compile=true` does: the module runs the CVAE's loss (and its backward) through torch.compile
+    once fitting starts."""
+    net = module("compile=true")
+    net.setup("fit")
     return net
 
 
 def test_compile_keeps_the_checkpoint_format():
-    eager, fast = module(), compiled(module())
+    eager, fast = module(), compiled()
+    assert "elbo" in vars(fast.model) and "elbo" not in vars(eager.model)  # compiled, the other eager
     assert fast.state_dict().keys() == eager.state_dict().keys()
     eager.load_state_dict(fast.state_dict())  # strict: a compiled run's checkpoint loads into an eager model
-    assert "compile" not in fast.hparams
+    assert (fast.hparams.compile, eager.hparams.compile) == (True, False)
+    tested = module("compile=true")
+    tested.setup("test")  # a checkpoint evaluated (evaluate.py) stays eager
+    assert "elbo" not in vars(tested.model)
 
 
 @pytest.mark.slow
@@ -133,7 +139,7 @@ def test_compiled_loss_and_gradients_match_eager():
     """Inductor on CPU (tens of seconds to compile); the same random draws as eager via fallback_random."""
     import torch._inductor.config
 
-    eager, fast = module(), compiled(module())
+    eager, fast = module(), compiled()
     x, y = batch()
     results = []
     with torch._inductor.config.patch(fallback_random=True):

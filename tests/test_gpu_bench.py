@@ -25,6 +25,7 @@ from cvae_lightning.callbacks.averaging import EMA
 from cvae_lightning.model.cvae import CVAE
 from cvae_lightning.model.data import MNISTDataModule
 from cvae_lightning.model.nets import MLPDecoder, MLPEncoder
+from cvae_lightning.model.priors import ConditionalPrior
 from tests.helpers import assert_one_line_error, composed, run_script, tiny_trainer
 
 
@@ -173,7 +174,7 @@ class SyncsAt(L.LightningModule):
 
     def __init__(self, sync_at=()):
         super().__init__()
-        self.model = CVAE(MLPEncoder(4, 10, [32]), MLPDecoder(4, 10, [32]), latent_dim=4, prior="conditional")
+        self.model = CVAE(MLPEncoder(4, 10, [32]), MLPDecoder(4, 10, [32]), 4, prior=ConditionalPrior(4, 10))
         self.sync_at = set(sync_at)
 
     def training_step(self, batch, batch_idx):

@@ -10,6 +10,7 @@ from torch import nn
 import cvae_lightning
 from cvae_lightning import CVAE, MNISTDataModule
 from cvae_lightning.model.cvae import bernoulli_nll, gaussian_kl
+from cvae_lightning.model.priors import StandardPrior
 from tests.helpers import mlp_cvae, tiny_module, tiny_trainer
 
 
@@ -155,3 +156,43 @@ def test_a_new_encoder_is_a_class_on_the_path_and_one_override(data_dir, tmp_pat
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, trained[key]), key
     assert not torch.equal(trained["encoder.net.0.weight"], before["encoder.net.0.weight"])  # it trained
+
+
+class MyPrior(StandardPrior):
+    """A prior of one's own: N(0, s^2 I) with one learned scale s (from `scale`), whatever the label."""
+
+    def __init__(self, latent_dim: int, n_labels: int, scale: float = 1.0):
+        super().__init__(latent_dim)
+        self.logvar = nn.Parameter(torch.tensor(2 * math.log(scale)))
+
+    def forward(self, y):  # from_noise, noise_and_log_det and log_prob follow from it
+        return self.zeros, self.zeros + self.logvar
+
+
+def test_a_new_prior_is_a_class_on_the_path_and_one_override(data_dir, tmp_path):
+    """The CVAE's maths asks the prior object: samples, density and KL follow it, it trains and loads back."""
+    module = tiny_module(
+        "model.prior._target_=tests.test_model.MyPrior", "~model.prior.layers", "++model.prior.scale=2.0"
+    )
+    model = module.model
+    assert isinstance(model.prior_net, MyPrior) and model.prior_net.logvar.item() == pytest.approx(
+        math.log(4)
+    )
+    noise, labels = torch.randn(3, 2), torch.tensor([1, 2, 3])
+    assert torch.allclose(model.from_noise(noise, model.condition(labels)), 2 * noise)
+    z = torch.randn(3, 2)
+    assert torch.allclose(
+        model.prior_log_prob(z, None), torch.distributions.Normal(0.0, 2.0).log_prob(z).sum(-1)
+    )
+    x = torch.rand(3, 1, 28, 28)
+    mu, logvar = model.encode(x, labels)
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 2.0)
+    )
+    assert model.elbo(x, labels)["kl"].item() == pytest.approx(kl.sum(1).mean().item(), rel=1e-5)
+    trainer = tiny_trainer(max_steps=2, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=64))
+    trainer.save_checkpoint(tmp_path / "mine.ckpt")
+    loaded = cvae_lightning.load_checkpoint(tmp_path / "mine.ckpt")
+    assert isinstance(loaded.prior_net, MyPrior)
+    assert loaded.prior_net.logvar.item() == model.prior_net.logvar.item() != pytest.approx(math.log(4))

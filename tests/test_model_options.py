@@ -17,7 +17,7 @@ from tests.helpers import composed, mlp_cvae, tiny_module, tiny_trainer
 def test_temperature_scales_the_prior_noise_and_zero_decodes_the_prior_mean():
     torch.manual_seed(0)
     model = mlp_cvae(latent_dim=3, hidden_dims=(16,), prior="conditional")
-    torch.nn.init.normal_(model.prior_net.weight)  # a prior that is not N(0, I)
+    torch.nn.init.normal_(model.prior_net.gaussian.weight)  # a prior that is not N(0, I)
     labels, noise = torch.tensor([1, 4]), torch.randn(2, 3)
     mu, logvar = model.prior(labels)
     expected = torch.sigmoid(model.decode(mu + 0.5 * (0.5 * logvar).exp() * noise, labels))
@@ -45,7 +45,7 @@ def test_conditional_prior_starts_standard_and_its_kl_matches_torch_distribution
     torch.manual_seed(1)
     assert conditional.elbo(x, y)["kl"].item() == pytest.approx(kl_standard.item(), rel=1e-6)
 
-    torch.nn.init.normal_(conditional.prior_net.weight)
+    torch.nn.init.normal_(conditional.prior_net.gaussian.weight)
     mu, logvar = conditional.encode(x, y)
     prior_mu, prior_logvar = conditional.prior(y)
     assert prior_mu.shape == (5, 4) and not torch.allclose(prior_mu[0], prior_mu[1])
@@ -56,13 +56,13 @@ def test_conditional_prior_starts_standard_and_its_kl_matches_torch_distribution
 def test_the_flow_prior_is_a_density_and_to_noise_inverts_from_noise():
     torch.manual_seed(0)
     # float64: the couplings perturbed below reach z of ~40, where float32 rounding would blur the maths
-    model = tiny_module("model.prior=flow", "model.prior_flow_layers=3", latent_dim=4).model.double()
+    model = tiny_module("model/prior=flow", "model.prior.layers=3", latent_dim=4).model.double()
     y = model.condition(torch.tensor([1, 2, 3])).double()
     eps = torch.randn(3, 4, dtype=torch.float64)
     with torch.no_grad():  # zero-initialised couplings: it starts as the conditional Gaussian prior
         mu, logvar = model.prior(y)
         assert torch.allclose(model.from_noise(eps, y, 0.7), mu + 0.7 * (0.5 * logvar).exp() * eps)
-        for p in model.flow.parameters():
+        for p in model.prior_net.flow.parameters():
             p.add_(0.5 * torch.randn_like(p))
         z = model.from_noise(eps, y)
         assert torch.allclose(model.to_noise(z, y), eps, atol=1e-5)
@@ -83,26 +83,31 @@ def test_the_flow_prior_is_a_density_and_to_noise_inverts_from_noise():
         kl = torch.stack([model.elbo(x, y, k=200)["kl"] for _ in range(20)]).mean()
     assert kl.item() == pytest.approx(expected.item(), rel=0.02)
     model.elbo(x, y)["nelbo"].backward()
-    assert all(p.grad is not None for p in model.flow.parameters())
+    assert all(p.grad is not None for p in model.prior_net.flow.parameters())
 
 
 def test_the_conditional_prior_is_learned():
     model = mlp_cvae(latent_dim=2, hidden_dims=(8,), prior="conditional")
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     model.elbo(x, y)["nelbo"].backward()
-    assert model.prior_net.weight.grad.abs().sum() > 0
+    assert model.prior_net.gaussian.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (
-            ["model=vae", "model.prior=conditional"],
-            "model.prior='conditional' is not allowed: expected one of standard",
+            ["model=vae", "model/prior=conditional"],
+            "model.prior='ConditionalPrior' is not allowed: "
+            "expected model/prior=standard (the VAE has no label)",
         ),
         (
             ["model.prior=flat"],
-            "model.prior='flat' is not allowed: expected one of standard, conditional, flow",
+            "model.prior='flat' is not allowed: expected model/prior=standard, conditional or flow",
+        ),
+        (
+            ["model.prior._target_=mypkg.NoSuchPrior"],
+            "model.prior: Error locating target 'mypkg.NoSuchPrior'",
         ),
         (["model.beta=-1"], "model.beta=-1 is not allowed: expected a number >= 0"),
         (["model.kl_warmup_epochs=-2"], "model.kl_warmup_epochs=-2 is not allowed: expected a number >= 0"),
@@ -122,14 +127,12 @@ def test_the_conditional_prior_is_learned():
             ["model.decoder.label_every_layer=yes"],
             "model.decoder.label_every_layer='yes' is not allowed: expected true or false",
         ),
-        (
-            ["model.prior=flow", "model.prior_flow_layers=0"],
-            "model.prior_flow_layers=0 is not allowed: expected an integer >= 1",
-        ),
+        (["model.prior.layers=0"], "model.prior.layers=0 is not allowed: expected an integer >= 1"),
     ],
     ids=[
         "vae-prior",
         "prior",
+        "prior-target",
         "beta",
         "warmup",
         "objective",
@@ -293,7 +296,7 @@ def _by_hand_log_weights(model, x, y, eps):
 def test_iwae_objective_matches_a_hand_computation_with_the_same_noise(k):
     torch.manual_seed(0)
     model = mlp_cvae(latent_dim=3, hidden_dims=(16,), prior="conditional")
-    torch.nn.init.normal_(model.prior_net.weight, std=0.3)
+    torch.nn.init.normal_(model.prior_net.gaussian.weight, std=0.3)
     x, y = torch.bernoulli(torch.rand(6, 1, 28, 28)), torch.tensor([0, 1, 2, 3, 4, 9])
     torch.manual_seed(1)
     terms = model.elbo(x, y, k=k, iwae=True)

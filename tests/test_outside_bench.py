@@ -20,11 +20,11 @@ def test_the_ordinary_script_trains_the_model_train_py_trains_by_default():
     sizes = {"latent_dim": cfg.latent_dim, "n_labels": cfg.get("n_labels", 10)}
     torch.manual_seed(0)
     encoder, decoder = instantiate(cfg.encoder, **sizes), instantiate(cfg.decoder, **sizes)
-    configured = CVAE(encoder, decoder, prior=cfg.get("prior", "conditional"), **sizes)
+    configured = CVAE(encoder, decoder, prior=instantiate(cfg.prior, **sizes), **sizes)
     torch.manual_seed(0)
     ordinary = default_model()
     assert repr(ordinary) == repr(configured)  # the same layers, sizes and activations
-    assert (ordinary.prior_net is None) == (configured.prior_net is None)
+    assert type(ordinary.prior_net) is type(configured.prior_net)
     weights = configured.state_dict()
     assert ordinary.state_dict().keys() == weights.keys()
     for name, weight in ordinary.state_dict().items():  # built in the same order from the same seed

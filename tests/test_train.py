@@ -45,7 +45,7 @@ def test_vae_run_and_overrides(tmp_path, data_dir):
     run_dir = train_short(tmp_path, "model=vae", "model.latent_dim=8", "data.batch_size=256")
     model = load_checkpoint(run_dir / "checkpoints" / "last.ckpt", kinds=("vae",))
     assert model.latent_dim == 8 and model.n_labels == 0 and model.sample(3).shape == (3, 1, 28, 28)
-    assert model.encoder[0].in_features == 784 and model.prior_net is None  # no label, prior N(0, I)
+    assert model.encoder[0].in_features == 784 and type(model.prior_net).__name__ == "StandardPrior"
     _, images = read_events(run_dir)
     assert {"samples/generated", "samples/reconstructions"} <= set(images)
     assert "samples/style_transfer" not in images  # CVAE only

@@ -130,8 +130,8 @@ class LogLikelihood(L.Callback):
         self.k, self.chunk, self.compile = k, chunk, compile
 
     def setup(self, trainer, pl_module, stage):
-        if self.compile and "log_weights" not in vars(pl_module.model):
-            pl_module.model.log_weights = torch.compile(pl_module.model.log_weights, dynamic=False)
+        if self.compile:
+            pl_module.model.use_compiled("log_weights")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         x, y = batch

@@ -9,29 +9,24 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from cvae_lightning.errors import check, check_int, check_int_list, check_number
+from cvae_lightning.harness.config import build
 from cvae_lightning.model.data import IMAGE_SHAPE, NUM_CLASSES
+from cvae_lightning.model.module import plain
 
 
 class Classifier(L.LightningModule):
-    """A small CNN: two conv-conv-pool blocks, then `feature_dim` penultimate features and a linear head.
+    """A small CNN: two conv-conv-pool blocks, then `feature_dim` penultimate features (what classifier-FID
+    compares) and a linear head (its logits give conditional accuracy); `optimizer` a `_partial_` config."""
 
-    The penultimate features are what classifier-FID compares; the logits give conditional accuracy.
-    """
-
-    def __init__(
-        self, channels: tuple[int, int] = (32, 64), feature_dim: int = 128, dropout: float = 0.3, lr=1e-3
-    ):
+    def __init__(self, channels=(32, 64), feature_dim: int = 128, dropout: float = 0.3, optimizer=None):
         super().__init__()
+        optimizer = plain(optimizer) or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
         channels = check_int_list("model.channels", channels, example="[32,64]")
         check("model.channels", channels, len(channels) == 2, "two integers >= 1, e.g. [32,64]")
         check_int("model.feature_dim", feature_dim, 1)
-        check(
-            "model.dropout",
-            dropout,
-            isinstance(dropout, int | float) and 0 <= dropout < 1,
-            "a number in [0, 1)",
-        )
-        check_number("model.lr", lr, 0, above=True)
+        dropout_ok = isinstance(dropout, int | float) and 0 <= dropout < 1
+        check("model.dropout", dropout, dropout_ok, "a number in [0, 1)")
+        check_number("model.optimizer.lr", optimizer.get("lr", 1.0), 0, above=True)
         self.save_hyperparameters()
         c1, c2 = channels
         self.body = nn.Sequential(
@@ -59,13 +54,11 @@ class Classifier(L.LightningModule):
         x, labels = batch
         logits = self(x)
         loss = F.cross_entropy(logits, labels)
-        per_step = stage == "train"
-        self.log(
-            f"{stage}/loss", loss, on_step=per_step, on_epoch=not per_step, prog_bar=True, batch_size=len(x)
-        )
+        shown, per_step = {"prog_bar": True, "batch_size": len(x)}, stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=per_step, on_epoch=not per_step, **shown)
         if accuracy is not None:
             accuracy(logits, labels)
-            self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True, batch_size=len(x))
+            self.log(f"{stage}/acc", accuracy, on_epoch=True, **shown)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -78,7 +71,7 @@ class Classifier(L.LightningModule):
         self._step(batch, "test", self.test_acc)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return build(self.hparams.optimizer, "model.optimizer", params=self.parameters())
 
 
 class ClassifierFeatures(nn.Module):

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
@@ -33,7 +32,7 @@ KEY_HPARAMS = (
     "model.n_labels",
     "model.encoder._target_",
     "model.encoder.hidden_dims",
-    "model.prior",
+    "model.prior._target_",
     "model.optimizer._target_",
     "model.optimizer.lr",
     "model.scheduler._target_",
@@ -85,10 +84,6 @@ def _train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = build(cfg.data, "data")
     model: L.LightningModule = build(cfg.model, "model")
-    if cfg.get("compile") and hasattr(
-        model, "model"
-    ):  # the loss and its backward as fused inductor kernels; checkpoints unchanged
-        model.model.elbo = torch.compile(model.model.elbo, dynamic=False)
     ckpt_path, step = checkpoints.resume_point(
         cfg.get("ckpt_path"), cfg.paths.output_dir, checkpoints.model_kind(model), slurm.restarts()
     )

@@ -1,11 +1,6 @@
-"""The model: a conditional VAE on 28x28 images, Q(z|x,y), P(x|z,y) and the prior p(z|y); `n_labels=0` is
-the plain VAE, Q(z|x), P(x|z), p(z) = N(0, I).
-
-The networks are injected: an encoder (x, y) -> (B, 2 * latent_dim), the mean and log-variance of Q, and a
-decoder (z, y) -> Bernoulli logits shaped like the images; y is the one-hot label (None for the VAE).
-Labels are integer digits (N,) everywhere (the VAE ignores them); an (N, n_labels) float tensor passes as
-given (mixed labels). Everything is in nats per image.
-"""
+"""The model: a conditional VAE on 28x28 images, Q(z|x,y), P(x|z,y) and p(z|y) injected modules (`nets`,
+`priors`); `n_labels=0` is the VAE. Labels are digits (N,) everywhere (the VAE ignores them), or (N, n_labels)
+float weights (mixed labels); y is their one-hot rows (None for the VAE). All in nats per image."""
 
 from __future__ import annotations
 
@@ -15,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PRIORS = ("standard", "conditional", "flow")
-LOG_2PI = math.log(2 * math.pi)
-# a safe range for the encoder's log-variance: exp(logvar) stays finite in the KL even in fp16/bf16
-LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
+from cvae_lightning.model.priors import StandardPrior, gaussian_log_prob
+
+LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0  # the encoder's: exp(logvar) stays finite in the KL even in fp16/bf16
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor = 0.0, prior_logvar: Tensor = 0.0) -> Tensor:
@@ -27,78 +21,30 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor = 0.0, prior_logvar
     return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
 
 
-def gaussian_log_prob(z: Tensor, mu: Tensor = 0.0, logvar: Tensor = 0.0) -> Tensor:
-    """log N(z; mu, exp(logvar)), summed over the last dimension."""
-    logvar = torch.as_tensor(logvar, dtype=z.dtype)  # a float: a host scalar, no GPU copy (a sync)
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(dim=-1)
-
-
 def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     """-log P(x|z) per example, summed over pixels (x may be continuous in [0, 1])."""
     return F.binary_cross_entropy_with_logits(logits.flatten(1), x.flatten(1), reduction="none").sum(dim=1)
 
 
-class Coupling(nn.Module):
-    """One affine coupling layer (RealNVP) conditioned on the label: the dimensions outside `mask` are scaled
-    and shifted by a small MLP of those inside it and y. Zero-initialised, so it starts as the identity."""
-
-    def __init__(self, latent_dim: int, n_labels: int, mask: Tensor, hidden: int = 64):
-        super().__init__()
-        self.register_buffer("mask", mask.float())
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim + n_labels, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim)
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def scale_shift(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        y = y.to(u.dtype).expand(*u.shape[:-1], y.shape[-1])
-        log_s, t = self.net(torch.cat([u * self.mask, y], dim=-1)).chunk(2, dim=-1)
-        keep = 1 - self.mask
-        return torch.tanh(log_s) * keep, t * keep  # tanh: a bounded scale keeps the inverse stable
-
-    def forward(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        log_s, t = self.scale_shift(u, y)
-        return u * log_s.exp() + t, log_s.sum(-1)
-
-    def inverse(self, v: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        log_s, t = self.scale_shift(v, y)
-        return (v - t) * (-log_s).exp(), -log_s.sum(-1)
-
-
 class CVAE(nn.Module):
-    """Q(z|x,y) = N(mu, sigma^2) from `encoder`, P(x|z,y) = Bernoulli(sigmoid(`decoder`)), and the prior
-    p(z|y): N(0, I) (`prior="standard"`), N(mu_y, sigma_y^2) learned per label (`"conditional"`), so
-    that z need not carry the digit, or that Gaussian after `prior_flow_layers` couplings (`"flow"`), so
-    that the prior can take the shape of the codes the encoder gives and samples avoid where it gives none.
-    `from_noise` maps standard-normal noise to z of the prior, `to_noise` back."""
+    """Q(z|x,y) = N(mu, sigma^2) from `encoder` ((x, y) -> (B, 2 * latent_dim)), P(x|z,y) from `decoder`
+    ((z, y) -> Bernoulli logits shaped like images) and p(z|y) from `prior` (N(0, I) when None)."""
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        latent_dim: int,
-        n_labels: int = 10,
-        prior="standard",
-        prior_flow_layers: int = 4,
-    ):
+    def __init__(self, encoder, decoder, latent_dim: int, n_labels: int = 10, prior: nn.Module | None = None):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.n_labels = latent_dim, n_labels
-        self.prior_net = nn.Linear(n_labels, 2 * latent_dim) if prior in ("conditional", "flow") else None
-        if self.prior_net is not None:  # (mu_y, logvar_y) per label, starting at N(0, I)
-            nn.init.zeros_(self.prior_net.weight)
-            nn.init.zeros_(self.prior_net.bias)
-        self.flow = None
-        if prior == "flow":  # noise -> couplings -> mu_y + sigma_y * u
-            masks = [torch.arange(latent_dim) % 2 == i % 2 for i in range(prior_flow_layers)]
-            self.flow = nn.ModuleList(Coupling(latent_dim, n_labels, m) for m in masks)
+        self.prior_net = StandardPrior(latent_dim) if prior is None else prior
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    # -- the three distributions --------------------------------------------------------------------
+    def use_compiled(self, name: str) -> None:
+        """Method `name` (elbo, log_weights) through torch.compile from now on; checkpoints stay the same."""
+        if name not in vars(self):  # once: compiling the compiled function again would recompile
+            setattr(self, name, torch.compile(getattr(self, name), dynamic=False))
+
     def condition(self, labels: Tensor | None) -> Tensor | None:
         """What the networks are given for `labels`: one-hot rows (CVAE), or nothing (VAE)."""
         if not self.n_labels:
@@ -109,42 +55,20 @@ class CVAE(nn.Module):
         return F.one_hot(labels.long(), self.n_labels).float() if labels.dim() == 1 else labels.float()
 
     def from_noise(self, noise: Tensor, y: Tensor | None, temperature: float = 1.0) -> Tensor:
-        """z of the prior p(z|y) for standard-normal `noise` scaled by `temperature` (the flow, if any, then
-        mu_y + sigma_y * u)."""
-        u = temperature * noise
-        for layer in self.flow or ():
-            u = layer(u, y)[0]
-        mu, logvar = self.prior(y)
-        return mu + (0.5 * logvar).exp() * u
+        """z of the prior p(z|y) for standard-normal `noise` scaled by `temperature`."""
+        return self.prior_net.from_noise(temperature * noise, y)
 
     def to_noise(self, z: Tensor, y: Tensor | None) -> Tensor:
         """The noise that `from_noise` maps to z at temperature 1: z's place within p(z|y), its "style"."""
-        return self.noise_and_log_det(z, y)[0]
-
-    def noise_and_log_det(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        """`to_noise`, and the log-determinant of its Jacobian (for the prior's density)."""
-        mu, logvar = self.prior(y)
-        u = (z - mu) * (-0.5 * logvar).exp()
-        log_det = -0.5 * logvar.sum(-1)
-        for layer in reversed(self.flow or ()):
-            u, layer_log_det = layer.inverse(u, y)
-            log_det = log_det + layer_log_det
-        return u, log_det
+        return self.prior_net.noise_and_log_det(z, y)[0]
 
     def prior_log_prob(self, z: Tensor, y: Tensor | None) -> Tensor:
-        """log p(z|y) for z (..., B, D): (..., B); through the flow by the change of variables."""
-        if self.flow is None:
-            return gaussian_log_prob(z, *self.prior(y))
-        u, log_det = self.noise_and_log_det(z, y)
-        return gaussian_log_prob(u) + log_det
+        """log p(z|y) for z (..., B, D): (..., B)."""
+        return self.prior_net.log_prob(z, y)
 
     def prior(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of p(z|y): zeros for N(0, I), one row per label for the learned prior (and
-        the flow's Gaussian part)."""
-        if self.prior_net is not None:
-            return self.prior_net(self.condition(labels).to(self.prior_net.weight.dtype)).chunk(2, dim=1)
-        zeros = torch.zeros(1, self.latent_dim, device=self.device)
-        return zeros, zeros
+        """Mean and log-variance of p(z|y)'s Gaussian part (zeros for N(0, I), or one row per label)."""
+        return self.prior_net(self.condition(labels))
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of Q(z|x,y)."""
@@ -155,25 +79,18 @@ class CVAE(nn.Module):
         """Bernoulli logits of P(x|z,y), shaped like images."""
         return self.decoder(z, self.condition(labels))
 
-    # -- the bounds -----------------------------------------------------------------------------------
-    def elbo(
-        self, x: Tensor, labels: Tensor | None = None, k: int = 1, iwae: bool = False
-    ) -> dict[str, Tensor]:
-        """The negative ELBO `nelbo` = `recon` + `kl` (batch means), the KL of each latent dimension
-        (`kl_per_dim`: above ~0.01 nats a dimension is "active"), the reconstruction term averaged over `k`
-        draws of z and, with `iwae`, minus the IWAE bound of the same k draws (`niwae`)."""
+    def elbo(self, x: Tensor, labels: Tensor | None = None, k: int = 1, iwae: bool = False) -> dict:
+        """`nelbo` = `recon` + `kl` (batch means, recon over `k` draws of z), `kl_per_dim` (above ~0.01 nats a
+        dimension is "active") and, with `iwae`, `niwae`: minus the IWAE bound of the same draws."""
         y = self.condition(labels)  # once: encoder, decoder and prior take the same one-hot rows
         mu, logvar = self.encode(x, y)
         z = mu + torch.randn(k, *mu.shape, dtype=mu.dtype, device=mu.device) * (0.5 * logvar).exp()
-        y_k = None if y is None else y.expand(k, *y.shape).flatten(0, 1)
-        logits = self.decode(z.flatten(0, 1), y_k)
-        # the loss in fp32 under bf16/fp16 autocast: sums over 784 pixels need more than bf16's 8 bits
-        logits, z, mu, logvar = logits.float(), z.float(), mu.float(), logvar.float()
-        recon_k = bernoulli_nll(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)
-        # per dimension against the Gaussian prior, or the flow's Gaussian part (its couplings mix dimensions)
+        recon_k = self._nll(x, y, z)
+        z, mu, logvar = z.float(), mu.float(), logvar.float()
+        # per dimension against the prior's Gaussian part (a flow's couplings mix dimensions)
         kl_per_dim = gaussian_kl(mu, logvar, *[t.float() for t in self.prior(y)]).mean(dim=0)
         kl = kl_per_dim.sum()
-        if self.flow is not None:  # no closed form: log q - log p at the same draws of z
+        if not self.prior_net.closed_form_kl:  # log q - log p at the same draws of z
             kl = (gaussian_log_prob(z, mu, logvar) - self.prior_log_prob(z, y)).mean()
         recon = recon_k.mean()
         terms = {"nelbo": recon + kl, "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
@@ -183,12 +100,9 @@ class CVAE(nn.Module):
         return terms
 
     @torch.no_grad()
-    def log_likelihood(
-        self, x: Tensor, labels: Tensor | None = None, k: int = 1000, chunk: int = 100
-    ) -> Tensor:
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None, k: int = 1000, chunk: int = 100):
         """Importance-sampled log p(x|y) per image: the IWAE bound with k samples from Q(z|x,y), decoded
-        `chunk` at a time (memory: chunk x batch x 784); the noise is drawn at once, so chunking cannot
-        change the number."""
+        `chunk` at a time (memory: chunk x batch x 784) from noise drawn at once: chunks cannot change it."""
         y = self.condition(labels)
         mu, logvar = self.encode(x, y)
         noise = torch.randn(k, *mu.shape, device=mu.device)
@@ -198,21 +112,21 @@ class CVAE(nn.Module):
     def log_weights(self, x, y, mu, logvar, eps: Tensor) -> Tensor:
         """log p(x|z) + log p(z|y) - log q(z|x,y) at z = mu + sigma * eps, eps (n, B, latent): (n, B)."""
         z = mu + (0.5 * logvar).exp() * eps
-        n = len(eps)
-        y_n = None if y is None else y.expand(n, *y.shape).flatten(0, 1)
-        logits = self.decode(z.flatten(0, 1), y_n)
-        log_px = -bernoulli_nll(logits, x.expand(n, *x.shape).flatten(0, 1)).view(n, -1)
-        return log_px + self.prior_log_prob(z, y) - gaussian_log_prob(z, mu, logvar)
+        return -self._nll(x, y, z) + self.prior_log_prob(z, y) - gaussian_log_prob(z, mu, logvar)
 
-    # -- drawing ------------------------------------------------------------------------------------
+    def _nll(self, x: Tensor, y: Tensor | None, z: Tensor) -> Tensor:
+        """-log P(x|z,y) of n draws z (n, B, latent): (n, B); fp32 under autocast (784-pixel sums need it)."""
+        n = len(z)
+        logits = self.decode(z.flatten(0, 1), None if y is None else y.expand(n, *y.shape).flatten(0, 1))
+        return bernoulli_nll(logits.float(), x.expand(n, *x.shape).flatten(0, 1)).view(n, -1)
+
     def noise(self, *sizes: int, seed: int | None = None) -> Tensor | list[Tensor]:
         """(n, latent_dim) standard-normal draws, one tensor per size given (drawn in turn), from torch's
         global generator or from `seed` (the same noise every call: the fixed "handwriting" of a grid)."""
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         device = self.device if generator is None else "cpu"
-        draws = [
-            torch.randn(n, self.latent_dim, generator=generator, device=device).to(self.device) for n in sizes
-        ]
+        d = self.latent_dim
+        draws = [torch.randn(n, d, generator=generator, device=device).to(self.device) for n in sizes]
         return draws[0] if len(draws) == 1 else draws
 
     @torch.no_grad()
@@ -221,15 +135,10 @@ class CVAE(nn.Module):
         return torch.sigmoid(self.decode(z.to(self.device), labels))
 
     @torch.no_grad()
-    def sample(
-        self, n: int | None = None, labels: Tensor | None = None, *, temperature: float = 1.0, noise=None
-    ):
-        """Images in [0, 1] decoded from z = mu + temperature * sigma * noise of the prior p(z|y).
-
-        As many as `labels`, or `n`, or rows of `noise`; a CVAE given no labels draws them uniformly.
-        Temperature 0 decodes the prior mean. Fixed `noise` (standard normal, (n, latent_dim)) gives the same
-        "handwriting" under any prior, the learned one included.
-        """
+    def sample(self, n: int | None = None, labels: Tensor | None = None, *, temperature=1.0, noise=None):
+        """Images in [0, 1] decoded from z = `from_noise(noise, temperature)` of the prior p(z|y): as many as
+        `labels`, or `n`, or rows of `noise` (a CVAE given no labels draws them uniformly). Temperature 0
+        decodes the prior mean; fixed `noise` (standard normal) keeps the "handwriting" under any prior."""
         if n is None:
             n = len(labels) if labels is not None else len(noise) if noise is not None else 1
         if labels is None and self.n_labels:

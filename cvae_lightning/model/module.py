@@ -1,6 +1,5 @@
-"""How the model trains: the LightningModule says what a step is. The networks, the optimizer and the
-learning-rate schedule come in as configs (`_target_`, the last two `_partial_`), kept as plain data in the
-checkpoint's hyperparameters, so that a checkpoint rebuilds the model without Hydra."""
+"""How the model trains: the LightningModule says what a step is. Its parts come in as configs (`_target_`),
+kept as plain data in the checkpoint's hyperparameters, so that a checkpoint rebuilds it without Hydra."""
 
 from __future__ import annotations
 
@@ -9,13 +8,10 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_lightning.errors import check, check_choice, check_int, check_number
+from cvae_lightning.errors import check, check_bool, check_choice, check_int, check_number
 from cvae_lightning.harness.config import build
-from cvae_lightning.model.cvae import CVAE, PRIORS
+from cvae_lightning.model.cvae import CVAE
 from cvae_lightning.model.data import NUM_CLASSES
-
-# what training minimises: the ELBO (recon averaged over k draws, KL in closed form) or the IWAE bound
-OBJECTIVES = ("elbo", "iwae")
 
 
 def kl_weight(beta: float, warmup_epochs: float, step: int, steps_per_epoch: float) -> float:
@@ -31,10 +27,9 @@ def plain(config: Any) -> Any:
 
 
 class CVAEModule(L.LightningModule):
-    """Trains `CVAE(encoder, decoder)` on the ELBO with the KL term weighted by `beta` (ramped up over
+    """Trains `CVAE(encoder, decoder, prior)` on the ELBO with the KL term weighted by `beta` (ramped up over
     `kl_warmup_epochs`; `*/nelbo` is always the true -ELBO), or with `objective="iwae"` on the IWAE bound of
-    `k` draws (`*/niwae_k<k>`). `n_labels=0` trains the plain VAE. Training scalars are logged by
-    `callbacks.loss.LogTrainingScalars`, validation and test epoch means here."""
+    `k` draws (`*/niwae_k<k>`); `n_labels=0` trains the VAE; `compile` compiles the loss while fitting."""
 
     def __init__(
         self,
@@ -44,39 +39,35 @@ class CVAEModule(L.LightningModule):
         scheduler: dict | None = None,
         latent_dim: int = 20,
         n_labels: int = NUM_CLASSES,
-        prior: str = "conditional",
-        prior_flow_layers: int = 4,
+        prior: dict | None = None,
         beta: float = 1.0,
         kl_warmup_epochs: float = 0,
         objective: str = "elbo",
         k: int = 1,
+        compile: bool = False,
     ):
         super().__init__()
+        prior = plain(prior) or {"_target_": "cvae_lightning.model.priors.ConditionalPrior"}
         encoder, decoder, optimizer, scheduler = map(plain, (encoder, decoder, optimizer, scheduler))
         check_int("model.latent_dim", latent_dim, 1)
-        check(
-            "model.n_labels",
-            n_labels,
-            n_labels in (0, NUM_CLASSES) and not isinstance(n_labels, bool),
-            "0 or 10",
-        )
-        check_choice("model.prior", prior, PRIORS if n_labels else PRIORS[:1])
-        check_int("model.prior_flow_layers", prior_flow_layers, 1)
+        labels_ok = n_labels in (0, NUM_CLASSES) and not isinstance(n_labels, bool)
+        check("model.n_labels", n_labels, labels_ok, "0 or 10")
+        check("model.prior", prior, isinstance(prior, dict), "model/prior=standard, conditional or flow")
         check_number("model.beta", beta)
         check_number("model.kl_warmup_epochs", kl_warmup_epochs)
-        check_choice("model.objective", objective, OBJECTIVES)
+        check_choice("model.objective", objective, ("elbo", "iwae"))
         check_int("model.k", k, 1)
+        check_bool("model.compile", compile)
         check_number("model.optimizer.lr", optimizer.get("lr", 1.0), 0, above=True)
         self.save_hyperparameters()
         sizes = {"latent_dim": latent_dim, "n_labels": n_labels}
-        self.model = CVAE(
-            build(encoder, "model.encoder", **sizes),
-            build(decoder, "model.decoder", **sizes),
-            prior=prior,
-            prior_flow_layers=prior_flow_layers,
-            **sizes,
-        )
+        nets = [build(c, f"model.{key}", **sizes) for key, c in (("encoder", encoder), ("decoder", decoder))]
+        self.model = CVAE(*nets, prior=build(prior, "model.prior", **sizes), **sizes)
         self.loss_name = f"niwae_k{k}" if objective == "iwae" else "nelbo"
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.compile:  # training only: evaluating a checkpoint stays eager
+            self.model.use_compiled("elbo")
 
     def terms(self, x, labels) -> dict:
         return self.model.elbo(x, labels, k=self.hparams.k, iwae=self.hparams.objective == "iwae")
@@ -90,29 +81,20 @@ class CVAEModule(L.LightningModule):
         terms = self.terms(*batch)
         if "niwae" in terms:  # the IWAE bound has no separate KL term to weight
             return {"loss": terms["niwae"], **terms}
-        weight = kl_weight(
-            self.hparams.beta,
-            self.hparams.kl_warmup_epochs,
-            self.global_step,
-            self.trainer.num_training_batches,
-        )
+        hp = self.hparams
+        weight = kl_weight(hp.beta, hp.kl_warmup_epochs, self.global_step, self.trainer.num_training_batches)
         return {"loss": terms["recon"] + weight * terms["kl"], "kl_weight": weight, **terms}
 
-    def validation_step(self, batch, batch_idx):
-        return self._evaluation_step(batch, "val")  # callbacks.metrics.ActiveUnits reads its kl_per_dim
-
     def test_step(self, batch, batch_idx):
-        return self._evaluation_step(batch, "test")
+        return self.validation_step(batch, batch_idx, "test")
 
-    def _evaluation_step(self, batch, stage: str) -> dict:
-        terms = self.terms(*batch)
+    def validation_step(self, batch, batch_idx, stage: str = "val") -> dict:
+        """Logs the epoch means; returns the terms (callbacks.metrics.ActiveUnits reads kl_per_dim)."""
+        x, labels = batch
+        terms = self.terms(x, labels)
         for name, value in self.scalars(terms).items():  # epoch means, weighted by batch size, over ranks
             self.log(
-                f"{stage}/{name}",
-                value,
-                prog_bar=name == self.loss_name,
-                batch_size=len(batch[0]),
-                sync_dist=True,
+                f"{stage}/{name}", value, prog_bar=name == self.loss_name, batch_size=len(x), sync_dist=True
             )
         return terms
 

@@ -4,7 +4,9 @@ encoder (x, y) -> (B, 2 * latent_dim); decoder (z, y) -> logits (B, 1, 28, 28); 
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -18,12 +20,12 @@ PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-def mlp(sizes: Sequence[int], activation: str = "relu", extra_in: int = 0) -> nn.Sequential:
-    """Linear layers with `activation` between them (none after the last); every layer after the first
-    takes `extra_in` more inputs (the label, with label_every_layer)."""
+def stack(layer, sizes: Sequence[int], activation: str = "relu", extra_in: int = 0) -> nn.Sequential:
+    """`layer(n_in, n_out)` between each pair of `sizes`, `activation` between them (none after the last);
+    each after the first takes `extra_in` more inputs (the label, with label_every_layer)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(n_in + (extra_in if i else 0), n_out))
+        layers.append(layer(n_in + (extra_in if i else 0), n_out))
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
@@ -33,121 +35,71 @@ def with_condition(h: Tensor, y: Tensor | None) -> Tensor:
     return h if y is None else torch.cat([h, y.to(h.dtype)], dim=1)
 
 
-def _checked(key: str, hidden_dims, activation, channels=None, label_every_layer=False) -> list[int]:
-    check_choice(f"{key}.activation", activation, ACTIVATIONS)
-    check_bool(f"{key}.label_every_layer", label_every_layer)
-    if channels is not None:
-        check_int_list(f"{key}.channels", channels, example="[32,64]")
-    return check_int_list(f"{key}.hidden_dims", hidden_dims)  # a plain list: weights-only checkpoints
+class MLP(nn.Sequential):
+    """`n_in` inputs (flattened) and the label through `hidden_dims` to `out_shape`; with `label_every_layer`
+    the label joins every layer's input, not only the first, so that it shapes the output at every depth."""
+
+    def __init__(self, key, n_in, out_shape, n_labels, hidden, activation="relu", label_every_layer=False):
+        check_choice(f"{key}.activation", activation, ACTIVATIONS)
+        sizes = [n_in + n_labels, *check_int_list(f"{key}.hidden_dims", hidden), math.prod(out_shape)]
+        extra = n_labels if check_bool(f"{key}.label_every_layer", label_every_layer) else 0
+        super().__init__(*stack(nn.Linear, sizes, activation, extra))
+        self.label_every_layer, self.out_shape = label_every_layer, tuple(out_shape)
+
+    def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        h = h.flatten(1)
+        for i, layer in enumerate(self):
+            if isinstance(layer, nn.Linear) and (i == 0 or self.label_every_layer):
+                h = with_condition(h, y)
+            h = layer(h)
+        return h.view(-1, *self.out_shape)
 
 
-def conditioned_mlp(
-    n_in: int, n_labels: int, sizes: Sequence[int], activation: str, label_every_layer: bool
-) -> nn.Sequential:
-    """mlp([n_in, *sizes]) whose first layer, or each with `label_every_layer`, also takes the label."""
-    return mlp([n_in, *sizes], activation, n_labels if label_every_layer else 0)
+class MLPEncoder(MLP):
+    """(x, y) -> (mu, logvar): flattened pixels and the one-hot label through an MLP."""
+
+    def __init__(self, latent_dim: int, n_labels: int, hidden_dims=(512, 256), **options):
+        super().__init__("model.encoder", PIXELS, [2 * latent_dim], n_labels, hidden_dims, **options)
 
 
-def run_conditioned(layers: nn.Sequential, h: Tensor, y: Tensor | None, every_layer: bool) -> Tensor:
-    """`layers` with the label joined to the input of the first linear layer, or of every one."""
-    for i, layer in enumerate(layers):
-        if isinstance(layer, nn.Linear) and (i == 0 or every_layer):
-            h = with_condition(h, y)
-        h = layer(h)
-    return h
+class MLPDecoder(MLP):
+    """(z, y) -> Bernoulli logits shaped like images; `hidden_dims` in the order the data flows."""
+
+    def __init__(self, latent_dim: int, n_labels: int, hidden_dims=(256, 512), **options):
+        super().__init__("model.decoder", latent_dim, IMAGE_SHAPE, n_labels, hidden_dims, **options)
 
 
-class MLPEncoder(nn.Sequential):
-    """(x, y) -> (mu, logvar): flattened pixels and one-hot label through an MLP; with `label_every_layer`
-    the label joins every layer's input, not only the first."""
-
-    def __init__(
-        self,
-        latent_dim: int,
-        n_labels: int,
-        hidden_dims: Sequence[int] = (512, 256),
-        activation="relu",
-        label_every_layer: bool = False,
-    ):
-        hidden_dims = _checked("model.encoder", hidden_dims, activation, None, label_every_layer)
-        layers = conditioned_mlp(
-            PIXELS + n_labels, n_labels, [*hidden_dims, 2 * latent_dim], activation, label_every_layer
-        )
-        super().__init__(*layers)
-        self.label_every_layer = bool(label_every_layer)
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return run_conditioned(self, x.flatten(1), y, self.label_every_layer)
-
-
-class MLPDecoder(nn.Sequential):
-    """(z, y) -> Bernoulli logits shaped like images; `hidden_dims` in the order the data flows; with
-    `label_every_layer` the label joins every layer's input, so that it shapes the image at every depth."""
-
-    def __init__(
-        self,
-        latent_dim: int,
-        n_labels: int,
-        hidden_dims: Sequence[int] = (256, 512),
-        activation="relu",
-        label_every_layer: bool = False,
-    ):
-        hidden_dims = _checked("model.decoder", hidden_dims, activation, None, label_every_layer)
-        layers = conditioned_mlp(
-            latent_dim + n_labels, n_labels, [*hidden_dims, PIXELS], activation, label_every_layer
-        )
-        super().__init__(*layers)
-        self.label_every_layer = bool(label_every_layer)
-
-    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return run_conditioned(self, z, y, self.label_every_layer).view(-1, *IMAGE_SHAPE)
-
-
-def conv_stack(channels: Sequence[int], transpose: bool = False, activation="relu") -> nn.Sequential:
-    """Stride-2 4x4 convolutions (28 -> 14 -> 7) or their transposes, `activation` between them."""
-    conv = nn.ConvTranspose2d if transpose else nn.Conv2d
-    layers: list[nn.Module] = []
-    for i, (c_in, c_out) in enumerate(itertools.pairwise(channels)):
-        layers.append(conv(c_in, c_out, kernel_size=4, stride=2, padding=1))
-        if i < len(channels) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
+# stride-2 4x4 convolutions (28 -> 14 -> 7), and their transposes, as `stack`'s layers
+CONV = functools.partial(nn.Conv2d, kernel_size=4, stride=2, padding=1)
+UPCONV = functools.partial(nn.ConvTranspose2d, kernel_size=4, stride=2, padding=1)
 
 
 class ConvEncoder(nn.Module):
     """Two stride-2 convolutions (28 -> 7), then the label joins an MLP head to (mu, logvar)."""
 
-    def __init__(
-        self, latent_dim: int, n_labels: int, channels=(32, 64), hidden_dims=(512, 256), activation="relu"
-    ):
+    def __init__(self, latent_dim, n_labels, channels=(32, 64), hidden_dims=(512, 256), activation="relu"):
         super().__init__()
-        hidden_dims = _checked("model.encoder", hidden_dims, activation, channels)
-        self.features = nn.Sequential(
-            conv_stack([IMAGE_SHAPE[0], *channels], False, activation),
-            ACTIVATIONS[activation](),
-            nn.Flatten(),
-        )
-        self.head = mlp([channels[-1] * 7 * 7 + n_labels, *hidden_dims, 2 * latent_dim], activation)
+        key = "model.encoder"
+        check_choice(f"{key}.activation", activation, ACTIVATIONS)
+        channels = check_int_list(f"{key}.channels", channels, example="[32,64]")
+        convs = stack(CONV, [IMAGE_SHAPE[0], *channels], activation)
+        self.features = nn.Sequential(convs, ACTIVATIONS[activation](), nn.Flatten())
+        self.head = MLP(key, channels[-1] * 49, [2 * latent_dim], n_labels, hidden_dims, activation)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.head(with_condition(self.features(x.view(-1, *IMAGE_SHAPE)), y))
+        return self.head(self.features(x.view(-1, *IMAGE_SHAPE)), y)
 
 
 class ConvDecoder(nn.Module):
-    """(z, y) through an MLP to a 7x7 feature map of `channels[0]`, then transposed convolutions through
-    `channels` up to 28x28 logits (sizes in the order the data flows)."""
+    """(z, y) through an MLP to a 7x7 map of `channels[0]`, then transposed convolutions to 28x28 logits."""
 
-    def __init__(
-        self, latent_dim: int, n_labels: int, channels=(64, 32), hidden_dims=(256, 512), activation="relu"
-    ):
+    def __init__(self, latent_dim, n_labels, channels=(64, 32), hidden_dims=(256, 512), activation="relu"):
         super().__init__()
-        hidden_dims = _checked("model.decoder", hidden_dims, activation, channels)
-        self.head = nn.Sequential(
-            mlp([latent_dim + n_labels, *hidden_dims, channels[0] * 7 * 7], activation),
-            ACTIVATIONS[activation](),
-            nn.Unflatten(1, (channels[0], 7, 7)),
-        )
-        self.upsample = conv_stack([*channels, IMAGE_SHAPE[0]], True, activation)
+        check_choice("model.decoder.activation", activation, ACTIVATIONS)
+        channels = check_int_list("model.decoder.channels", channels, example="[32,64]")
+        mlp = MLP("model.decoder", latent_dim, [channels[0], 7, 7], n_labels, hidden_dims, activation)
+        self.head = nn.Sequential(mlp, ACTIVATIONS[activation]())
+        self.upsample = stack(UPCONV, [*channels, IMAGE_SHAPE[0]], activation)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.upsample(self.head(with_condition(z, y)))
+        return self.upsample(self.head(with_condition(z, y)))  # the label joined before head's MLP
