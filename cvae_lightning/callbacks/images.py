@@ -15,11 +15,6 @@ from cvae_lightning.model.cvae import CVAE
 from cvae_lightning.model.data import NUM_CLASSES
 
 
-def tensorboard_writer(trainer: L.Trainer):
-    """The SummaryWriter of the trainer's TensorBoard logger, or None when there is none."""
-    return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-
-
 class ImageLogger(L.Callback):
     """Base of the image callbacks: a subclass names its `tag` and grid width `nrow` and draws `images` (in
     eval mode), logged as one grid after every validation epoch but the sanity check; `applies(model)` can
@@ -151,7 +146,7 @@ class LatentProjector(L.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
+        writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if writer is None or trainer.val_dataloaders is None:
             return
         x, labels = _validation_batch(trainer, self.n_images)
