@@ -109,3 +109,30 @@ def test_style_transfer_to_the_source_digit_is_the_reconstruction_under_a_learne
     zeros = torch.zeros(2, dtype=torch.long)
     assert torch.allclose(grid[:, 1], model.sample(labels=zeros, noise=style), atol=1e-5)
     assert not torch.allclose(grid[:, 1], model.images(mu, zeros), atol=1e-3)
+
+
+def test_digits_on_request_are_drawn_digit_major_in_batches_on_the_cpu():
+    assert gen.repeat_digits(2, [3, 5]).tolist() == [3, 3, 5, 5]
+    assert gen.repeat_digits([1, 0, 2], [3, 5, 7]).tolist() == [3, 7, 7]  # a count per digit
+    assert gen.repeat_digits(1).tolist() == list(range(10))
+    asked = []
+
+    class Recorder:
+        def sample(self, labels, temperature):
+            asked.append((labels.tolist(), temperature))
+            return labels.float().view(-1, 1, 1, 1)
+
+    images = gen.draw(Recorder(), gen.repeat_digits(2, [4, 6]), temperature=0.5, batch_size=3)
+    assert asked == [([4, 4, 6], 0.5), ([6], 0.5)] and images.flatten().tolist() == [4, 4, 6, 6]
+    assert gen.digit_grid(Recorder(), [1], n=5).shape == (5, 1, 1, 1) and asked[-1] == ([1] * 5, 1.0)
+
+
+def test_evaluating_is_eval_mode_without_autograd_and_restores_the_mode_on_error(model):
+    model.train()
+    with pytest.raises(RuntimeError), gen.evaluating(model):
+        assert not model.training and not torch.is_grad_enabled()
+        raise RuntimeError
+    assert model.training and torch.is_grad_enabled()
+    with gen.evaluating(model.eval()):
+        pass
+    assert not model.training

@@ -20,6 +20,7 @@ from cvae_lightning.evaluation.scores import (
     conditional_accuracy,
     label_counts,
     markdown,
+    read_digits,
     sample_scores,
 )
 from cvae_lightning.harness import checkpoints
@@ -83,13 +84,13 @@ class Oracle:
 
 def test_conditional_accuracy_and_confusion_matrix():
     labels = torch.arange(10).repeat_interleave(3)
-    perfect = conditional_accuracy(Oracle(labels), torch.zeros(30, 1, 28, 28), labels)
+    perfect = conditional_accuracy(read_digits(Oracle(labels), torch.zeros(30, 1, 28, 28)), labels)
     assert perfect["overall"] == 1.0 and perfect["per_digit"] == [1.0] * 10
     assert torch.equal(torch.tensor(perfect["confusion"]), 3 * torch.eye(10, dtype=torch.long))
 
     wrong_sevens = labels.clone()
     wrong_sevens[labels == 7] = 1  # every requested 7 is read as a 1
-    result = conditional_accuracy(Oracle(wrong_sevens), torch.zeros(30, 1, 28, 28), labels)
+    result = conditional_accuracy(read_digits(Oracle(wrong_sevens), torch.zeros(30, 1, 28, 28)), labels)
     assert result["overall"] == pytest.approx(0.9)
     assert result["per_digit"][7] == 0.0 and result["per_digit"][1] == 1.0
     assert result["confusion"][7][1] == 3 and result["confusion"][7][7] == 0
@@ -147,7 +148,8 @@ def test_sample_scores_reports_accuracy_and_fid_at_every_temperature(tiny_checkp
     classifier = load_classifier(tiny_checkpoints["classifier"])
     images, labels = test_set
     metrics = sample_scores(model, classifier, images, labels, n_per_digit=20)
-    assert set(metrics) == {"accuracy", "fid", "_confusion_metric"}  # no CAS unless asked
+    assert set(metrics) == {"accuracy", "fid"}  # no CAS unless asked; plain data, ready for JSON
+    assert json.loads(json.dumps(metrics)) == metrics
     assert set(metrics["accuracy"]) == set(metrics["fid"]) == {"T=1", "T=0.5", "T=0"}
     for acc in metrics["accuracy"].values():
         assert 0 <= acc["overall"] <= 1 and len(acc["per_digit"]) == 10
@@ -156,7 +158,7 @@ def test_sample_scores_reports_accuracy_and_fid_at_every_temperature(tiny_checkp
     assert len(metrics["fid"]["T=1"]["per_digit"]) == 10 and "per_digit" not in metrics["fid"]["T=0"]
     test = {"nelbo": 120.0, "recon": 100.0, "kl": 20.0, "nll": 115.0}
     report = {"model": "CVAE", "test_images": 100, "k": 20, "test": test}
-    table = markdown(report | {k: v for k, v in metrics.items() if not k.startswith("_")})
+    table = markdown(report | metrics)
     assert "| conditional accuracy T=0.5 |" in table
     assert "| test NLL -log p(x given y), IWAE k=20 | 115.00 |" in table
 
@@ -282,7 +284,7 @@ def test_cas_of_a_tiny_cvae_has_every_field_and_leaves_the_random_state_alone(ti
     assert result["train_images"] == 50 and result["epochs"] == 1
     for accuracy in (result, result["real_data"]):
         assert 0 <= accuracy["overall"] <= 1 and len(accuracy["per_digit"]) == 10
-    real = conditional_accuracy(classifier, images.float() / 255, labels)["overall"]
+    real = conditional_accuracy(read_digits(classifier, images.float() / 255), labels)["overall"]
     assert result["real_data"]["overall"] == real
 
 
@@ -310,7 +312,7 @@ def test_sample_scores_add_cas_for_a_cvae_and_a_note_for_a_vae(tiny_checkpoints,
     cvae = load_checkpoint(tiny_checkpoints["cvae"])
     metrics = sample_scores(cvae, classifier, images, labels, train_labels=train_labels, **options)
     assert metrics["cas"]["train_images"] == 20 and "real_data" in metrics["cas"]
-    table = markdown(test | {k: v for k, v in metrics.items() if not k.startswith("_")})
+    table = markdown(test | metrics)
     assert "| CAS (classifier trained on 20 generated digits, epochs=1) |" in table
     assert "| CAS baseline |" in table and "| accuracy T=1 |" in table
 

@@ -1,5 +1,5 @@
-"""The image grids logged at the end of every validation epoch, to every logger that holds images, and the
-latent codes in TensorBoard's projector at the end of training (rank zero only)."""
+"""The image grids logged after every validation epoch, to every logger that holds images, and the latent
+codes in TensorBoard's projector once training ends (rank zero only)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from cvae_lightning.evaluation.generation import lerp, style_transfer
+from cvae_lightning.evaluation.generation import evaluating, lerp, repeat_digits, style_transfer
 from cvae_lightning.harness.loggers import holds_images, log_image
 from cvae_lightning.model.cvae import CVAE
 from cvae_lightning.model.data import NUM_CLASSES
 
 
-def tensorboard_writer(trainer: L.Trainer):
-    """The SummaryWriter of the trainer's TensorBoard logger, or None when there is none."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
 class ImageLogger(L.Callback):
-    """Base of the image callbacks: a subclass names its `tag` and grid width `nrow` and says which
-    `images` to draw; they are logged as one grid after every validation epoch (not the sanity check).
-    `applies(model)` can skip models the grid means nothing for."""
+    """Base of the image callbacks: a subclass names its `tag` and grid width `nrow` and draws `images` (in
+    eval mode), logged as one grid after every validation epoch but the sanity check; `applies(model)` can
+    skip models the grid means nothing for."""
 
     tag = ""
     nrow = 10
@@ -41,10 +33,10 @@ class ImageLogger(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not holds_images(trainer.loggers) or trainer.sanity_checking or not self.applies(pl_module.model):
             return
-        was_training = pl_module.training
-        pl_module.eval()
-        grid = make_grid(self.images(trainer, pl_module.model).float().cpu(), nrow=self.nrow, pad_value=1.0)
-        pl_module.train(was_training)
+        with evaluating(pl_module):
+            grid = make_grid(
+                self.images(trainer, pl_module.model).float().cpu(), nrow=self.nrow, pad_value=1.0
+            )
         log_image(trainer.loggers, self.tag, grid[:1], step=trainer.global_step)
 
 
@@ -61,11 +53,8 @@ def _validation_batch(trainer: L.Trainer, n: int):
 
 
 class GeneratedDigits(ImageLogger):
-    """Digits decoded from the same fixed noise every epoch: scroll the step slider to watch them form.
-
-    CVAE: one row per digit 0-9, one column per noise vector (a column keeps its "handwriting").
-    VAE: `n_per_digit` x 10 samples.
-    """
+    """Digits decoded from the same fixed noise every epoch (scroll the step slider to watch them form): a
+    CVAE's row per digit 0-9, a column per noise vector (its "handwriting"); a VAE's 10 x `n_per_digit`."""
 
     tag = "samples/generated"
 
@@ -73,7 +62,7 @@ class GeneratedDigits(ImageLogger):
         self.nrow, self.seed = n_per_digit, seed
 
     def images(self, trainer, model):
-        labels = torch.arange(NUM_CLASSES).repeat_interleave(self.nrow)
+        labels = repeat_digits(self.nrow)
         if model.n_labels:  # the same noise in every row: one handwriting per column
             return model.sample(
                 labels=labels, noise=model.noise(self.nrow, seed=self.seed).repeat(NUM_CLASSES, 1)
@@ -96,7 +85,7 @@ class Reconstructions(ImageLogger):
 
 
 class StyleTransfer(ImageLogger):
-    """Fixed validation digits (first column) encoded, then decoded with every label 0-9: the same
+    """Fixed validation digits (first column) encoded, then decoded as every digit 0-9: the same
     handwriting, another digit. CVAE only."""
 
     tag = "samples/style_transfer"
@@ -113,8 +102,8 @@ class StyleTransfer(ImageLogger):
 
 
 class Interpolation(ImageLogger):
-    """Decoded straight lines in z between two fixed prior draws, one row per digit (CVAE) or per
-    pair of draws (VAE): smooth rows mean a smooth latent space."""
+    """Straight lines in z between two fixed prior draws, decoded, a row per digit (CVAE) or pair of draws
+    (VAE): smooth rows mean a smooth latent space."""
 
     tag = "samples/interpolation"
 
@@ -123,16 +112,12 @@ class Interpolation(ImageLogger):
 
     def images(self, trainer, model):
         a, b = model.noise(NUM_CLASSES, NUM_CLASSES, seed=self.seed)
-        labels = torch.arange(NUM_CLASSES).repeat_interleave(self.nrow)
-        return model.sample(labels=labels, noise=lerp(a, b, self.nrow))
+        return model.sample(labels=repeat_digits(self.nrow), noise=lerp(a, b, self.nrow))
 
 
 class LatentManifold(ImageLogger):
-    """For a 2-D latent space: the decoder over a grid of z (prior quantiles), for a chosen digit (CVAE).
-
-    The picture people expect from a 2-D VAE: how the decoded digit changes across the latent plane.
-    Skipped for other latent sizes.
-    """
+    """A 2-D latent space's decoder over a grid of z (prior quantiles) for one digit (CVAE): how the digit
+    changes across the latent plane. Skipped for other latent sizes."""
 
     tag = "samples/latent_manifold"
 
@@ -150,10 +135,9 @@ class LatentManifold(ImageLogger):
 
 
 class LatentProjector(L.Callback):
-    """The encoder means mu of Q(z|x[,y]) of the first `n_images` validation digits, once training ends, in
-    TensorBoard's PROJECTOR tab (`latent/mu`): one point per digit, labelled by its digit and drawn as its
-    image, for PCA, t-SNE or UMAP of the latent space (a VAE's z has to tell the digits apart, a CVAE's need
-    not: its label is given). Skipped without a TensorBoard logger or validation data."""
+    """The encoder means of the first `n_images` validation digits once training ends, in TensorBoard's
+    PROJECTOR tab (`latent/mu`), labelled and drawn as their digits, for PCA, t-SNE or UMAP (a VAE's z has to
+    tell the digits apart, a CVAE's need not). Skipped without a TensorBoard logger or validation data."""
 
     tag = "latent/mu"
 
@@ -162,15 +146,12 @@ class LatentProjector(L.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
+        writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if writer is None or trainer.val_dataloaders is None:
             return
         x, labels = _validation_batch(trainer, self.n_images)
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
+        with evaluating(pl_module):
             mu = pl_module.model.encode(x.to(pl_module.device), labels)[0]
-        pl_module.train(was_training)
         writer.add_embedding(
             mu.float().cpu(),
             metadata=labels.tolist(),

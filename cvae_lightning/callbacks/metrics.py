@@ -13,8 +13,12 @@ import torch
 from torchvision.utils import make_grid
 
 from cvae_lightning.callbacks.averaging import averaged_weights
+from cvae_lightning.evaluation.generation import evaluating, repeat_digits
+from cvae_lightning.evaluation.scores import conditional_accuracy, read_digits
 from cvae_lightning.harness import files
+from cvae_lightning.harness.checkpoints import load_classifier
 from cvae_lightning.harness.loggers import log_image
+from cvae_lightning.harness.process import float32_matmul_precision
 from cvae_lightning.model.data import NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -22,12 +26,9 @@ log = logging.getLogger(__name__)
 
 class SampleAccuracy(L.Callback):
     """Conditional accuracy of fixed-noise samples each epoch, judged by the project's classifier:
-    `samples/accuracy_T<temperature>` and `_mu` (z = the prior mean), so learning progress is a curve; and
-    the T=1 samples it misread, `samples/misread_T1`: a row per requested digit, up to `misread_per_digit`
-    of them, black cells where there are fewer (0: not drawn).
-
-    CVAE only; skipped (with one warning) when the classifier checkpoint is missing: `make classifier`.
-    """
+    `samples/accuracy_T<temperature>` and `_mu` (z = the prior mean), and the T=1 samples it misread,
+    `samples/misread_T1` (a row per requested digit, up to `misread_per_digit`, 0: not drawn). CVAE only;
+    skipped with one warning when the classifier checkpoint is missing (`make classifier`)."""
 
     def __init__(
         self,
@@ -43,8 +44,6 @@ class SampleAccuracy(L.Callback):
         self.classifier = None
 
     def setup(self, trainer, pl_module, stage):
-        from cvae_lightning.harness.checkpoints import load_classifier
-
         if not pl_module.hparams.get("n_labels") or self.classifier is not None:
             return
         if self.classifier_path.is_file():
@@ -57,28 +56,26 @@ class SampleAccuracy(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if self.classifier is None or trainer.sanity_checking:
             return
-        model = pl_module.model
+        model, judge = pl_module.model, self.classifier.to(pl_module.device)
         noise = model.noise(NUM_CLASSES * self.n_per_digit, seed=self.seed)
-        labels = torch.arange(NUM_CLASSES).repeat_interleave(self.n_per_digit)
-        was_training = pl_module.training
-        pl_module.eval()
-        for temperature in self.temperatures:
-            # temperature 0 decodes the prior mean whatever the noise: one image per digit says it all
-            step = self.n_per_digit if temperature == 0 else 1
-            images = model.sample(labels=labels[::step], temperature=temperature, noise=noise[::step])
-            judge = self.classifier.to(pl_module.device)
-            read = judge.predict(images).cpu()
-            name = "mu" if temperature == 0 else f"T{temperature:g}"
-            pl_module.log(f"samples/accuracy_{name}", (read == labels[::step]).float().mean().item())
-            if name == "T1" and self.misread_per_digit and trainer.is_global_zero:
-                grid = misread_grid(images.float().cpu(), labels, read, self.misread_per_digit)
-                log_image(trainer.loggers, "samples/misread_T1", grid, step=trainer.global_step)
-        pl_module.train(was_training)
+        labels = repeat_digits(self.n_per_digit)
+        with evaluating(pl_module):
+            for temperature in self.temperatures:
+                # temperature 0 decodes the prior mean whatever the noise: one image per digit says it all
+                step = self.n_per_digit if temperature == 0 else 1
+                images = model.sample(labels=labels[::step], temperature=temperature, noise=noise[::step])
+                read = read_digits(judge, images, batch_size=None)
+                name = "mu" if temperature == 0 else f"T{temperature:g}"
+                accuracy = conditional_accuracy(read, labels[::step])["overall"]
+                pl_module.log(f"samples/accuracy_{name}", accuracy)
+                if name == "T1" and self.misread_per_digit and trainer.is_global_zero:
+                    grid = misread_grid(images.float().cpu(), labels, read, self.misread_per_digit)
+                    log_image(trainer.loggers, "samples/misread_T1", grid, step=trainer.global_step)
 
 
 def misread_grid(images: torch.Tensor, requested: torch.Tensor, read: torch.Tensor, per_digit: int):
-    """One row per requested digit: its samples the classifier read as another digit (up to `per_digit`),
-    then black cells; one grayscale image (1, H, W)."""
+    """A row per requested digit: its samples read as another digit (up to `per_digit`), then black cells;
+    one grayscale image (1, H, W)."""
     cells = torch.zeros(NUM_CLASSES, per_digit, *images.shape[1:])
     for digit in range(NUM_CLASSES):
         wrong = images[(requested == digit) & (read != digit)][:per_digit]
@@ -109,7 +106,7 @@ class ActiveUnits(L.Callback):
 
 
 def dataset_nll(model, loader, k: int, chunk: int = 100, n_images: int | None = None) -> float:
-    """The mean IWAE NLL (k samples) of the images `loader` yields, the first `n_images` of them."""
+    """The mean IWAE NLL (k samples) of the first `n_images` images `loader` yields (None: all)."""
     total, count = 0.0, 0
     for x, y in loader:
         keep = None if n_images is None else n_images - count
@@ -140,11 +137,10 @@ class LogLikelihood(L.Callback):
 
 
 class NLLCurve(L.Callback):
-    """`test/nll_k<k>` every `every_n_epochs` training epochs and after the last: the IWAE bound with k
-    samples on the first `n_images` test images, binarized as the data module does it with a fixed seed, in
-    float32, of the averaged weights under the `ema` callback. Each point is also appended to
-    `<run dir>/test_nll.json` with its epoch and the wall and CPU seconds since the fit began, so a benchmark
-    run shows how far it got and where it was heading (docs/results.md plots them)."""
+    """`test/nll_k<k>` every `every_n_epochs` training epochs and after the last: the IWAE bound (k samples)
+    of the first `n_images` test images, binarized with a fixed seed, in float32, of the `ema` callback's
+    averaged weights. Each point also goes to `<run dir>/test_nll.json` with its epoch and the wall and CPU
+    seconds since the fit began, to show how far a benchmark run got (docs/results.md plots them)."""
 
     def __init__(self, k: int = 100, every_n_epochs: int = 10, n_images: int | None = None, chunk: int = 100):
         self.k, self.every_n_epochs, self.n_images, self.chunk = k, every_n_epochs, n_images, chunk
@@ -156,12 +152,9 @@ class NLLCurve(L.Callback):
         epoch = trainer.current_epoch + 1  # epochs completed
         if epoch % self.every_n_epochs and epoch < trainer.max_epochs and not trainer.should_stop:
             return
-        from cvae_lightning.harness.process import float32_matmul_precision
-
-        was_training = pl_module.training
-        pl_module.eval()
         # its own random draws: the training run's RNG stream (and so exact resume) stays untouched
         with (
+            evaluating(pl_module),
             torch.random.fork_rng(devices=[]),
             float32_matmul_precision("highest"),
             averaged_weights(trainer, pl_module),
@@ -169,7 +162,6 @@ class NLLCurve(L.Callback):
             torch.manual_seed(0)
             loader = trainer.datamodule.test_dataloader()
             nll = dataset_nll(pl_module.model, loader, self.k, self.chunk, self.n_images)
-        pl_module.train(was_training)
         pl_module.log(f"test/nll_k{self.k}", nll, on_epoch=True)
         if trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "test_nll.json"

@@ -14,14 +14,17 @@ import torch
 from torch import Tensor, nn
 
 from cvae_lightning.errors import ConfigError
-from cvae_lightning.harness import files
+from cvae_lightning.evaluation import scores
+from cvae_lightning.evaluation.generation import draw, repeat_digits
+from cvae_lightning.harness import checkpoints, files
 from cvae_lightning.model.cvae import CVAE
 from cvae_lightning.model.data import IMAGE_SHAPE, NUM_CLASSES
 
 OPSET = 18
 # what the page needs of onnxruntime-web (the WebAssembly build): copied from web/node_modules
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-WEB = Path(__file__).resolve().parents[1] / "web"
+WEB = Path(__file__).resolve().parents[2] / "web"  # the repository's web/, beside the package
+OUTPUTS = {"sampler": ["images"], "encoder": ["mean", "style"]}
 
 
 class _Graph(nn.Module):
@@ -74,16 +77,13 @@ class UnconditionalEncoder(Encoder):
 def example_inputs(model: CVAE, n: int = 20, seed: int = 0) -> dict[str, dict[str, Tensor]]:
     """Inputs for each graph, by name: what the export traces and what the check runs on."""
     generator = torch.Generator().manual_seed(seed)
-    digit = torch.arange(n) % NUM_CLASSES
-    sampler = {
-        "digit": digit,
-        "noise": torch.randn(n, model.latent_dim, generator=generator),
-        "temperature": torch.tensor(0.8),
+    digit = {"digit": torch.arange(n) % NUM_CLASSES} if model.n_labels else {}
+    noise = torch.randn(n, model.latent_dim, generator=generator)
+    image = torch.rand(n, *IMAGE_SHAPE, generator=generator)
+    return {
+        "sampler": digit | {"noise": noise, "temperature": torch.tensor(0.8)},
+        "encoder": {"image": image} | digit,
     }
-    encoder = {"image": torch.rand(n, *IMAGE_SHAPE, generator=generator), "digit": digit}
-    if not model.n_labels:
-        del sampler["digit"], encoder["digit"]
-    return {"sampler": sampler, "encoder": encoder}
 
 
 def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
@@ -97,11 +97,11 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
     inputs = example_inputs(model)
     conditional = bool(model.n_labels)
     graphs = {
-        "sampler": ((Sampler if conditional else UnconditionalSampler)(model), ["images"]),
-        "encoder": ((Encoder if conditional else UnconditionalEncoder)(model), ["mean", "style"]),
+        "sampler": (Sampler if conditional else UnconditionalSampler)(model),
+        "encoder": (Encoder if conditional else UnconditionalEncoder)(model),
     }
     differences = {}
-    for name, (module, outputs) in graphs.items():
+    for name, module in graphs.items():
         args = inputs[name]
         batch = torch.export.Dim("batch", min=1)
         shapes = tuple({0: batch} if value.dim() else None for value in args.values())
@@ -114,7 +114,7 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
                 tuple(args.values()),
                 str(path),
                 input_names=list(args),
-                output_names=outputs,
+                output_names=OUTPUTS[name],
                 dynamic_shapes=shapes,
                 opset_version=OPSET,
                 external_data=False,
@@ -140,14 +140,12 @@ def accuracy_t1(model: CVAE, ckpt_path: Path, classifier_path: Path, n_per_digit
         return {"value": evaluated["overall"], "samples": 10 * 1000, "by": "evaluate.py"}
     if not model.n_labels or not classifier_path.is_file():
         return {"value": None, "samples": 0, "by": "not measured: a VAE, or no checkpoints/classifier.ckpt"}
-    from cvae_lightning.evaluation import scores
-    from cvae_lightning.harness import checkpoints
-
     torch.manual_seed(0)
-    images = scores.generate_per_digit(model, n_per_digit, temperature=1.0)
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
-    overall = scores.conditional_accuracy(checkpoints.load_classifier(classifier_path), images, labels)
-    return {"value": overall["overall"], "samples": len(images), "by": "export.py"}
+    labels = repeat_digits(n_per_digit)
+    images = draw(model, labels, temperature=1.0)
+    read = scores.read_digits(checkpoints.load_classifier(classifier_path), images)
+    value = scores.conditional_accuracy(read, labels)["overall"]
+    return {"value": value, "samples": len(labels), "by": "export.py"}
 
 
 def model_card(model: CVAE, ckpt_path: Path, differences: dict[str, float], accuracy: dict) -> dict:
@@ -160,16 +158,8 @@ def model_card(model: CVAE, ckpt_path: Path, differences: dict[str, float], accu
         "labels": list(range(model.n_labels)),
         "image_shape": list(IMAGE_SHAPE),
         "graphs": {
-            "sampler": {
-                "file": "sampler.onnx",
-                "inputs": ["digit", "noise", "temperature"] if model.n_labels else ["noise", "temperature"],
-                "outputs": ["images"],
-            },
-            "encoder": {
-                "file": "encoder.onnx",
-                "inputs": ["image", "digit"] if model.n_labels else ["image"],
-                "outputs": ["mean", "style"],
-            },
+            name: {"file": f"{name}.onnx", "inputs": list(inputs), "outputs": OUTPUTS[name]}
+            for name, inputs in example_inputs(model).items()
         },
         "metrics": {"test_nelbo": results.get("test/nelbo"), "accuracy_t1": accuracy},
         "checkpoint": str(ckpt_path),
@@ -203,8 +193,6 @@ def assemble_page(site: Path) -> None:
 def export(ckpt_path: Path, out: Path, classifier_path: Path, page: bool = False) -> dict:
     """The checkpoint's model as `out/model/{sampler,encoder}.onnx` and `model.json` (checked against
     PyTorch), and with `page` the web page around it: `out` is then a static site."""
-    from cvae_lightning.harness import checkpoints
-
     ckpt_path = Path(ckpt_path)
     model = checkpoints.load_checkpoint(ckpt_path)
     if page:  # first: a missing npm install is found before the export's seconds

@@ -1,14 +1,31 @@
-"""What a trained CVAE can draw: digits on request, style transfer, interpolations (images in [0, 1])."""
+"""What a trained CVAE draws (images in [0, 1]): digits on request, style transfer, interpolations, and
+`evaluating`, the eval mode every drawing and judging pass runs in."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from cvae_lightning.model.data import NUM_CLASSES
+
+# samples decoded at once in evaluation (evaluate.py, export.py)
+BATCH = 1000
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode without autograd for the block, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
 
 
 def lerp(a: Tensor, b: Tensor, steps: int) -> Tensor:
@@ -17,15 +34,23 @@ def lerp(a: Tensor, b: Tensor, steps: int) -> Tensor:
     return (a.unsqueeze(1) * (1 - t) + b.unsqueeze(1) * t).flatten(0, 1)
 
 
-def repeat_digits(digits: Sequence[int], n: int) -> Tensor:
-    """Integer labels, each digit n times in turn (one grid row per digit with nrow=n)."""
-    return torch.tensor(list(digits)).repeat_interleave(n)
+def repeat_digits(n: int | Sequence[int], digits: Sequence[int] = range(NUM_CLASSES)) -> Tensor:
+    """Integer labels, each digit n times in turn (n: one count, or one per digit): a grid row per digit."""
+    return torch.tensor(list(digits)).repeat_interleave(torch.as_tensor(n))
 
 
 @torch.no_grad()
+def draw(model, labels: Tensor, temperature: float = 1.0, batch_size: int | None = BATCH) -> Tensor:
+    """One sample per label, on the CPU, `batch_size` at a time (None: at once; a VAE draws as many
+    unlabelled ones). The batches partition the random draws, so the same seed gives the same images only
+    under the same batch_size."""
+    chunks = labels.split(batch_size) if batch_size else [labels]
+    return torch.cat([model.sample(labels=chunk, temperature=temperature).cpu() for chunk in chunks])
+
+
 def digit_grid(model, digits: Sequence[int], n: int, temperature: float = 1.0) -> Tensor:
-    """n samples of each requested digit, digit-major (a VAE draws as many unconditional samples)."""
-    return model.sample(labels=repeat_digits(digits, n), temperature=temperature)
+    """n samples of each requested digit, digit-major, in one batch (generate.py's grid)."""
+    return draw(model, repeat_digits(n, digits), temperature, batch_size=None)
 
 
 @torch.no_grad()
@@ -49,7 +74,7 @@ def latent_interpolation(model, digits: Sequence[int], steps: int, temperature: 
     """For each digit, `steps` images along the line between two prior draws of z (same digit throughout)."""
     a, b = model.noise(len(digits), len(digits))
     noise = lerp(a, b, steps)
-    return model.sample(labels=repeat_digits(digits, steps), temperature=temperature, noise=noise)
+    return model.sample(labels=repeat_digits(steps, digits), temperature=temperature, noise=noise)
 
 
 @torch.no_grad()

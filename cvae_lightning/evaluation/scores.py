@@ -1,6 +1,6 @@
 """How good a trained (C)VAE is: test -ELBO, IWAE NLL, conditional accuracy, classifier-FID and the
 Classification Accuracy Score, and the report evaluate.py writes (metrics.json / metrics.md beside the
-checkpoint)."""
+checkpoint). Drawing the samples is generation's; judging them is this module's."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae_lightning.errors import ConfigError, check_bool, check_int
 from cvae_lightning.evaluation.classifier import Classifier, ClassifierFeatures
+from cvae_lightning.evaluation.generation import draw, repeat_digits
 from cvae_lightning.harness import files
 from cvae_lightning.model.cvae import CVAE
 from cvae_lightning.model.data import NUM_CLASSES, InMemoryLoader
@@ -26,41 +28,26 @@ CLASSIFIER_BATCH = 128
 # the classifier's training recipe, as `python train.py experiment=classifier` runs it: 4 epochs
 # (conf/experiment/classifier.yaml) of batches of 128 (conf/data/mnist.yaml)
 CAS_EPOCHS, CAS_BATCH = 4, 128
+# metrics.md's first rows, by their key in metrics["test"]
+_TEST_ROWS = (("nelbo", "-ELBO (nats/image)"), ("recon", "reconstruction term"), ("kl", "KL term"))
+_TEST_KEYS = ("nelbo", "recon", "kl", "nll")
 CAS_NOT_DEFINED = "a VAE cannot be asked for a digit, so its samples have no labels to train a classifier on"
 
 
 @torch.no_grad()
-def generate(model: CVAE, labels: Tensor, temperature: float, batch_size: int = 1000) -> Tensor:
-    """One sample per label at `temperature`, on the CPU (a VAE draws as many unlabelled samples)."""
-    return torch.cat(
-        [model.sample(labels=chunk, temperature=temperature) for chunk in labels.split(batch_size)]
-    ).cpu()
+def read_digits(classifier: Classifier, images: Tensor, batch_size: int | None = CLASSIFIER_BATCH) -> Tensor:
+    """The digit the classifier reads in each image, on the CPU, `batch_size` images a pass (None: one)."""
+    chunks = images.split(batch_size) if batch_size else [images]
+    return torch.cat([classifier.predict(x).cpu() for x in chunks])
 
 
-def generate_per_digit(model: CVAE, n_per_digit: int, temperature: float, batch_size: int = 1000) -> Tensor:
-    """n_per_digit samples of every digit 0-9 (digit-major order) at `temperature`; a VAE, which cannot
-    be asked for a digit, draws as many (10 x n_per_digit) unlabelled samples."""
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
-    return generate(model, labels, temperature, batch_size)
-
-
-@torch.no_grad()
-def conditional_accuracy(
-    classifier: Classifier, images: Tensor, labels: Tensor, batch_size: int = CLASSIFIER_BATCH
-) -> dict[str, object]:
-    """How often the classifier reads the requested digit: overall, per digit, and the confusion matrix."""
-    overall = MulticlassAccuracy(NUM_CLASSES, average="micro")
-    per_digit = MulticlassAccuracy(NUM_CLASSES, average="none")
-    confusion = MulticlassConfusionMatrix(NUM_CLASSES)
-    for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-        predicted = classifier.predict(x).cpu()
-        for metric in (overall, per_digit, confusion):
-            metric.update(predicted, y)
+def conditional_accuracy(read: Tensor, requested: Tensor) -> dict[str, object]:
+    """How often the classifier read the requested digit: overall, per digit, and the confusion matrix
+    (rows: requested)."""
     return {
-        "overall": overall.compute().item(),
-        "per_digit": per_digit.compute().tolist(),
-        "confusion": confusion.compute().tolist(),
-        "_confusion_metric": confusion,
+        "overall": multiclass_accuracy(read, requested, NUM_CLASSES, average="micro").item(),
+        "per_digit": multiclass_accuracy(read, requested, NUM_CLASSES, average="none").tolist(),
+        "confusion": multiclass_confusion_matrix(read, requested, NUM_CLASSES).tolist(),
     }
 
 
@@ -83,7 +70,7 @@ def label_counts(labels: Tensor) -> list[int]:
 
 
 def _test_accuracy(classifier: Classifier, images: Tensor, labels: Tensor) -> dict[str, object]:
-    accuracy = conditional_accuracy(classifier, images, labels)
+    accuracy = conditional_accuracy(read_digits(classifier, images), labels)
     return {"overall": accuracy["overall"], "per_digit": accuracy["per_digit"]}
 
 
@@ -99,29 +86,22 @@ def classification_accuracy_score(
     seed: int = 0,
 ) -> dict:
     """The Classification Accuracy Score (Ravuri & Vinyals 2019): a fresh classifier trained only on the
-    CVAE's samples at temperature 1, `train_counts[d]` of each digit d (the real training set's
-    `label_counts`, or one number for every digit), then tested on the real test images (uint8): overall
-    and per digit. With `real_classifier` (trained on real digits: checkpoints/classifier.ckpt), its accuracy
-    on the same test images comes beside it as `real_data`.
+    CVAE's T=1 samples, `train_counts[d]` of each digit d (or one number for all), tested on the real test
+    images (uint8), overall and per digit; with `real_classifier` its accuracy there as `real_data`.
 
-    The new classifier has the real one's architecture and learning rate (the defaults without one) and
-    trains as `experiment=classifier` does, but keeps its last epoch: picking one by real validation digits
-    would let real data into its training. `binarize`: the model was trained on dynamically binarized
-    pixels, so its samples become Bernoulli draws from the decoder's means, afresh every batch, as its own
-    training images were. The test images are the real grayscale ones for every model, so `real_data` is
-    one baseline for all.
+    It has the real one's architecture and learning rate and trains as `experiment=classifier` does, but
+    keeps its last epoch (choosing one by real validation digits would let real data in). `binarize`: the
+    samples become Bernoulli draws afresh every batch, as the model's own training images were.
     """
     if not model.n_labels:
         raise ConfigError(f"CAS is not defined for a VAE: {CAS_NOT_DEFINED}")
     started = time.perf_counter()
-    counts = [train_counts] * NUM_CLASSES if isinstance(train_counts, int) else list(train_counts)
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(torch.tensor(counts))
+    labels = repeat_digits(train_counts)
     # its own seed, leaving the caller's random state as it was (evaluate's other metrics do not move)
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        # the decoder's means in [0, 1] (model.sample), kept as 8-bit pixels like MNIST's own: the loader the
-        # models train with then shuffles them every epoch and, with binarize, draws the Bernoulli pixels
-        pixels = generate(model, labels, temperature=1.0).mul(255).round().to(torch.uint8)
+        # 8-bit pixels like MNIST's own: the loader shuffles them every epoch and, with binarize, draws them
+        pixels = draw(model, labels, temperature=1.0).mul(255).round().to(torch.uint8)
         loader = InMemoryLoader(pixels, labels, batch_size, shuffle=True, seed=seed, binarize=binarize)
         classifier = Classifier(**(real_classifier.hparams if real_classifier is not None else {}))
         trainer = L.Trainer(
@@ -157,8 +137,7 @@ def sample_scores(
     train_labels: Tensor | None = None,
 ) -> dict:
     """What the classifier says of the model's samples (evaluate.py): conditional accuracy (CVAE) and
-    classifier-FID at each temperature, and with `cas` the Classification Accuracy Score, with as many
-    samples of each digit as `train_labels` holds."""
+    classifier-FID at each temperature, and with `cas` the CAS on as many of each digit as `train_labels`."""
     check_bool("eval.cas", cas)
     check_int("eval.cas_epochs", cas_epochs, 1)
     if cas and train_labels is None:
@@ -168,90 +147,60 @@ def sample_scores(
     if cas and not model.n_labels:
         metrics["cas"] = {"skipped": f"not defined for a VAE: {CAS_NOT_DEFINED}"}
     elif cas:
+        counts = label_counts(train_labels)
         metrics["cas"] = classification_accuracy_score(
-            model,
-            test_images,
-            test_labels,
-            label_counts(train_labels),
-            classifier,
-            epochs=cas_epochs,
-            binarize=binarize,
-            seed=seed,
+            model, test_images, test_labels, counts, classifier, cas_epochs, binarize=binarize, seed=seed
         )
     real = test_images.float().div(255.0)
-    conditional = model.n_labels > 0
+    labels = repeat_digits(n_per_digit)
     metrics["accuracy"], metrics["fid"] = {}, {}
     for temperature in temperatures:
         key = f"T={temperature:g}"
-        fake = generate_per_digit(model, n_per_digit, temperature)
+        fake = draw(model, labels, temperature)
         metrics["fid"][key] = {"overall": classifier_fid(classifier, real, fake)}
-        if not conditional:
+        if not model.n_labels:
             continue
-        fake_labels = torch.arange(NUM_CLASSES).repeat_interleave(n_per_digit)
-        accuracy = conditional_accuracy(classifier, fake, fake_labels)
-        if temperature == temperatures[0]:
-            metrics["_confusion_metric"] = accuracy["_confusion_metric"]
-        del accuracy["_confusion_metric"]
-        metrics["accuracy"][key] = accuracy
+        metrics["accuracy"][key] = conditional_accuracy(read_digits(classifier, fake), labels)
         if temperature == temperatures[0]:  # per digit at the first temperature only (FID is slow)
             metrics["fid"][key]["per_digit"] = [
-                classifier_fid(classifier, real[test_labels == d], fake[fake_labels == d])
+                classifier_fid(classifier, real[test_labels == d], fake[labels == d])
                 for d in range(NUM_CLASSES)
             ]
     return metrics
 
 
-def _percent_row(name: str, fractions: Sequence[float]) -> str:
-    return f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in fractions) + " |"
+def _row(name: str, values: Sequence, fmt: str = "{:.1f}", scale: float = 100) -> str:
+    return f"| {name} | " + " | ".join(fmt.format(scale * v) for v in values) + " |"
 
 
 def markdown(metrics: dict, title: str = "") -> str:
     """metrics.md: the headline numbers, then per-digit accuracy, FID and CAS."""
-    test = metrics["test"]
+    test, k, cas = metrics["test"], metrics["k"], metrics.get("cas", {})
+    accuracy, fid = metrics.get("accuracy", {}).items(), metrics.get("fid", {}).items()
     lines = [f"# {title}".rstrip(), ""] if title else []
-    lines += [
-        f"{metrics['model']}, {metrics['test_images']} test images, k = {metrics['k']}",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| test -ELBO (nats/image) | {test['nelbo']:.2f} |",
-        f"| test reconstruction term | {test['recon']:.2f} |",
-        f"| test KL term | {test['kl']:.2f} |",
-    ]
+    lines += [f"{metrics['model']}, {metrics['test_images']} test images, k = {k}", "", "| metric | value |"]
+    lines += ["|---|---|", *(_row(f"test {name}", [test[key]], "{:.2f}", 1) for key, name in _TEST_ROWS)]
     if "nll" in test:
         what = "-log p(x given y)" if metrics["model"] == "CVAE" else "-log p(x)"
-        lines.append(f"| test NLL {what}, IWAE k={metrics['k']} | {test['nll']:.2f} |")
-    for name, value in test.items():  # the metrics of callbacks added to the test pass
-        if name not in ("nelbo", "recon", "kl", "nll"):
-            lines.append(f"| test {name} | {value:.4g} |")
-    for key, acc in metrics.get("accuracy", {}).items():
-        lines.append(f"| conditional accuracy {key} | {100 * acc['overall']:.2f}% |")
-    for key, fid in metrics.get("fid", {}).items():
-        lines.append(f"| classifier-FID {key} | {fid['overall']:.3f} |")
-    cas = metrics.get("cas", {})
+        lines.append(_row(f"test NLL {what}, IWAE k={k}", [test["nll"]], "{:.2f}", 1))
+    # the metrics of callbacks added to the test pass
+    lines += [_row(f"test {name}", [v], "{:.4g}", 1) for name, v in test.items() if name not in _TEST_KEYS]
+    lines += [_row(f"conditional accuracy {key}", [acc["overall"]], "{:.2f}%") for key, acc in accuracy]
+    lines += [_row(f"classifier-FID {key}", [f["overall"]], "{:.3f}", 1) for key, f in fid]
     if "skipped" in cas:
         lines.append(f"| CAS | skipped: {cas['skipped']} |")
     elif cas:
         trained = f"{cas['train_images']} generated digits, epochs={cas['epochs']}"
-        lines.append(f"| CAS (classifier trained on {trained}) | {100 * cas['overall']:.2f}% |")
+        lines.append(_row(f"CAS (classifier trained on {trained})", [cas["overall"]], "{:.2f}%"))
         if "real_data" in cas:
-            real = cas["real_data"]["overall"]
-            lines.append(f"| CAS baseline: the classifier trained on real digits | {100 * real:.2f}% |")
-    rows = [
-        _percent_row(f"accuracy {key}", acc["per_digit"]) for key, acc in metrics.get("accuracy", {}).items()
-    ]
-    rows += [
-        f"| FID {key} | " + " | ".join(f"{f:.2f}" for f in fid["per_digit"]) + " |"
-        for key, fid in metrics.get("fid", {}).items()
-        if "per_digit" in fid
-    ]
-    if "per_digit" in cas:
-        rows.append(_percent_row("CAS", cas["per_digit"]))
-    if "real_data" in cas:
-        rows.append(_percent_row("CAS baseline", cas["real_data"]["per_digit"]))
+            real = [cas["real_data"]["overall"]]
+            lines.append(_row("CAS baseline: the classifier trained on real digits", real, "{:.2f}%"))
+    rows = [_row(f"accuracy {key}", acc["per_digit"]) for key, acc in accuracy]
+    rows += [_row(f"FID {key}", f["per_digit"], "{:.2f}", 1) for key, f in fid if "per_digit" in f]
+    rows += [_row("CAS", cas["per_digit"])] if "per_digit" in cas else []
+    rows += [_row("CAS baseline", cas["real_data"]["per_digit"])] if "real_data" in cas else []
     if rows:
-        digits = " | ".join(str(d) for d in range(NUM_CLASSES))
-        lines += ["", f"| per digit | {digits} |", "|---|" + "---|" * NUM_CLASSES, *rows]
+        lines += ["", _row("per digit", range(NUM_CLASSES), "{}", 1), "|---|" + "---|" * NUM_CLASSES, *rows]
     return "\n".join(lines) + "\n"
 
 
@@ -259,16 +208,16 @@ def write_report(metrics: dict, out_dir: str | Path, title: str = "") -> list[Pa
     """metrics.json, metrics.md and (CVAE) confusion_matrix.png in out_dir; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    confusion = metrics.pop("_confusion_metric", None)
     written = [out_dir / "metrics.json", out_dir / "metrics.md"]
     files.write_text(written[0], json.dumps(metrics, indent=2) + "\n")
     files.write_text(written[1], markdown(metrics, title))
-    if confusion is not None:
+    if metrics.get("accuracy"):  # the first temperature's confusion matrix
         import matplotlib
 
         matplotlib.use("Agg")
-        fig, ax = confusion.plot()
-        ax.set_title(f"requested digit (rows) vs classified, {next(iter(metrics['accuracy']))}")
+        key, accuracy = next(iter(metrics["accuracy"].items()))
+        fig, ax = MulticlassConfusionMatrix(NUM_CLASSES).plot(torch.tensor(accuracy["confusion"]))
+        ax.set_title(f"requested digit (rows) vs classified, {key}")
         fig.savefig(out_dir / "confusion_matrix.png", dpi=100, bbox_inches="tight")
         written.append(out_dir / "confusion_matrix.png")
     return written
