@@ -10,7 +10,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from cvae_lightning.evaluation.classifier import Classifier, ClassifierFeatures
 from cvae_lightning.harness.checkpoints import load_classifier
 from cvae_lightning.model.data import load_split
-from tests.helpers import ROOT, assert_one_line_error, assert_ran, composed, read_events, run_script
+from tests.helpers import ROOT, assert_ran, composed, read_events, run_script
 
 
 def test_features_logits_and_fid_feature_extractor():
@@ -66,18 +66,3 @@ def test_the_projects_classifier_reads_real_test_digits_at_98_5_percent_or_more(
     images, labels = load_split(data_dir, train=False)
     predicted = torch.cat([classifier.predict(x.float() / 255) for x in images.split(1000)])
     assert (predicted == labels).float().mean() >= 0.985
-
-
-def test_model_classifier_alone_says_to_use_the_experiment(tmp_path, data_dir):
-    result = run_script(
-        "train.py",
-        "model=classifier",
-        "trainer.limit_train_batches=2",
-        f"hydra.run.dir={tmp_path}",
-        timeout=300,
-    )
-    assert_one_line_error(
-        result,
-        "model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
-        " (or `make classifier`), which also sets its checkpoint and callbacks",
-    )

@@ -13,7 +13,7 @@ import torch
 from cvae_lightning.evaluation.export import ORT_FILES, WEB, export_onnx
 from cvae_lightning.harness import checkpoints
 from tests.browser import CHROMIUM, draw_stroke, served_page
-from tests.helpers import ROOT, assert_one_line_error, assert_ran, run_script, tiny_module
+from tests.helpers import ROOT, assert_ran, entry_error, run_entry, run_script, tiny_module
 
 CLASSIFIER = ROOT / "checkpoints" / "classifier.ckpt"
 needs_browser = pytest.mark.skipif(
@@ -71,12 +71,10 @@ def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
         assert torch.allclose(expected_style, gaussian_style, atol=1e-6)
 
 
-def test_export_py_writes_the_graphs_and_what_a_client_needs(tiny_checkpoints, tmp_path):
-    result = run_script(
-        "export.py", f"ckpt_path={tiny_checkpoints['cvae']}", f"out={tmp_path}", "classifier_path=none"
-    )
-    assert_ran(result)
-    assert "sampler.onnx: " in result.stdout and "largest difference from PyTorch" in result.stdout
+def test_export_py_writes_the_graphs_and_what_a_client_needs(tiny_checkpoints, tmp_path, capsys):
+    run_entry("export.py", f"ckpt_path={tiny_checkpoints['cvae']}", f"out={tmp_path}", "classifier_path=none")
+    stdout = capsys.readouterr().out
+    assert "sampler.onnx: " in stdout and "largest difference from PyTorch" in stdout
     card = json.loads((tmp_path / "model" / "model.json").read_text())
     assert card["model"] == "CVAE" and card["conditional"] and card["latent_dim"] == 2
     assert card["labels"] == list(range(10)) and card["image_shape"] == [1, 28, 28]
@@ -102,8 +100,8 @@ def test_export_py_refuses_what_is_not_a_cvae_or_vae_in_one_line(tiny_checkpoint
     path = tiny_checkpoints["classifier"] if which == "classifier" else tmp_path / "notes.ckpt"
     if which == "text":
         path.write_text("not a checkpoint\n")
-    result = run_script("export.py", f"ckpt_path={path}", f"out={tmp_path / 'out'}", timeout=120)
-    assert_one_line_error(result, f"ckpt_path={path} {expected}")
+    line = entry_error("export.py", f"ckpt_path={path}", f"out={tmp_path / 'out'}")
+    assert f"ckpt_path={path} {expected}" in line
     assert not (tmp_path / "out").exists()
 
 
@@ -238,7 +236,7 @@ def test_the_page_of_a_2d_model_shows_its_plane_and_a_vae_has_no_digits_to_pick(
     tiny_checkpoints, tmp_path, kind
 ):
     """The tiny checkpoints (3 steps, latent_dim=2): what the page offers, not how good the digits are."""
-    assert_ran(run_script("export.py", f"ckpt_path={tiny_checkpoints[kind]}", f"out={tmp_path}", "page=true"))
+    run_entry("export.py", f"ckpt_path={tiny_checkpoints[kind]}", f"out={tmp_path}", "page=true")
     with served_page(tmp_path) as page:
         assert grid_images(page, "#samples").shape == (16, 1, 28, 28)
         if kind == "cvae":

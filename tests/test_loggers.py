@@ -15,11 +15,10 @@ import torch
 from PIL import Image
 
 from tests.helpers import (
-    ROOT,
     SHORT_RUN,
-    assert_one_line_error,
     assert_ran,
     composed,
+    entry_error,
     free_port,
     get_json,
     read_events,
@@ -236,20 +235,14 @@ def test_a_resumed_run_continues_the_same_run_in_each_logger(whole_run, sig):
             ), key
 
 
-def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path):
+def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
     """As where wandb is not installed: `logger=wandb` is refused before anything runs."""
-    script = tmp_path / "train_without_wandb.py"
-    script.write_text(
-        "import runpy, sys\n"
-        "sys.modules['wandb'] = None  # what `import wandb` finds where it is not installed\n"
-        f"sys.argv[0] = {str(ROOT / 'train.py')!r}\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    )
-    refused = run_script(str(script), "logger=wandb", f"hydra.run.dir={tmp_path / 'refused'}")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` finds where it is not installed
+    refused = entry_error("train.py", "logger=wandb", output_dir=tmp_path / "refused")
     expected = (
         'logger.wandb is not allowed here: the wandb package is not installed; pip install -e ".[wandb]"'
     )
-    assert_one_line_error(refused, expected)
+    assert expected in refused
     assert not (tmp_path / "refused" / "checkpoints").exists()
 
 

@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cvae_lightning.harness.training import build_group
 from tests.helpers import (
-    assert_one_line_error,
     assert_ran,
     assert_same_state,
     composed,
+    entry_error,
     read_events,
     run_script,
     tiny_trainer,
@@ -127,10 +127,8 @@ def test_sigterm_saves_and_exits_non_zero_with_resume_hint(tmp_path, data_dir):
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, data_dir):
-    result = run_script("train.py", f"hydra.run.dir={tmp_path}", "ckpt_path=last", timeout=120)
-    assert_one_line_error(
-        result, f"ckpt_path=last is not allowed: no checkpoint at {tmp_path}/checkpoints/last.ckpt"
-    )
+    line = entry_error("train.py", "ckpt_path=last", output_dir=tmp_path)
+    assert f"ckpt_path=last is not allowed: no checkpoint at {tmp_path}/checkpoints/last.ckpt" in line
 
 
 class WorseEveryEpoch(L.LightningModule):
