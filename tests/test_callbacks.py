@@ -289,6 +289,7 @@ def test_the_projector_is_skipped_without_tensorboard(tmp_path, data_dir):
     assert not list(tmp_path.rglob("projector_config.pbtxt"))
 
 
+@pytest.mark.slow  # 40 steps of the default model, then three test passes
 @pytest.mark.parametrize(
     "target, tested",
     [

@@ -10,7 +10,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from cvae_lightning.evaluation.classifier import Classifier, ClassifierFeatures
 from cvae_lightning.harness.checkpoints import load_classifier
 from cvae_lightning.model.data import load_split
-from tests.helpers import ROOT, assert_ran, composed, read_events, run_script
+from tests.helpers import ROOT, composed, read_events
 
 
 def test_features_logits_and_fid_feature_extractor():
@@ -38,19 +38,9 @@ def test_experiment_classifier_composes_its_own_model_checkpoint_and_callbacks()
 
 
 @pytest.mark.slow
-def test_classifier_trains_through_train_py(tmp_path, data_dir):
-    result = run_script(
-        "train.py",
-        "experiment=classifier",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=150",
-        f"callbacks.model_checkpoint.dirpath={tmp_path}/checkpoints",
-        f"hydra.run.dir={tmp_path}",
-        timeout=900,
-    )
-    assert_ran(result)
-    assert (tmp_path / "checkpoints" / "classifier.ckpt").is_file()
-    scalars, _ = read_events(tmp_path)
+def test_classifier_trains_through_train_py(classifier_run):
+    assert (classifier_run / "checkpoints" / "classifier.ckpt").is_file()
+    scalars, _ = read_events(classifier_run)
     assert scalars["test/acc"][-1].value > 0.9
 
 

@@ -13,7 +13,7 @@ import torch
 from cvae_lightning.evaluation.export import ORT_FILES, WEB, export_onnx
 from cvae_lightning.harness import checkpoints
 from tests.browser import CHROMIUM, draw_stroke, served_page
-from tests.helpers import ROOT, assert_ran, entry_error, run_entry, run_script, tiny_module
+from tests.helpers import ROOT, entry_error, run_entry, tiny_module
 
 CLASSIFIER = ROOT / "checkpoints" / "classifier.ckpt"
 needs_browser = pytest.mark.skipif(
@@ -107,33 +107,21 @@ def test_export_py_refuses_what_is_not_a_cvae_or_vae_in_one_line(tiny_checkpoint
 
 # -- the page, in a browser ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, data_dir):
+def site(tmp_path_factory, data_dir, request):
     """The page around a CVAE trained 8 epochs, and the classifier that judges it (the project's, or one
     trained here for 2 epochs). After 5 epochs, judged by a 1-epoch classifier, T=1 samples read as the
     requested digit 96% of the time (92-99% per digit; evaluate.py, 1,000 samples a digit)."""
     root = tmp_path_factory.mktemp("demo")
     classifier = CLASSIFIER
     if not classifier.is_file():
-        classifier = root / "judge" / "checkpoints" / "classifier.ckpt"
-        assert_ran(
-            run_script(
-                "train.py",
-                "experiment=classifier",
-                "trainer.max_epochs=2",
-                "test=false",
-                f"callbacks.model_checkpoint.dirpath={classifier.parent}",
-                f"hydra.run.dir={root / 'judge'}",
-                timeout=900,
-            )  # fmt: skip
-        )
+        classifier = request.getfixturevalue("classifier_run") / "checkpoints" / "classifier.ckpt"
     run = root / "run"
-    assert_ran(run_script("train.py", "trainer.max_epochs=8", f"hydra.run.dir={run}", timeout=900))
+    run_entry("train.py", "trainer.max_epochs=8", output_dir=run)
     out = root / "site"
-    result = run_script(
+    run_entry(
         "export.py", f"ckpt_path={run}/checkpoints/last.ckpt", f"out={out}", "page=true",
         f"classifier_path={classifier}",
     )  # fmt: skip
-    assert_ran(result)
     return out, checkpoints.load_classifier(classifier)
 
 
