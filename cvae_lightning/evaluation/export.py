@@ -21,7 +21,7 @@ from cvae_lightning.model.data import IMAGE_SHAPE, NUM_CLASSES
 OPSET = 18
 # what the page needs of onnxruntime-web (the WebAssembly build): copied from web/node_modules
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-WEB = Path(__file__).resolve().parents[1] / "web"
+WEB = Path(__file__).resolve().parents[2] / "web"
 
 
 class _Graph(nn.Module):
