@@ -1,5 +1,6 @@
-"""What the tests share: the composed config, one way to run a script, one short run, one tiny trainer, the
-TensorBoard reader, and probes that report on a train.py process from inside it."""
+"""What the tests share: the composed config, a script run in this process (run_entry, entry_error) or as a
+process where the process is the point (run_script), one short run, one tiny trainer, the TensorBoard reader,
+and probes that report on a train.py process from inside it."""
 
 from __future__ import annotations
 

@@ -120,19 +120,3 @@ def test_submitit_local_launcher_runs_a_sweep_job(tmp_path, data_dir):
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 5 and results["metrics"]["val/nelbo"] > 0
     assert (tmp_path / "summary.csv").is_file()
-
-
-@pytest.mark.slow
-def test_optuna_search_runs_its_trials(tmp_path, data_dir):
-    result = run_script(
-        "train.py",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        *SHORT_RUN,
-        f"hydra.sweep.dir={tmp_path}",
-        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",  # not the project's logs/optuna.db
-    )
-    assert_ran(result)
-    best = (tmp_path / "optimization_results.yaml").read_text()
-    assert "model.latent_dim" in best and "model.optimizer.lr" in best
-    assert len(run_dirs(tmp_path)) == 2

@@ -114,6 +114,8 @@ def test_a_killed_search_goes_on_with_the_same_command(tmp_path, data_dir):
     first_sweep, second_sweep = sorted((tmp_path / "train" / "multiruns").iterdir())
     assert set(job_numbers(first_sweep)) <= {0, 1, 2}
     assert job_numbers(second_sweep) == [3, 4]  # two launched (a fresh search: four), numbered on
+    best = (second_sweep / "optimization_results.yaml").read_text()  # the sweeper's report of the best
+    assert "model.latent_dim" in best and "model.optimizer.lr" in best
     assert sorted(int(row["job"]) for row in sweep_summary(second_sweep)) == [3, 4]
 
 
