@@ -5,11 +5,12 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cvae_lightning.errors import ConfigError, Error
 from cvae_lightning.harness.config import build, validate
 from cvae_lightning.harness.process import process_settings
-from tests.helpers import assert_one_line_error, composed, entry_error, run_script
+from tests.helpers import ROOT, assert_one_line_error, composed, entry_error, run_script
 
 
 def test_experiment_fast_is_classic_with_batch_256_and_kl_weight_1_1():
@@ -227,3 +228,18 @@ def test_a_sweep_jobs_folder_name_says_what_it_is_and_fits_a_file_system():
     assert run_name(1, "paths.data_dir=/tmp/x") == "1_paths.data_dir=_tmp_x"
     long = run_name(12, ",".join(f"trainer.key_{i}=1" for i in range(40)))
     assert len(long) == 120 and long.startswith("12_trainer.key_0=1,") and long.endswith("...")
+
+
+SCRIPTS = ("eval", "generate", "export")
+# every option of every config group (conf/<group>/<option>.yaml), and the other scripts' own configs
+OPTIONS = sorted(
+    f"{path.parent.relative_to(ROOT / 'conf')}={path.stem}"
+    for path in (ROOT / "conf").glob("*/**/*.yaml")
+    if path.parent != ROOT / "conf" / "hydra"  # conf/hydra/default.yaml is every run's own
+)
+
+
+@pytest.mark.parametrize("config, override", [("train", o) for o in OPTIONS] + [(c, None) for c in SCRIPTS])
+def test_every_config_composes_and_resolves(config, override, tmp_path):
+    cfg = composed(*([override] if override else []), f"paths.output_dir={tmp_path}", config=config)
+    assert OmegaConf.to_container(cfg, resolve=True)
