@@ -28,10 +28,16 @@ needs_browser = pytest.mark.skipif(
     [
         (),
         ("model=vae",),
-        ("model/net=conv",),
-        ("model=vae", "model/net=conv"),
-        ("+model.encoder.label_every_layer=true", "model.decoder.label_every_layer=true"),
-        ("model.prior=conditional", "model.decoder.label_every_layer=false"),
+        # each export takes seconds: the other networks and priors in the whole suite only
+        pytest.param(("model/net=conv",), marks=pytest.mark.slow),
+        pytest.param(("model=vae", "model/net=conv"), marks=pytest.mark.slow),
+        pytest.param(
+            ("+model.encoder.label_every_layer=true", "model.decoder.label_every_layer=true"),
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ("model.prior=conditional", "model.decoder.label_every_layer=false"), marks=pytest.mark.slow
+        ),
     ],
 )
 def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
@@ -195,6 +201,7 @@ def test_a_drawn_stroke_comes_back_as_ten_digits(site):
         assert page.errors == []
 
 
+@pytest.mark.slow  # a browser
 @needs_browser
 def test_the_page_says_so_when_the_model_files_are_missing(tmp_path):
     from cvae_lightning.evaluation.export import assemble_page
@@ -218,6 +225,7 @@ def test_page_true_without_npm_install_is_one_line(tiny_checkpoints, tmp_path, m
         export.assemble_page(tmp_path / "site")
 
 
+@pytest.mark.slow  # a browser
 @needs_browser
 @pytest.mark.parametrize("kind", ["cvae", "vae"])
 def test_the_page_of_a_2d_model_shows_its_plane_and_a_vae_has_no_digits_to_pick(
