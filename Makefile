@@ -59,7 +59,7 @@ browser: web  ## Debian's Chromium for the page's tests (root; apt-get), and onn
 test: install  ## the whole suite, slow end-to-end tests included
 	$(PY) -m pytest $(ARGS)
 
-test-fast: install  ## everything but the slow end-to-end tests
+test-fast: install  ## the maths, every config composing and every one-line error: all but the slow tests
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 coverage: install  ## the suite under coverage.py, its subprocesses too: line coverage of cvae_lightning/

@@ -1,9 +1,13 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, tiny_module, tiny_trainer
+from tests.helpers import ROOT, SHORT_RUN, run_entry, tiny_module, tiny_trainer
+
+# as the scripts set it: in-process runs find data/ and the classifier under the project, from any cwd
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +37,24 @@ def tiny_checkpoints(tmp_path_factory, data_dir) -> dict[str, Path]:
         trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), batch_size=64))
         trainer.save_checkpoint(path)
     return {name: path for name, (_, path) in models.items()}
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory, tiny_checkpoints) -> Path:
+    """The run folder of `python train.py` (the default CVAE) over SHORT_RUN, run in this process and judged
+    by the tiny classifier: checkpoints, TensorBoard events, results.json, config_tree.log. Read it, don't
+    write to it."""
+    run_dir = tmp_path_factory.mktemp("short_run")
+    classifier = f"callbacks.sample_accuracy.classifier_path={tiny_checkpoints['classifier']}"
+    run_entry("train.py", *SHORT_RUN, classifier, output_dir=run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def classifier_run(tmp_path_factory, data_dir) -> Path:
+    """The run folder of `python train.py experiment=classifier trainer.max_epochs=2`, run in this process,
+    its checkpoint in it (checkpoints/classifier.ckpt, not the project's): a judge for generated digits."""
+    run_dir = tmp_path_factory.mktemp("classifier_run")
+    checkpoints = f"callbacks.model_checkpoint.dirpath={run_dir / 'checkpoints'}"
+    run_entry("train.py", "experiment=classifier", "trainer.max_epochs=2", checkpoints, output_dir=run_dir)
+    return run_dir

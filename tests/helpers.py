@@ -1,5 +1,6 @@
-"""What the tests share: the composed config, one way to run a script, one short run, one tiny trainer, the
-TensorBoard reader, and probes that report on a train.py process from inside it."""
+"""What the tests share: the composed config, a script run in this process (run_entry, entry_error) or as a
+process where the process is the point (run_script), one short run, one tiny trainer, the TensorBoard reader,
+and probes that report on a train.py process from inside it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -26,15 +28,92 @@ SHORT_RUN = (
 )
 
 
-def composed(*overrides: str, return_hydra_config: bool = False):
-    """The `train` config as `python train.py OVERRIDES` composes it (not validated, nothing built)."""
+def composed(*overrides: str, return_hydra_config: bool = False, config: str = "train"):
+    """The `config` (conf/<config>.yaml) as `python train.py OVERRIDES` composes it (not validated, nothing
+    built)."""
     from hydra import compose, initialize_config_dir
 
     import cvae_lightning.harness.runs  # noqa: F401  (registers the resolvers of conf/hydra)
     import cvae_lightning.harness.slurm  # noqa: F401
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        return compose(config, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+# each script's config and task function, as its @hydra.main runs it
+ENTRIES = {
+    "train.py": ("train", "cvae_lightning.harness.training", "train"),
+    "evaluate.py": ("eval", "evaluate.py", "evaluate"),
+    "generate.py": ("generate", "generate.py", "generate"),
+    "export.py": ("export", "export.py", "run"),
+}
+
+
+@contextmanager
+def hydra_job(*overrides: str, output_dir=None, config: str = "train"):
+    """The config a script's task function gets from `python SCRIPT OVERRIDES`, inside the run context Hydra
+    gives it (HydraConfig: `${hydra:runtime.output_dir}`, the run's overrides) and after conf/hydra's
+    callbacks, as Hydra calls them: what a run writes of Hydra's own (.hydra/, <task>.log) needs a process.
+    The run folder is `output_dir`, else the config's hydra.run.dir; it is made, as Hydra makes it."""
+    import copy
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from omegaconf import open_dict, read_write
+
+    cfg = composed(*overrides, return_hydra_config=True, config=config)
+    with read_write(cfg), open_dict(cfg):
+        if output_dir is not None:
+            cfg.hydra.run.dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.run.dir).absolute())
+    callbacks = [instantiate(c) for c in (cfg.hydra.callbacks or {}).values()]
+    for callback in callbacks:
+        callback.on_run_start(config=cfg)
+    Path(cfg.hydra.runtime.output_dir).mkdir(parents=True, exist_ok=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        for callback in callbacks:
+            callback.on_job_start(config=cfg, task_function=None)
+        task = copy.deepcopy(cfg)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        yield task
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def run_entry(script: str, *overrides: str, output_dir=None):
+    """`python SCRIPT OVERRIDES` in this process: what its task function returns; a project error exits as
+    the script does, SystemExit("error: <message>")."""
+    import importlib
+    import importlib.util
+
+    from cvae_lightning.errors import one_line_errors
+
+    config, module_name, function = ENTRIES[script]
+    if script == "train.py":
+        from cvae_lightning.harness.config import check_group_choices
+
+        one_line_errors(check_group_choices)(list(overrides), ROOT / "conf")
+    if module_name.endswith(".py"):  # the script itself, by path: its name may be another package's
+        spec = importlib.util.spec_from_file_location(f"script_{module_name[:-3]}", ROOT / module_name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    with hydra_job(*overrides, output_dir=output_dir, config=config) as cfg:
+        return one_line_errors(getattr(module, function))(cfg)
+
+
+def entry_error(script: str, *overrides: str, output_dir=None) -> str:
+    """The one line `python SCRIPT OVERRIDES` ends with on a project error, from a run in this process."""
+    import pytest
+
+    with pytest.raises(SystemExit) as stopped:
+        run_entry(script, *overrides, output_dir=output_dir)
+    line = str(stopped.value.code)
+    assert line.startswith("error: ") and "\n" not in line, line
+    return line
 
 
 def tiny_module(*overrides: str, latent_dim: int = 2, hidden: int = 32):

@@ -28,12 +28,9 @@ from cvae_lightning.harness.loggers import log_image
 from cvae_lightning.harness.training import train
 from cvae_lightning.model.cvae import gaussian_kl
 from tests.helpers import (
-    SHORT_RUN,
-    assert_ran,
     composed,
     mlp_cvae,
     read_events,
-    run_script,
     tiny_module,
     tiny_trainer,
 )
@@ -133,15 +130,8 @@ def test_grayscale_images_read_back_as_add_image_shows_them(tmp_path):
     assert np.abs(decoded.astype(int) - rgb[..., 0]).max() <= 1
 
 
-def test_a_short_run_logs_the_grids_and_curves(tmp_path, tiny_checkpoints):
-    result = run_script(
-        "train.py",
-        *SHORT_RUN,
-        f"callbacks.sample_accuracy.classifier_path={tiny_checkpoints['classifier']}",
-        f"hydra.run.dir={tmp_path}",
-        timeout=300,
-    )
-    assert_ran(result)
+def test_a_short_run_logs_the_grids_and_curves(short_run):
+    tmp_path = short_run
     scalars, images = read_events(tmp_path)
     for name in ("T1", "mu"):
         assert 0 <= scalars[f"samples/accuracy_{name}"][-1].value <= 1
@@ -299,6 +289,7 @@ def test_the_projector_is_skipped_without_tensorboard(tmp_path, data_dir):
     assert not list(tmp_path.rglob("projector_config.pbtxt"))
 
 
+@pytest.mark.slow  # 40 steps of the default model, then three test passes
 @pytest.mark.parametrize(
     "target, tested",
     [

@@ -10,7 +10,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from cvae_lightning.evaluation.classifier import Classifier, ClassifierFeatures
 from cvae_lightning.harness.checkpoints import load_classifier
 from cvae_lightning.model.data import load_split
-from tests.helpers import ROOT, assert_one_line_error, assert_ran, composed, read_events, run_script
+from tests.helpers import ROOT, composed, read_events
 
 
 def test_features_logits_and_fid_feature_extractor():
@@ -38,19 +38,9 @@ def test_experiment_classifier_composes_its_own_model_checkpoint_and_callbacks()
 
 
 @pytest.mark.slow
-def test_classifier_trains_through_train_py(tmp_path, data_dir):
-    result = run_script(
-        "train.py",
-        "experiment=classifier",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=150",
-        f"callbacks.model_checkpoint.dirpath={tmp_path}/checkpoints",
-        f"hydra.run.dir={tmp_path}",
-        timeout=900,
-    )
-    assert_ran(result)
-    assert (tmp_path / "checkpoints" / "classifier.ckpt").is_file()
-    scalars, _ = read_events(tmp_path)
+def test_classifier_trains_through_train_py(classifier_run):
+    assert (classifier_run / "checkpoints" / "classifier.ckpt").is_file()
+    scalars, _ = read_events(classifier_run)
     assert scalars["test/acc"][-1].value > 0.9
 
 
@@ -66,21 +56,6 @@ def test_the_projects_classifier_reads_real_test_digits_at_98_5_percent_or_more(
     images, labels = load_split(data_dir, train=False)
     predicted = torch.cat([classifier.predict(x.float() / 255) for x in images.split(1000)])
     assert (predicted == labels).float().mean() >= 0.985
-
-
-def test_model_classifier_alone_says_to_use_the_experiment(tmp_path, data_dir):
-    result = run_script(
-        "train.py",
-        "model=classifier",
-        "trainer.limit_train_batches=2",
-        f"hydra.run.dir={tmp_path}",
-        timeout=300,
-    )
-    assert_one_line_error(
-        result,
-        "model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
-        " (or `make classifier`), which also sets its checkpoint and callbacks",
-    )
 
 
 def test_the_optimizer_is_a_partial_config_swapped_with_one_override():

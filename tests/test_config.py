@@ -5,11 +5,12 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cvae_lightning.errors import ConfigError, Error
 from cvae_lightning.harness.config import build, validate
 from cvae_lightning.harness.process import process_settings
-from tests.helpers import assert_one_line_error, composed, run_script
+from tests.helpers import ROOT, assert_one_line_error, composed, entry_error, run_script
 
 
 def test_experiment_fast_is_classic_with_batch_256_and_kl_weight_1_1():
@@ -151,8 +152,12 @@ def test_gpu_trainer_without_gpu_is_refused():
 
 
 def test_the_classifier_model_alone_is_refused_with_the_experiment_to_use():
-    with pytest.raises(ConfigError, match="model=classifier is not allowed alone: .*experiment=classifier"):
+    with pytest.raises(ConfigError) as error:
         validate(composed("model=classifier"))
+    assert str(error.value) == (
+        "model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
+        " (or `make classifier`), which also sets its checkpoint and callbacks"
+    )
     validate(composed("experiment=classifier"))
 
 
@@ -183,9 +188,26 @@ def test_every_error_a_user_can_cause_is_one_project_error():
         ("paths.log_dir=/proc/nope", "error: hydra.run.dir=/proc/nope/train/runs/"),
     ],
 )
-def test_cli_prints_one_line_and_fails(override, expected):
-    run_dir = [] if override.startswith("paths.log_dir") else ["hydra.run.dir=/tmp/cvae-never-used"]
-    result = run_script("train.py", override, *run_dir, timeout=120)
+def test_cli_prints_one_line_and_fails(override, expected, tmp_path):
+    run_dir = {} if override.startswith("paths.log_dir") else {"output_dir": tmp_path}
+    assert expected in entry_error("train.py", override, **run_dir)
+
+
+@pytest.mark.parametrize(
+    "script, args, expected",
+    [
+        ("train.py", ["model.latent_dim=0"], "error: model.latent_dim=0 is not allowed"),
+        ("train.py", ["model=gan"], "error: model=gan is not allowed"),  # before Hydra composes
+        ("evaluate.py", [], "error: ckpt_path is required"),
+        ("generate.py", ["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt is not allowed"),
+        ("export.py", ["ckpt_path=/no/such.ckpt"], "error: ckpt_path=/no/such.ckpt is not allowed"),
+    ],
+)
+@pytest.mark.slow
+def test_each_script_ends_a_project_error_with_its_one_line_and_a_non_zero_exit(script, args, expected):
+    """What the in-process tests read as SystemExit's message is what a user sees: the last line, no
+    traceback."""
+    result = run_script(script, *args, "hydra.run.dir=/tmp/cvae-never-used", timeout=120)
     assert_one_line_error(result, expected)
 
 
@@ -207,3 +229,18 @@ def test_a_sweep_jobs_folder_name_says_what_it_is_and_fits_a_file_system():
     assert run_name(1, "paths.data_dir=/tmp/x") == "1_paths.data_dir=_tmp_x"
     long = run_name(12, ",".join(f"trainer.key_{i}=1" for i in range(40)))
     assert len(long) == 120 and long.startswith("12_trainer.key_0=1,") and long.endswith("...")
+
+
+SCRIPTS = ("eval", "generate", "export")
+# every option of every config group (conf/<group>/<option>.yaml), and the other scripts' own configs
+OPTIONS = sorted(
+    f"{path.parent.relative_to(ROOT / 'conf')}={path.stem}"
+    for path in (ROOT / "conf").glob("*/**/*.yaml")
+    if path.parent != ROOT / "conf" / "hydra"  # conf/hydra/default.yaml is every run's own
+)
+
+
+@pytest.mark.parametrize("config, override", [("train", o) for o in OPTIONS] + [(c, None) for c in SCRIPTS])
+def test_every_config_composes_and_resolves(config, override, tmp_path):
+    cfg = composed(*([override] if override else []), f"paths.output_dir={tmp_path}", config=config)
+    assert OmegaConf.to_container(cfg, resolve=True)

@@ -1,6 +1,9 @@
 """The debug presets (conf/debug/), the config tree printed at the start of a run, early stopping as an
-opt-in callback and gradient clipping: each composed, then run through train.py and read back."""
+opt-in callback and gradient clipping: each composed, then run as train.py runs it (in this process) and
+read back."""
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -8,12 +11,13 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import rich
 import torch
 from omegaconf import OmegaConf
 
 from cvae_lightning.errors import ConfigError
 from cvae_lightning.harness.config import build, validate
-from tests.helpers import assert_one_line_error, assert_ran, composed, read_events, run_script, tiny_trainer
+from tests.helpers import composed, entry_error, read_events, run_entry, tiny_trainer
 
 ANSI = re.compile(r"\x1b\[")
 GROUPS_FIRST = ["data", "model", "callbacks", "logger", "trainer", "paths", "extras"]
@@ -106,24 +110,24 @@ def test_overfit_batches_serves_the_same_training_batch_every_epoch(data_dir):
     assert not torch.equal(first[0], next(iter(shuffled))[0])  # the control: an ordinary run reshuffles
 
 
-def test_a_preset_name_that_does_not_exist_is_one_line():
-    assert_one_line_error(
-        run_script("train.py", "debug=fast", "hydra.run.dir=/tmp/cvae-never-used", timeout=120),
-        "error: debug=fast is not allowed: expected one of anomaly, default, limit, overfit, profiler",
+def test_a_preset_name_that_does_not_exist_is_one_line(tmp_path):
+    assert entry_error("train.py", "debug=fast", output_dir=tmp_path).startswith(
+        "error: debug=fast is not allowed: expected one of anomaly, default, limit, overfit, profiler"
     )
 
 
 # -- the presets, run --------------------------------------------------------------------------------------
-def test_debug_default_runs_everything_once_into_logs_debug_and_prints_the_config_tree(tmp_path, data_dir):
-    # FORCE_COLOR: the terminal gets colours, so the file's having none is the file's own doing
-    result = run_script(
-        "train.py",
-        "debug=default",
-        f"paths.log_dir={tmp_path}",
-        env={"FORCE_COLOR": "1", "TERM": "xterm-256color"},
-        timeout=300,
-    )
-    assert_ran(result)
+@pytest.mark.slow
+def test_debug_default_runs_everything_once_into_logs_debug_and_prints_the_config_tree(
+    tmp_path, data_dir, capsys
+):
+    # a terminal with colours, so the file's having none is the file's own doing
+    rich.reconfigure(force_terminal=True)
+    try:
+        run_entry("train.py", "debug=default", f"paths.log_dir={tmp_path}")
+    finally:
+        rich.reconfigure()
+    stdout = capsys.readouterr().out
     run_dir = the_run(tmp_path)
     assert not (tmp_path / "train").exists()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
@@ -135,7 +139,7 @@ def test_debug_default_runs_everything_once_into_logs_debug_and_prints_the_confi
     assert {"samples/generated", "samples/reconstructions", "samples/style_transfer"} <= set(images)
 
     # the tree: in the terminal with colours, in the run folder without, groups first in the given order
-    assert "CONFIG" in result.stdout and ANSI.search(result.stdout)
+    assert "CONFIG" in stdout and ANSI.search(stdout)
     tree = (run_dir / "config_tree.log").read_text()
     assert not ANSI.search(tree)
     labels = re.findall(r"^[├└]── (\S+?):?(?: |$)", tree, flags=re.MULTILINE)
@@ -146,7 +150,7 @@ def test_debug_default_runs_everything_once_into_logs_debug_and_prints_the_confi
 
 @pytest.mark.slow
 def test_debug_overfit_memorizes_one_batch_and_validates_every_25_steps(tmp_path, data_dir):
-    assert_ran(run_script("train.py", "debug=overfit", f"hydra.run.dir={tmp_path}", timeout=600))
+    run_entry("train.py", "debug=overfit", output_dir=tmp_path)
     scalars, _ = read_events(tmp_path)
     train = [e.value for e in scalars["train/nelbo"]]
     val = scalars["val/nelbo"]
@@ -159,8 +163,9 @@ def test_debug_overfit_memorizes_one_batch_and_validates_every_25_steps(tmp_path
     assert (tmp_path / "checkpoints" / "epoch_149.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_debug_profiler_writes_its_report_into_the_run_folder(tmp_path, data_dir):
-    assert_ran(run_script("train.py", "debug=profiler", f"hydra.run.dir={tmp_path}", timeout=300))
+    run_entry("train.py", "debug=profiler", output_dir=tmp_path)
     report = (tmp_path / "fit-profile.txt").read_text()
     assert report.startswith("FIT Profiler Report")
     calls = {
@@ -173,31 +178,31 @@ def test_debug_profiler_writes_its_report_into_the_run_folder(tmp_path, data_dir
     assert (tmp_path / "test-profile.txt").is_file()
 
 
+@pytest.mark.slow
 def test_debug_anomaly_stops_at_the_backward_op_that_made_a_nan(tmp_path, data_dir):
-    result = run_script(
-        "train.py",
-        "debug=anomaly",
-        f"+callbacks.nan_in_backward._target_={__name__}.NanInBackward",
-        f"hydra.run.dir={tmp_path}",
-        timeout=300,
-    )
-    assert result.returncode != 0
     # autograd's own words, which only anomaly detection says: the op, then where its forward was built
-    assert "Function 'SqrtBackward0' returned nan values" in result.stderr, result.stderr[-3000:]
-    assert "Traceback of forward call that caused the error" in result.stderr
+    with (
+        pytest.raises(RuntimeError, match="Function 'SqrtBackward0' returned nan values"),
+        pytest.warns(UserWarning, match="Traceback of forward call that caused the error"),
+    ):
+        run_entry(
+            "train.py",
+            "debug=anomaly",
+            f"+callbacks.nan_in_backward._target_={__name__}.NanInBackward",
+            output_dir=tmp_path,
+        )
 
 
 @pytest.fixture(scope="module")
 def limit_run(tmp_path_factory, data_dir) -> tuple[Path, str]:
     """A `debug=limit` run with the config tree turned off: (its run folder, its stdout)."""
     log_dir = tmp_path_factory.mktemp("limit")
-    result = run_script(
-        "train.py", "debug=limit", "extras.print_config=false", f"paths.log_dir={log_dir}", timeout=300
-    )
-    assert_ran(result)
-    return the_run(log_dir), result.stdout
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        run_entry("train.py", "debug=limit", "extras.print_config=false", f"paths.log_dir={log_dir}")
+    return the_run(log_dir), stdout.getvalue()
 
 
+@pytest.mark.slow
 def test_debug_limit_trains_the_limited_batches_for_each_epoch(limit_run):
     run_dir, _ = limit_run
     cfg = composed("debug=limit")
@@ -208,6 +213,7 @@ def test_debug_limit_trains_the_limited_batches_for_each_epoch(limit_run):
     assert results(run_dir)["epochs"] == cfg.trainer.max_epochs
 
 
+@pytest.mark.slow
 def test_print_config_false_prints_and_writes_no_tree(limit_run):
     run_dir, stdout = limit_run
     assert "CONFIG" not in stdout and "model_checkpoint" not in stdout
@@ -268,39 +274,35 @@ def test_early_stopping_without_validation_is_refused_in_one_line(no_validation)
         ),
     ],
 )
-def test_a_bad_choice_is_one_line_for_a_list_of_configs_and_for_the_tree(override, expected):
-    result = run_script("train.py", override, "hydra.run.dir=/tmp/cvae-never-used", timeout=120)
-    assert_one_line_error(result, expected)
+def test_a_bad_choice_is_one_line_for_a_list_of_configs_and_for_the_tree(override, expected, tmp_path):
+    assert entry_error("train.py", override, output_dir=tmp_path).startswith(expected)
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_before_max_epochs(limit_run, tmp_path):
     # no val/nelbo improves by 1e9 nats: the second validation ends the run; without it, all 3 epochs run
-    result = run_script(
+    run_entry(
         "train.py",
         "debug=limit",
         "callbacks=[default,early_stopping]",
         "callbacks.early_stopping.patience=1",
         "callbacks.early_stopping.min_delta=1e9",
-        f"hydra.run.dir={tmp_path}",
-        timeout=300,
+        output_dir=tmp_path,
     )
-    assert_ran(result)
     assert results(tmp_path)["epochs"] == 2
     assert results(limit_run[0])["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_gradient_clip_val_clips_the_gradients_the_optimizer_uses(tmp_path, data_dir):
     norms = tmp_path / "norms.json"
-    assert_ran(
-        run_script(
-            "train.py",
-            "debug=default",
-            "trainer.gradient_clip_val=0.5",
-            f"+callbacks.gradient_norms._target_={__name__}.GradientNorms",
-            f"+callbacks.gradient_norms.path={norms}",
-            f"hydra.run.dir={tmp_path}",
-            timeout=300,
-        )
+    run_entry(
+        "train.py",
+        "debug=default",
+        "trainer.gradient_clip_val=0.5",
+        f"+callbacks.gradient_norms._target_={__name__}.GradientNorms",
+        f"+callbacks.gradient_norms.path={norms}",
+        output_dir=tmp_path,
     )
     made, used = json.loads(norms.read_text()).values()
     assert len(made) == len(used) == 5

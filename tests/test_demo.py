@@ -13,7 +13,7 @@ import torch
 from cvae_lightning.evaluation.export import ORT_FILES, WEB, export_onnx
 from cvae_lightning.harness import checkpoints
 from tests.browser import CHROMIUM, draw_stroke, served_page
-from tests.helpers import ROOT, assert_one_line_error, assert_ran, run_script, tiny_module
+from tests.helpers import ROOT, entry_error, run_entry, tiny_module
 
 CLASSIFIER = ROOT / "checkpoints" / "classifier.ckpt"
 needs_browser = pytest.mark.skipif(
@@ -28,10 +28,16 @@ needs_browser = pytest.mark.skipif(
     [
         (),
         ("model=vae",),
-        ("model/net=conv",),
-        ("model=vae", "model/net=conv"),
-        ("+model.encoder.label_every_layer=true", "model.decoder.label_every_layer=true"),
-        ("model/prior=conditional", "model.decoder.label_every_layer=false"),
+        # each export takes seconds: the other networks and priors in the whole suite only
+        pytest.param(("model/net=conv",), marks=pytest.mark.slow),
+        pytest.param(("model=vae", "model/net=conv"), marks=pytest.mark.slow),
+        pytest.param(
+            ("+model.encoder.label_every_layer=true", "model.decoder.label_every_layer=true"),
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ("model/prior=conditional", "model.decoder.label_every_layer=false"), marks=pytest.mark.slow
+        ),
     ],
 )
 def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
@@ -71,12 +77,10 @@ def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
         assert torch.allclose(expected_style, gaussian_style, atol=1e-6)
 
 
-def test_export_py_writes_the_graphs_and_what_a_client_needs(tiny_checkpoints, tmp_path):
-    result = run_script(
-        "export.py", f"ckpt_path={tiny_checkpoints['cvae']}", f"out={tmp_path}", "classifier_path=none"
-    )
-    assert_ran(result)
-    assert "sampler.onnx: " in result.stdout and "largest difference from PyTorch" in result.stdout
+def test_export_py_writes_the_graphs_and_what_a_client_needs(tiny_checkpoints, tmp_path, capsys):
+    run_entry("export.py", f"ckpt_path={tiny_checkpoints['cvae']}", f"out={tmp_path}", "classifier_path=none")
+    stdout = capsys.readouterr().out
+    assert "sampler.onnx: " in stdout and "largest difference from PyTorch" in stdout
     card = json.loads((tmp_path / "model" / "model.json").read_text())
     assert card["model"] == "CVAE" and card["conditional"] and card["latent_dim"] == 2
     assert card["labels"] == list(range(10)) and card["image_shape"] == [1, 28, 28]
@@ -102,40 +106,28 @@ def test_export_py_refuses_what_is_not_a_cvae_or_vae_in_one_line(tiny_checkpoint
     path = tiny_checkpoints["classifier"] if which == "classifier" else tmp_path / "notes.ckpt"
     if which == "text":
         path.write_text("not a checkpoint\n")
-    result = run_script("export.py", f"ckpt_path={path}", f"out={tmp_path / 'out'}", timeout=120)
-    assert_one_line_error(result, f"ckpt_path={path} {expected}")
+    line = entry_error("export.py", f"ckpt_path={path}", f"out={tmp_path / 'out'}")
+    assert f"ckpt_path={path} {expected}" in line
     assert not (tmp_path / "out").exists()
 
 
 # -- the page, in a browser ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, data_dir):
+def site(tmp_path_factory, data_dir, request):
     """The page around a CVAE trained 8 epochs, and the classifier that judges it (the project's, or one
     trained here for 2 epochs). After 5 epochs, judged by a 1-epoch classifier, T=1 samples read as the
     requested digit 96% of the time (92-99% per digit; evaluate.py, 1,000 samples a digit)."""
     root = tmp_path_factory.mktemp("demo")
     classifier = CLASSIFIER
     if not classifier.is_file():
-        classifier = root / "judge" / "checkpoints" / "classifier.ckpt"
-        assert_ran(
-            run_script(
-                "train.py",
-                "experiment=classifier",
-                "trainer.max_epochs=2",
-                "test=false",
-                f"callbacks.model_checkpoint.dirpath={classifier.parent}",
-                f"hydra.run.dir={root / 'judge'}",
-                timeout=900,
-            )  # fmt: skip
-        )
+        classifier = request.getfixturevalue("classifier_run") / "checkpoints" / "classifier.ckpt"
     run = root / "run"
-    assert_ran(run_script("train.py", "trainer.max_epochs=8", f"hydra.run.dir={run}", timeout=900))
+    run_entry("train.py", "trainer.max_epochs=8", output_dir=run)
     out = root / "site"
-    result = run_script(
+    run_entry(
         "export.py", f"ckpt_path={run}/checkpoints/last.ckpt", f"out={out}", "page=true",
         f"classifier_path={classifier}",
     )  # fmt: skip
-    assert_ran(result)
     return out, checkpoints.load_classifier(classifier)
 
 
@@ -209,6 +201,7 @@ def test_a_drawn_stroke_comes_back_as_ten_digits(site):
         assert page.errors == []
 
 
+@pytest.mark.slow  # a browser
 @needs_browser
 def test_the_page_says_so_when_the_model_files_are_missing(tmp_path):
     from cvae_lightning.evaluation.export import assemble_page
@@ -232,13 +225,14 @@ def test_page_true_without_npm_install_is_one_line(tiny_checkpoints, tmp_path, m
         export.assemble_page(tmp_path / "site")
 
 
+@pytest.mark.slow  # a browser
 @needs_browser
 @pytest.mark.parametrize("kind", ["cvae", "vae"])
 def test_the_page_of_a_2d_model_shows_its_plane_and_a_vae_has_no_digits_to_pick(
     tiny_checkpoints, tmp_path, kind
 ):
     """The tiny checkpoints (3 steps, latent_dim=2): what the page offers, not how good the digits are."""
-    assert_ran(run_script("export.py", f"ckpt_path={tiny_checkpoints[kind]}", f"out={tmp_path}", "page=true"))
+    run_entry("export.py", f"ckpt_path={tiny_checkpoints[kind]}", f"out={tmp_path}", "page=true")
     with served_page(tmp_path) as page:
         assert grid_images(page, "#samples").shape == (16, 1, 28, 28)
         if kind == "cvae":

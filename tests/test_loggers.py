@@ -15,15 +15,15 @@ import torch
 from PIL import Image
 
 from tests.helpers import (
-    ROOT,
     SHORT_RUN,
-    assert_one_line_error,
     assert_ran,
     composed,
+    entry_error,
     free_port,
     get_json,
     read_events,
     read_hparams,
+    run_entry,
     run_script,
     sweep_summary,
     wait_for_checkpoint,
@@ -88,9 +88,7 @@ def assert_one_grayscale_png(path: Path) -> None:
 def test_each_logger_holds_scalars_hyperparameters_and_images(tmp_path, data_dir):
     """logger=many: TensorBoard, CSV, W&B (offline) and MLflow (local store) in one run, each read back."""
     run_dir, log_dir = tmp_path / "run", tmp_path / "logs"
-    assert_ran(
-        run_script("train.py", *RUN, "logger=many", f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}")
-    )
+    run_entry("train.py", *RUN, "logger=many", f"paths.log_dir={log_dir}", output_dir=run_dir)
     scalars, images = read_events(run_dir)
     assert {"val/nelbo", "train/nelbo", "test/nelbo"} <= set(scalars) and "samples/generated" in images
     assert read_hparams(run_dir)["model.latent_dim"] == 20
@@ -236,20 +234,14 @@ def test_a_resumed_run_continues_the_same_run_in_each_logger(whole_run, sig):
             ), key
 
 
-def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path):
+def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
     """As where wandb is not installed: `logger=wandb` is refused before anything runs."""
-    script = tmp_path / "train_without_wandb.py"
-    script.write_text(
-        "import runpy, sys\n"
-        "sys.modules['wandb'] = None  # what `import wandb` finds where it is not installed\n"
-        f"sys.argv[0] = {str(ROOT / 'train.py')!r}\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    )
-    refused = run_script(str(script), "logger=wandb", f"hydra.run.dir={tmp_path / 'refused'}")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` finds where it is not installed
+    refused = entry_error("train.py", "logger=wandb", output_dir=tmp_path / "refused")
     expected = (
         'logger.wandb is not allowed here: the wandb package is not installed; pip install -e ".[wandb]"'
     )
-    assert_one_line_error(refused, expected)
+    assert expected in refused
     assert not (tmp_path / "refused" / "checkpoints").exists()
 
 

@@ -9,6 +9,7 @@ from cvae_lightning.harness.process import float32_matmul_precision, nvml_availa
 from tests.helpers import assert_ran, run_script
 
 
+@pytest.mark.slow  # a fresh process: its OpenMP workers start with the settings
 @pytest.mark.parametrize("flush, precision", [(True, "medium"), (False, "highest")])
 def test_train_applies_its_process_settings_on_every_thread(tmp_path, data_dir, flush, precision):
     """`flush_denormal` must reach the OpenMP workers too, which copy it only as they start;

@@ -15,10 +15,11 @@ from cvae_lightning.callbacks.loss import StopOnNonFiniteLoss
 from cvae_lightning.errors import CheckpointError, NonFiniteLossError
 from tests.helpers import (
     SHORT_RUN,
-    assert_one_line_error,
     assert_ran,
     composed,
+    entry_error,
     read_events,
+    run_entry,
     run_script,
     tiny_module,
     tiny_trainer,
@@ -54,7 +55,7 @@ def test_file_that_is_not_a_checkpoint_is_refused(checkpoints, tmp_path):
 @pytest.mark.parametrize(
     "script, args",
     [
-        ("train.py", [*QUICK, "hydra.run.dir={tmp}"]),
+        ("train.py", QUICK),
         ("evaluate.py", ["classifier_path={classifier}"]),
         ("generate.py", ["out={tmp}/digits.png"]),
     ],
@@ -73,41 +74,33 @@ def test_every_script_refuses_a_bad_checkpoint_in_one_line(
 ):
     names = {"root": checkpoints, "tmp": tmp_path, "classifier": tiny_checkpoints["classifier"]}
     args = [arg.format(**names) for arg in args]
-    result = run_script(script, f"ckpt_path={ckpt.format(**names)}", *args, timeout=120)
-    assert_one_line_error(result, expected.format(**names))
+    line = entry_error(script, f"ckpt_path={ckpt.format(**names)}", *args, output_dir=tmp_path / "run")
+    assert expected.format(**names) in line
 
 
 def test_the_trained_weights_of_a_checkpoint_without_an_average_are_refused_in_one_line(
     checkpoints, tiny_checkpoints
 ):
     ckpt = checkpoints / "cvae.ckpt"
-    result = run_script(
+    line = entry_error(
         "evaluate.py",
         f"ckpt_path={ckpt}",
         f"classifier_path={tiny_checkpoints['classifier']}",
         "weights=trained",
-        timeout=120,
     )
-    assert_one_line_error(result, f"weights=trained is not allowed for ckpt_path={ckpt}: it holds one set")
-    result = run_script("evaluate.py", f"ckpt_path={ckpt}", "weights=best", timeout=120)
-    assert_one_line_error(result, "weights='best' is not allowed: expected one of average, trained")
+    assert f"weights=trained is not allowed for ckpt_path={ckpt}: it holds one set" in line
+    line = entry_error("evaluate.py", f"ckpt_path={ckpt}", "weights=best")
+    assert "weights='best' is not allowed: expected one of average, trained" in line
 
 
 def test_resuming_from_a_vae_checkpoint_is_refused_in_one_line(checkpoints, tmp_path, data_dir):
-    result = run_script(
-        "train.py", *QUICK, f"ckpt_path={checkpoints / 'vae.ckpt'}", f"hydra.run.dir={tmp_path}", timeout=120
-    )
-    assert_one_line_error(
-        result, f"ckpt_path={checkpoints / 'vae.ckpt'} is not allowed: it is a vae checkpoint"
-    )
+    line = entry_error("train.py", *QUICK, f"ckpt_path={checkpoints / 'vae.ckpt'}", output_dir=tmp_path)
+    assert f"ckpt_path={checkpoints / 'vae.ckpt'} is not allowed: it is a vae checkpoint" in line
 
 
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_state(tmp_path, data_dir):
-    result = run_script(
-        "train.py", *QUICK, "model.optimizer.lr=1e4", f"hydra.run.dir={tmp_path}", timeout=120
-    )
-    assert_one_line_error(result, "non-finite loss at step ")
-    line = result.stderr.strip().splitlines()[-1]
+    line = entry_error("train.py", *QUICK, "model.optimizer.lr=1e4", output_dir=tmp_path)
+    assert line.startswith("error: non-finite loss at step ")
     assert "(loss=" in line and "model.optimizer.lr" in line
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     step = int(line.split("step ")[1].split()[0])
@@ -115,11 +108,10 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_state(tmp_path, dat
     assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_other_seed_differs(tmp_path, data_dir):
     def metrics(seed, name):
-        assert_ran(
-            run_script("train.py", *QUICK, f"seed={seed}", f"hydra.run.dir={tmp_path / name}", timeout=180)
-        )
+        run_entry("train.py", *QUICK, f"seed={seed}", output_dir=tmp_path / name)
         return json.loads((tmp_path / name / "results.json").read_text())["metrics"]
 
     first, again, other = metrics(1, "a"), metrics(1, "b"), metrics(2, "c")

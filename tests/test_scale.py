@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from cvae_lightning.harness.runs import run_name
 from cvae_lightning.harness.training import KEY_HPARAMS
@@ -38,6 +39,7 @@ def test_ddp_two_processes_make_one_run(tmp_path, data_dir):
     assert results["metrics"]["val/nelbo"] == pytest.approx(val, rel=0.03)
 
 
+@pytest.mark.slow
 def test_multirun_summary_matches_each_run(tmp_path, data_dir):
     result = run_script("train.py", "-m", "model.latent_dim=2,4", *SHORT_RUN, f"hydra.sweep.dir={tmp_path}")
     assert_ran(result)
@@ -60,6 +62,11 @@ def test_multirun_summary_matches_each_run(tmp_path, data_dir):
         assert scalars["hparams/val/nelbo"][-1].value == pytest.approx(float(row["val/nelbo"]), rel=1e-5)
         assert row["best_checkpoint"].startswith(str(run / "checkpoints"))
     assert "| model.latent_dim=2 |" in (tmp_path / "summary.md").read_text()
+    # what Hydra writes itself, beside each job's run: its composed config
+    for job in jobs:
+        cfg = yaml.safe_load((tmp_path / job / ".hydra" / "config.yaml").read_text())
+        assert cfg["model"]["_target_"] == "cvae_lightning.model.module.CVAEModule"
+        assert cfg["model"]["encoder"]["_target_"] == "cvae_lightning.model.nets.MLPEncoder"
     # each job printed the config tree and kept its own
     assert len(re.findall(r"^CONFIG$", result.stdout, flags=re.MULTILINE)) == 2
     trees = [(tmp_path / job / "config_tree.log").read_text() for job in jobs]
@@ -113,19 +120,3 @@ def test_submitit_local_launcher_runs_a_sweep_job(tmp_path, data_dir):
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 5 and results["metrics"]["val/nelbo"] > 0
     assert (tmp_path / "summary.csv").is_file()
-
-
-@pytest.mark.slow
-def test_optuna_search_runs_its_trials(tmp_path, data_dir):
-    result = run_script(
-        "train.py",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        *SHORT_RUN,
-        f"hydra.sweep.dir={tmp_path}",
-        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",  # not the project's logs/optuna.db
-    )
-    assert_ran(result)
-    best = (tmp_path / "optimization_results.yaml").read_text()
-    assert "model.latent_dim" in best and "model.optimizer.lr" in best
-    assert len(run_dirs(tmp_path)) == 2

@@ -20,6 +20,7 @@ from tests.helpers import (
     SHORT_RUN,
     assert_one_line_error,
     assert_ran,
+    composed,
     free_port,
     get_json,
     run_script,
@@ -62,6 +63,20 @@ def stored_study(log_dir: Path, complete: int, running: int = 0, direction: str 
     return study
 
 
+def sweeper_start(*overrides: str) -> bool:
+    """What the search's sweeper does first with `python train.py OVERRIDES` (harness/search.continue_study,
+    given the task's overrides as Hydra gives them): whether any trial is to be launched."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cvae_lightning.harness.search import continue_study
+
+    # a multirun composes without the sweeps, which go to the sweeper with the task's other overrides
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    cfg = composed(*(o.input_line for o in parsed if not o.is_sweep_override()), return_hydra_config=True)
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    return continue_study(None, cfg, [*cfg.hydra.overrides.task, *sweeps])
+
+
 def job_numbers(sweep_dir: Path) -> list[int]:
     return sorted(int(job.name.split("_", 1)[0]) for job in sweep_dir.iterdir() if job.is_dir())
 
@@ -99,23 +114,25 @@ def test_a_killed_search_goes_on_with_the_same_command(tmp_path, data_dir):
     first_sweep, second_sweep = sorted((tmp_path / "train" / "multiruns").iterdir())
     assert set(job_numbers(first_sweep)) <= {0, 1, 2}
     assert job_numbers(second_sweep) == [3, 4]  # two launched (a fresh search: four), numbered on
+    best = (second_sweep / "optimization_results.yaml").read_text()  # the sweeper's report of the best
+    assert "model.latent_dim" in best and "model.optimizer.lr" in best
     assert sorted(int(row["job"]) for row in sweep_summary(second_sweep)) == [3, 4]
 
 
-def test_a_finished_search_launches_nothing(tmp_path):
+def test_a_finished_search_launches_nothing(tmp_path, caplog):
     """Two complete trials of n_trials=2, and one a killed sweep left running: that one is marked failed, no
-    job is launched, and the log says so."""
+    job is launched (the sweeper launches only on True; a launch: the killed search above), and the log says
+    so."""
     stored_study(tmp_path, complete=2, running=1)
-    result = run_script("train.py", *search(tmp_path, "hydra.sweeper.n_trials=2"))
-    assert_ran(result)
+    with caplog.at_level("INFO"):
+        assert sweeper_start(*search(tmp_path, "hydra.sweeper.n_trials=2")) is False
     assert [trial.state for trial in trials(tmp_path)] == [COMPLETE, COMPLETE, FAIL]
-    assert not (tmp_path / "train").exists()  # no sweep folder: nothing launched
-    assert "Launching" not in result.stdout
-    (said,) = [line for line in result.stdout.splitlines() if "nothing to run" in line]
+    (said,) = [line for line in caplog.messages if "nothing to run" in line]
     assert f"study '{STUDY}' in {storage(tmp_path)} has 2 complete trials, hydra.sweeper.n_trials=2" in said
-    assert "trial 2 of study 'cvae_latent_lr'" in result.stdout and "marked failed" in result.stdout
+    assert any("trial 2 of study 'cvae_latent_lr'" in m and "marked failed" in m for m in caplog.messages)
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_serves_the_study(tmp_path):
     """`optuna-dashboard sqlite:///.../optuna.db`, as docs/usage.md says: its JSON API lists the study and
     its trials."""
@@ -160,9 +177,18 @@ def test_optuna_dashboard_serves_the_study(tmp_path):
     ],
 )
 def test_a_sweeper_value_that_cannot_work_is_refused_in_one_line(tmp_path, override, expected):
-    result = run_script("train.py", *search(tmp_path, override))
-    assert_one_line_error(result, expected)
-    assert not list(tmp_path.iterdir())  # nothing launched
+    with pytest.raises(SystemExit) as refused:
+        sweeper_start(*search(tmp_path, override))
+    assert str(refused.value.code).startswith(f"error: {expected}")
+    assert not list(tmp_path.iterdir())  # no study made
+
+
+@pytest.mark.slow
+def test_the_sweepers_refusal_is_train_pys_last_line(tmp_path):
+    """Raised inside Hydra's multirun, not the task: still the one line a user sees, and nothing launched."""
+    result = run_script("train.py", *search(tmp_path, "hydra.sweeper.n_trials=0"))
+    assert_one_line_error(result, "error: hydra.sweeper.n_trials=0 is not allowed: expected an integer >= 1")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -190,6 +216,9 @@ def test_a_stored_study_the_search_does_not_fit_is_refused_in_one_line(
     """The other direction, or other choices for a stored parameter: optuna refuses both with a traceback, the
     choices only once a new trial is running (which is then left running)."""
     stored_study(tmp_path, complete=1, direction=stored_direction)
-    result = run_script("train.py", *search(tmp_path, "hydra.sweeper.n_trials=2", *overrides))
-    assert_one_line_error(result, expected.format(study=STUDY, storage=storage(tmp_path)))
+    with pytest.raises(SystemExit) as refused:
+        sweeper_start(*search(tmp_path, "hydra.sweeper.n_trials=2", *overrides))
+    line = str(refused.value.code)
+    assert line.startswith("error: ") and "\n" not in line
+    assert expected.format(study=STUDY, storage=storage(tmp_path)) in line
     assert [trial.state for trial in trials(tmp_path)] == [COMPLETE]

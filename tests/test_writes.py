@@ -22,10 +22,11 @@ from cvae_lightning.harness.checkpoints import AtomicCheckpointIO
 from tests.helpers import (
     ROOT,
     assert_one_line_error,
-    assert_ran,
     assert_same_state,
     composed,
+    entry_error,
     read_events,
+    run_entry,
     run_script,
     sweep_summary,
 )
@@ -247,7 +248,7 @@ def test_a_requeued_job_resumes_from_the_newest_intact_checkpoint(run_with_trunc
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_dir):
     run = tmp_path_factory.mktemp("uninterrupted")
-    assert_ran(run_script("train.py", *RUN, f"hydra.run.dir={run}"))
+    run_entry("train.py", *RUN, output_dir=run)
     return run
 
 
@@ -258,14 +259,11 @@ def test_a_run_that_fills_its_disk_stops_in_one_line_and_resumes_exactly_once_fr
     # epoch_001.ckpt cannot fit beside them
     with tmpfs(tmp_path / "disk", int(2.5 * size)) as disk:
         run = disk / "run"
-        result = run_script("train.py", *RUN, f"hydra.run.dir={run}")
-        assert_one_line_error(
-            result, f"could not write {run}/checkpoints/epoch_001.ckpt: No space left on device"
+        line = entry_error("train.py", *RUN, output_dir=run)
+        assert line.startswith(
+            f"error: could not write {run}/checkpoints/epoch_001.ckpt: No space left on device"
         )
-        assert (
-            "needed; the checkpoints before it are whole: free space, then resume with the same "
-            in result.stderr
-        )
+        assert "needed; the checkpoints before it are whole: free space, then resume with the same " in line
         names = sorted(p.name for p in (run / "checkpoints").iterdir())
         assert names == ["epoch_000.ckpt", "last.ckpt"]  # no partial file, no temporary one
         for name in names:  # whole: full size (give or take the run folder's name inside) and loadable
@@ -274,7 +272,7 @@ def test_a_run_that_fills_its_disk_stops_in_one_line_and_resumes_exactly_once_fr
         assert not (run / "results.json").exists()
 
         resize(disk, 10 * size)
-        assert_ran(run_script("train.py", *RUN, f"hydra.run.dir={run}", "ckpt_path=last"))
+        run_entry("train.py", *RUN, "ckpt_path=last", output_dir=run)
         final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
         assert_same_state(final, torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=True))
         scalars, _ = read_events(run)
@@ -328,11 +326,10 @@ def test_train_py_names_the_intact_checkpoint_and_resumes_from_it(tmp_path, unin
         (run / "checkpoints" / name).write_bytes((uninterrupted / "checkpoints" / "last.ckpt").read_bytes())
     last = run / "checkpoints" / "last.ckpt"
     os.truncate(last, last.stat().st_size // 3)  # what a copy killed midway leaves
-    refused = run_script("train.py", *RUN, "trainer.max_epochs=4", f"hydra.run.dir={run}", "ckpt_path=last")
+    refused = entry_error("train.py", *RUN, "trainer.max_epochs=4", "ckpt_path=last", output_dir=run)
     suggested = f"hydra.run.dir={run} ckpt_path={run}/checkpoints/epoch_002.ckpt"
-    assert_one_line_error(refused, f"ckpt_path=last is not allowed: {last}: not a readable checkpoint")
-    assert refused.stderr.strip().endswith(suggested)
-    resumed = run_script("train.py", *RUN, "trainer.max_epochs=4", *suggested.split())
-    assert_ran(resumed)
+    assert refused.startswith(f"error: ckpt_path=last is not allowed: {last}: not a readable checkpoint")
+    assert refused.endswith(suggested)
+    run_entry("train.py", *RUN, "trainer.max_epochs=4", *suggested.split())
     assert json.loads((run / "results.json").read_text())["steps"] == 80
     assert torch.load(last, weights_only=True)["global_step"] == 80  # last.ckpt whole again
