@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 
 class Error(Exception):
     """Base of every error a user can cause; its message is one line that names the fix."""
@@ -76,9 +78,7 @@ def shown(value: Any) -> str:
     """A value as the user would type it back: strings quoted (so a typed number shows as text)."""
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "_content"):  # an OmegaConf container
-        from omegaconf import OmegaConf
-
+    if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value)
     return repr(value)
 

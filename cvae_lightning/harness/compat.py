@@ -5,6 +5,8 @@ Each has a test (tests/test_compat.py) that fails loudly, naming the API, when a
 
 from __future__ import annotations
 
+import csv
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -88,3 +90,30 @@ def optuna_search_space(overrides: list[str]) -> dict[str, Any]:
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
     return create_params_from_overrides(overrides)[0]
+
+
+class SlicedLoader:
+    """Base of a loader that slices its batches itself: Lightning reads `batch_sampler` of any loader with a
+    `sampler` (utilities.data._is_dataloader_shuffled, before it warns of a shuffled evaluation loader)."""
+
+    batch_sampler = None
+
+
+@contextmanager
+def without_loggers(trainer: L.Trainer):
+    """`trainer` logs nothing in the block (its validate and test take no such switch), its loggers after."""
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        yield
+    finally:
+        trainer.loggers = loggers
+
+
+def continue_csv_metrics(writer, header: list[str], rows: list[dict]) -> None:
+    """Lightning's CSV writer (fabric's private _ExperimentWriter, which removes metrics.csv when made) goes
+    on from `rows`: they are written back and `header` is its columns, so that its next save appends."""
+    with open(writer.metrics_file_path, "w", newline="") as file:
+        table = csv.DictWriter(file, fieldnames=header)
+        table.writeheader()
+        table.writerows(rows)
+    writer.metrics_keys = list(header)

@@ -1,7 +1,6 @@
-"""Start-of-run checks that no single object can make: group choices, the trainer's values (Lightning's own
-messages span many lines), devices against this machine, whether the model fits the callbacks and early
-stopping has a validation to watch. Each object checks its own arguments when it is built (`build`), with
-the same one-line message."""
+"""Start-of-run checks that no single object makes, and `build`, which turns a library's refusal of a value
+into one line. Lightning's Trainer refuses trainer.num_nodes and a malformed trainer.max_time string itself
+(in one line, through `build`); the values checked here it accepts silently, or refuses in many lines."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from cvae_lightning.errors import ConfigError, Error, check, check_bool, check_i
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto", "mps")
 # the modules whose callbacks draw or judge samples: a (C)VAE's, not the classifier's
 GENERATIVE_CALLBACKS = ("cvae_lightning.callbacks.images.", "cvae_lightning.callbacks.metrics.")
+TIMEDELTA_KEYS = {"days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks"}
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -33,27 +33,18 @@ def validate(cfg: DictConfig) -> None:
     check(
         "ckpt_path", ckpt_path, ckpt_path is None or isinstance(ckpt_path, str), "null, last or a file path"
     )
-    for key, low in (("max_epochs", 1), ("min_epochs", 0), ("num_nodes", 1), ("log_every_n_steps", 1)):
+    # Lightning accepts these (max_epochs=0, log_every_n_steps=0, min_epochs=-1) and fails later, or never
+    for key, low in (("max_epochs", 1), ("min_epochs", 0), ("log_every_n_steps", 1)):
         if _select(cfg, f"trainer.{key}") is not None:
             check_int(f"trainer.{key}", _select(cfg, f"trainer.{key}"), low)
-    _check_max_time(_select(cfg, "trainer.max_time"))
+    max_time = _select(cfg, "trainer.max_time")  # a string Lightning checks; not a dict, nor a number
+    if max_time is not None and not isinstance(max_time, str):
+        ok = isinstance(max_time, dict) and bool(max_time) and set(max_time) <= TIMEDELTA_KEYS
+        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in max_time.values())
+        check("trainer.max_time", max_time, ok, "null, DD:HH:MM:SS (e.g. 00:02:00:00) or {hours: 2}")
     _check_devices(cfg)
     _check_model_fits_callbacks(cfg)
     _check_early_stopping_validates(cfg)
-
-
-def _check_max_time(value: Any) -> None:
-    """Lightning's Timer takes DD:HH:MM:SS or timedelta keys, and says so only once the fit starts."""
-    allowed = "null, DD:HH:MM:SS (e.g. 00:02:00:00) or {hours: 2}"
-    if value is None:
-        return
-    if isinstance(value, dict):
-        keys = {"days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks"}
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
-        check("trainer.max_time", value, bool(value) and set(value) <= keys and numbers, allowed)
-        return
-    parts = str(value).split(":")
-    check("trainer.max_time", value, len(parts) == 4 and all(p.isdigit() for p in parts), allowed)
 
 
 def _check_devices(cfg: DictConfig) -> None:

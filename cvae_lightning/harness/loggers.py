@@ -52,11 +52,7 @@ class CSVLogger(pl_loggers.CSVLogger):
         writer = super().experiment  # removes metrics.csv
         kept = [row for row in rows if int(float(row["step"])) < self.purge_step]
         if kept:
-            with open(path, "w", newline="") as file:
-                table = csv.DictWriter(file, fieldnames=header)
-                table.writeheader()
-                table.writerows(kept)
-            writer.metrics_keys = list(header)
+            compat.continue_csv_metrics(writer, header, kept)
         return writer
 
 

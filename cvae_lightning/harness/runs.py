@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import rich
-from hydra.experimental.callback import Callback
+from hydra.experimental import callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-from cvae_lightning.errors import WriteError, refuse
+from cvae_lightning.errors import ConfigError, Error, check_bool, one_line_errors
 from cvae_lightning.harness import files
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,17 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class Callback(callback.Callback):
+    """A Hydra callback whose hooks stop the run with the one line of a project Error (one_line_errors),
+    where Hydra would print the traceback of any other exception."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, hook in list(vars(cls).items()):
+            if name.startswith("on_") and callable(hook):
+                setattr(cls, name, one_line_errors(hook))
+
+
 class SweepSummary(Callback):
     """Writes summary.csv and summary.md (one row per job, sorted by val/nelbo) when a multirun ends, and
     exits non-zero in one line if a job failed."""
@@ -74,17 +85,14 @@ class SweepSummary(Callback):
         writer.writeheader()
         writer.writerows(rows)
         table = to_markdown(rows)
-        try:
-            files.write_text(sweep_dir / "summary.csv", csv_text.getvalue())
-            files.write_text(sweep_dir / "summary.md", table)
-        except WriteError as error:
-            raise SystemExit(f"error: {error}") from None
+        files.write_text(sweep_dir / "summary.csv", csv_text.getvalue())
+        files.write_text(sweep_dir / "summary.md", table)
         log.info(f"sweep summary ({sweep_dir / 'summary.md'}):\n{table}")
         failed = [row for row in rows if row["status"] != "completed"]
         if failed:
             first = failed[0]
-            raise SystemExit(
-                f"error: {len(failed)} of {len(rows)} jobs failed, e.g. job {first['job']}: {first['error']} "
+            raise Error(
+                f"{len(failed)} of {len(rows)} jobs failed, e.g. job {first['job']}: {first['error']} "
                 f"(summary: {sweep_dir / 'summary.md'})"
             )
 
@@ -122,8 +130,8 @@ class WritableOutputDir(Callback):
     def _check(folder: str, key: str) -> None:
         why = _can_create(Path(folder).absolute())
         if why:
-            raise SystemExit(
-                f"error: {key}={folder} is not allowed: {why}; expected a folder this user can write "
+            raise ConfigError(
+                f"{key}={folder} is not allowed: {why}; expected a folder this user can write "
                 "(set paths.log_dir, or the folder itself)"
             )
 
@@ -190,16 +198,11 @@ class ConfigTree(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         enabled = OmegaConf.select(config, "extras.print_config", default=True)
-        if not isinstance(enabled, bool):
-            raise SystemExit(f"error: {refuse('extras.print_config', enabled, 'true or false')}")
-        if not (enabled and is_global_rank_zero()):
+        if not (check_bool("extras.print_config", enabled) and is_global_rank_zero()):
             return
         tree = config_tree(config)
         rich.print(tree)
-        try:
-            files.write_text(Path(config.hydra.runtime.output_dir, "config_tree.log"), plain_text(tree))
-        except WriteError as error:
-            raise SystemExit(f"error: {error}") from None
+        files.write_text(Path(config.hydra.runtime.output_dir, "config_tree.log"), plain_text(tree))
 
 
 # Registered on import: Hydra instantiates the callbacks of conf/hydra/default.yaml (this module's

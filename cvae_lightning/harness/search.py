@@ -29,8 +29,8 @@ def open_storage(url):
     import optuna
     from sqlalchemy.engine import make_url
 
-    def refused(why: str) -> SystemExit:
-        return SystemExit(f"error: hydra.sweeper.storage={url} is not allowed: {why}; expected {STORAGES}")
+    def refused(why: str) -> ConfigError:
+        return ConfigError(f"hydra.sweeper.storage={url} is not allowed: {why}; expected {STORAGES}")
 
     try:
         parsed = make_url(url)
@@ -64,8 +64,8 @@ def stored_study(storage, swept: DictConfig):
     asked = [str(getattr(direction, "name", direction)).lower() for direction in asked]
     stored = [direction.name.lower() for direction in study.directions]
     if asked != stored:
-        raise SystemExit(
-            f"error: hydra.sweeper.direction={' '.join(asked)} is not allowed: study '{study.study_name}' in "
+        raise ConfigError(
+            f"hydra.sweeper.direction={' '.join(asked)} is not allowed: study '{study.study_name}' in "
             f"{swept.storage} was created to {' '.join(stored)}; expected {' '.join(stored)}, or another "
             "hydra.sweeper.study_name for a new study"
         )
@@ -91,8 +91,8 @@ def check_search_space(study, swept: DictConfig, arguments: list[str]) -> None:
             check_distribution_compatibility(stored[name], asked[name])
         except ValueError as error:
             why = first_line(error).rstrip(".")
-            raise SystemExit(
-                f"error: {name}={written.get(name, asked[name])} is not allowed: study '{study.study_name}' "
+            raise ConfigError(
+                f"{name}={written.get(name, asked[name])} is not allowed: study '{study.study_name}' "
                 f"in {swept.storage} sampled it from {stored[name]} ({why}); expected that, or another "
                 "hydra.sweeper.study_name for a new study"
             ) from None
@@ -109,10 +109,7 @@ def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
     from cvae_lightning.harness import compat
 
     swept = config.hydra.sweeper
-    try:  # 0 would leave the plugin no best trial to report, and a traceback
-        check_int("hydra.sweeper.n_trials", swept.n_trials, low=1)
-    except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None
+    check_int("hydra.sweeper.n_trials", swept.n_trials, low=1)  # 0: no best trial, and a traceback
     if swept.storage is None or swept.study_name is None:
         return True  # a study in memory, or under a fresh generated name: nothing earlier to continue
     study = stored_study(open_storage(swept.storage), swept)

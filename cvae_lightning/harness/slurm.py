@@ -8,8 +8,10 @@ import shutil
 import signal
 import subprocess
 
-from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
+
+from cvae_lightning.errors import ConfigError
+from cvae_lightning.harness.runs import Callback
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 
@@ -104,7 +106,7 @@ def request_problem(config: DictConfig, nodes: list[dict[str, str]]) -> str | No
     return None
 
 
-class SlurmPreflight(HydraCallback):
+class SlurmPreflight(Callback):
     """Refuses, in one line and before submitting, a sweep the cluster cannot run (hydra/launcher=slurm)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -112,19 +114,17 @@ class SlurmPreflight(HydraCallback):
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             return
         if shutil.which("sinfo") is None:
-            raise SystemExit(
-                "error: hydra/launcher=slurm is not allowed here: no SLURM (sinfo) on this machine"
-            )
+            raise ConfigError("hydra/launcher=slurm is not allowed here: no SLURM (sinfo) on this machine")
         try:
             nodes = _cluster_nodes(launcher.get("partition"))
         except (subprocess.SubprocessError, OSError) as error:
             reason = getattr(error, "stderr", None) or str(error)
-            raise SystemExit(
-                f"error: hydra/launcher=slurm is not allowed: sinfo failed ({reason.strip()})"
+            raise ConfigError(
+                f"hydra/launcher=slurm is not allowed: sinfo failed ({reason.strip()})"
             ) from None
         problem = request_problem(config, nodes)
         if problem:
-            raise SystemExit(f"error: {problem}")
+            raise ConfigError(problem)
 
 
 def register_resolvers() -> None:

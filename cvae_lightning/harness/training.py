@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
 from cvae_lightning.errors import Error, Interrupted, WriteError
-from cvae_lightning.harness import checkpoints, files, loggers, slurm
+from cvae_lightning.harness import checkpoints, compat, files, loggers, slurm
 from cvae_lightning.harness.config import build, validate
 from cvae_lightning.harness.loggers import build_loggers
 from cvae_lightning.harness.process import in_multirun, one_job_per_ddp_launch, process_settings
@@ -146,10 +146,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt_p
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
 
     # validation and test metrics of the best checkpoint (the validation pass is not logged again)
-    run_loggers, trainer.loggers = trainer.loggers, []
-    validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    with compat.without_loggers(trainer):
+        validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = validated[0] if validated else {}  # data.val_size=0: no validation set
-    trainer.loggers = run_loggers
     if cfg.get("test"):
         metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
 

@@ -15,6 +15,7 @@ from torch.utils.data import DistributedSampler
 from torchvision.datasets import MNIST
 
 from cvae_lightning.errors import DataError, check, check_bool, check_choice, check_int, first_line
+from cvae_lightning.harness.compat import SlicedLoader
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
@@ -98,7 +99,7 @@ def load_split(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
     return dataset.data.unsqueeze(1), dataset.targets
 
 
-class InMemoryLoader:
+class InMemoryLoader(SlicedLoader):
     """Batches of (x float in [0,1] (B,1,28,28), labels int64 (B,)) sliced from tensors held in memory.
 
     Replaces DataLoader + per-item transforms with one index op per batch. The order comes from a
@@ -107,8 +108,6 @@ class InMemoryLoader:
     `state_dict` in checkpoints), so a run resumed mid-epoch continues the same shuffle at the next batch.
     `binarize=True` samples Bernoulli pixels afresh for every batch (dynamic binarization).
     """
-
-    batch_sampler = None  # read by Lightning's loader checks: batches are sliced here, not sampled
 
     def __init__(
         self,
