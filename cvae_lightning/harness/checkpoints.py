@@ -34,7 +34,6 @@ KINDS = {
         "`make classifier` (checkpoints/classifier.ckpt)",
     ),
 }
-RETRAIN = "it was written before the model's networks became configs; retrain it with `python train.py`"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -76,14 +75,12 @@ def read(
 
 
 def kind(checkpoint: dict[str, Any]) -> str:
-    """ "cvae", "vae", "classifier", "old" (a (C)VAE of the earlier format) or "unknown", by its
-    hyperparameters."""
+    """ "cvae", "vae", "classifier" or "unknown", by its hyperparameters (a (C)VAE of another format is told
+    as one, and then does not load as one)."""
     hparams = checkpoint.get("hyper_parameters", {})
-    if "encoder" in hparams and "n_labels" in hparams:
-        return "cvae" if hparams["n_labels"] else "vae"
-    if "feature_dim" in hparams:
-        return "classifier"
-    return "old" if "latent_dim" in hparams else "unknown"
+    if "latent_dim" in hparams:
+        return "cvae" if hparams.get("n_labels", 1) else "vae"
+    return "classifier" if "feature_dim" in hparams else "unknown"
 
 
 def expect(
@@ -91,8 +88,6 @@ def expect(
 ) -> str:
     """The checkpoint's kind, which must be one of `kinds`; else a one-line error saying what to pass."""
     found = kind(checkpoint)
-    if found == "old" and "classifier" not in kinds:
-        raise CheckpointError(f"{key}={path} is not allowed: {RETRAIN}")
     if found not in kinds:
         raise CheckpointError(
             f"{key}={path} is not allowed: it is a {found} checkpoint, not a {' or '.join(kinds)}; "
