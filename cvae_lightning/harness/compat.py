@@ -78,7 +78,7 @@ def continue_optuna_sweep(sweeper, n_trials: int, first_job_idx: int, sampler=No
 
 
 def optuna_search_space(overrides: list[str]) -> dict[str, Any]:
-    """Parameter name -> the optuna distribution the Hydra Optuna sweeper samples it from, for these overrides;
+    """Parameter name -> the optuna distribution the Hydra Optuna sweeper samples it from for these overrides;
     values that are not sweeps are left out."""
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
