@@ -48,31 +48,25 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_devices(cfg: DictConfig) -> None:
-    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu (one process each)."""
+    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu (Lightning starts 99 on 2)."""
     import torch
 
-    accelerator = _select(cfg, "trainer.accelerator") or "cpu"
-    devices = _select(cfg, "trainer.devices")
+    accelerator, devices = _select(cfg, "trainer.accelerator") or "cpu", _select(cfg, "trainer.devices")
+    # Lightning's refusal of tpu names no fix, and of gpu without one says "No supported gpu backend found!"
     check("trainer.accelerator", accelerator, accelerator in ACCELERATORS, "one of cpu, gpu, auto")
-    wants_gpu = accelerator in ("gpu", "cuda")
-    if wants_gpu and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} is not allowed: no GPU is visible; expected cpu or auto"
-        )
-    available = torch.cuda.device_count() if wants_gpu else os.cpu_count()
-    is_count = isinstance(devices, int) and not isinstance(devices, bool)
-    ids = isinstance(devices, list) and wants_gpu  # GPU indices, e.g. [0, 1]
-    if not (devices == "auto" or ids or (is_count and (devices == -1 or 1 <= devices <= available))):
-        raise refuse(
-            "trainer.devices",
-            devices,
-            f"1..{available} ({'GPUs' if wants_gpu else 'CPU cores'} here), -1 or auto",
-        )
+    gpu = accelerator in ("gpu", "cuda")
+    if gpu and not torch.cuda.is_available():
+        why = "no GPU is visible; expected cpu or auto"
+        raise ConfigError(f"trainer.accelerator={accelerator} is not allowed: {why}")
+    available = torch.cuda.device_count() if gpu else os.cpu_count()
+    ok = devices == "auto" or (gpu and isinstance(devices, list))  # a list: GPU indices
+    if not (ok or (type(devices) is int and devices in (-1, *range(1, available + 1)))):
+        allowed = f"1..{available} ({'GPUs' if gpu else 'CPU cores'} here), -1 or auto"
+        raise refuse("trainer.devices", devices, allowed)
 
 
 def _check_model_fits_callbacks(cfg: DictConfig) -> None:
-    model = str(_select(cfg, "model._target_") or "")
-    if not model.endswith(".Classifier"):
+    if not str(_select(cfg, "model._target_") or "").endswith(".Classifier"):
         return
     targets = [str(c.get("_target_", "")) for c in (cfg.get("callbacks") or {}).values() if c]
     if any(target.startswith(GENERATIVE_CALLBACKS) for target in targets):
@@ -97,12 +91,13 @@ def _check_early_stopping_validates(cfg: DictConfig) -> None:
 
 def build(node, key: str, **kwargs):
     """`hydra.utils.instantiate(node, **kwargs)`, a `_partial_` node called at once (an optimizer given its
-    parameters), with the object's own one-line error (or the library's first line, named by `key`) instead
+    parameters), with the object's own one-line error, or the library's first line named by `key`, in place
     of Hydra's wrapped traceback."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    refused = (TypeError, ValueError, MisconfigurationException)
     try:
         built = instantiate(node, **kwargs)
         return built() if isinstance(built, functools.partial) else built
@@ -110,23 +105,20 @@ def build(node, key: str, **kwargs):
         cause = error.__cause__
         if isinstance(cause, Error):
             raise cause from None
-        if isinstance(cause, TypeError | ValueError | MisconfigurationException):
+        if isinstance(cause, refused):
             raise ConfigError(f"{key}: {first_line(cause)}") from None
         if cause is None or isinstance(cause, ImportError | AttributeError):  # no such `_target_`
             raise ConfigError(f"{key}: {first_line(error).split(', set env var')[0]}") from None
         raise
     except Error:
         raise
-    except (TypeError, ValueError, MisconfigurationException) as error:  # raised by a partial's call
+    except refused as error:  # raised by a partial's call
         raise ConfigError(f"{key}: {first_line(error)}") from None
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:
-    """Refuses `group=name` overrides (sweeps too) naming no config in `conf_dir/group/`, and lists that
-    select several configs of a group (`callbacks=[default,early_stopping]`) naming one that is not there.
-
-    Hydra would also refuse them, but with a multi-line composition report; this says it in one line.
-    """
+    """Refuses `group=name` overrides (sweeps, and lists such as `callbacks=[default,early_stopping]`) naming
+    no config in `conf_dir/group/`, in one line where Hydra reports them in many."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 

@@ -28,25 +28,11 @@ log = logging.getLogger(__name__)
 PEER_ENDED = "by peer"
 
 # what every logger shows as hyperparameters after a run's own overrides: what tells runs apart
-KEY_HPARAMS = (
-    "model.latent_dim",
-    "model.n_labels",
-    "model.encoder._target_",
-    "model.encoder.hidden_dims",
-    "model.prior",
-    "model.optimizer._target_",
-    "model.optimizer.lr",
-    "model.scheduler._target_",
-    "model.beta",
-    "model.kl_warmup_epochs",
-    "model.objective",
-    "model.k",
-    "data.batch_size",
-    "data.binarize",
-    "trainer.max_epochs",
-    "trainer.devices",
-    "trainer.precision",
-    "seed",
+KEY_HPARAMS = tuple(
+    "model.latent_dim model.n_labels model.encoder._target_ model.encoder.hidden_dims model.prior "
+    "model.optimizer._target_ model.optimizer.lr model.scheduler._target_ model.beta model.kl_warmup_epochs "
+    "model.objective model.k data.batch_size data.binarize trainer.max_epochs trainer.devices "
+    "trainer.precision seed".split()
 )
 
 
@@ -59,11 +45,9 @@ def build_group(group: DictConfig | None, key: str, **kwargs) -> list:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers.
-
-    In a sweep, a job that fails on a project error records it in its results.json and returns None, so the
-    other jobs run on and the sweep summary names it (the sweep then exits non-zero).
-    """
+    """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers. A sweep's
+    job that fails on a project error records it in its results.json and returns None: the others run on,
+    and the sweep summary names it."""
     try:
         validate(cfg)
         with process_settings(cfg.flush_denormal, cfg.matmul_precision), one_job_per_ddp_launch():
