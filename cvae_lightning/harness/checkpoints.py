@@ -44,24 +44,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         files.write_bytes(path, buffer.getbuffer())
 
 
-def read(
-    path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cvae", "vae")
-) -> dict[str, Any]:
+def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cvae", "vae")) -> dict:
     """The Lightning checkpoint at `path` (tensors on CPU, `weights_only`), or a one-line CheckpointError."""
     path, expected = Path(path), f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
+    refused = f"{key}={path} is not allowed:"
     if not path.is_file():
-        raise CheckpointError(f"{key}={path} is not allowed: no file there; {expected}")
+        raise CheckpointError(f"{refused} no file there; {expected}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         reason = first_line(error).split(". ")[0]  # torch's first sentence; the rest is advice this replaces
-        raise CheckpointError(
-            f"{key}={path} is not allowed: not a readable checkpoint ({reason}); {expected}"
-        ) from None
+        raise CheckpointError(f"{refused} not a readable checkpoint ({reason}); {expected}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"{key}={path} is not allowed: not a Lightning checkpoint (no state_dict); {expected}"
-        )
+        raise CheckpointError(f"{refused} not a Lightning checkpoint (no state_dict); {expected}")
     return checkpoint
 
 
@@ -74,9 +69,7 @@ def kind(checkpoint: dict[str, Any]) -> str:
     return "classifier" if "feature_dim" in hparams else "unknown"
 
 
-def expect(
-    checkpoint: dict[str, Any], path: str | Path, kinds: tuple[str, ...], key: str = "ckpt_path"
-) -> str:
+def expect(checkpoint: dict, path: str | Path, kinds: tuple[str, ...], key: str = "ckpt_path") -> str:
     """The checkpoint's kind, which must be one of `kinds`; else a one-line error saying what to pass."""
     found = kind(checkpoint)
     if found not in kinds:
