@@ -101,11 +101,8 @@ def _continuing(cls: type, entry: dict, output_dir: str, step: int | None) -> di
 
 def _wandb_run_id(save_dir: str) -> str | None:
     """The id of the newest W&B run whose files are in save_dir/wandb (`[offline-]run-<time>-<id>`)."""
-    names = (
-        re.fullmatch(r"(?:offline-)?run-(\d{8}_\d{6})-(\w+)", p.name)
-        for p in Path(save_dir, "wandb").glob("*")
-    )
-    runs = sorted(match.groups() for match in names if match)
+    pattern = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-(\w+)")
+    runs = sorted(m.groups() for p in Path(save_dir, "wandb").glob("*") if (m := pattern.fullmatch(p.name)))
     return runs[-1][1] if runs else None
 
 
@@ -154,12 +151,10 @@ def add_grayscale_image(writer, tag: str, picture: Image.Image, global_step: int
 
     png = io.BytesIO()
     picture.save(png, format="PNG", compress_level=1)
-    encoded = Summary.Image(
-        height=picture.height, width=picture.width, colorspace=1, encoded_image_string=png.getvalue()
-    )
-    compat.tensorboard_file_writer(writer).add_summary(
-        Summary(value=[Summary.Value(tag=tag, image=encoded)]), global_step
-    )
+    size = dict(height=picture.height, width=picture.width)
+    encoded = Summary.Image(**size, colorspace=1, encoded_image_string=png.getvalue())
+    summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
+    compat.tensorboard_file_writer(writer).add_summary(summary, global_step)
 
 
 def log_hyperparameters(loggers: list, hparams: dict, metrics: dict[str, float], step: int) -> None:
