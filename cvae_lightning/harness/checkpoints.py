@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from hydra.utils import get_class
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from cvae_lightning.errors import CheckpointError, check_choice, first_line
 from cvae_lightning.harness import files
