@@ -207,3 +207,13 @@ def test_a_sweep_jobs_folder_name_says_what_it_is_and_fits_a_file_system():
     assert run_name(1, "paths.data_dir=/tmp/x") == "1_paths.data_dir=_tmp_x"
     long = run_name(12, ",".join(f"trainer.key_{i}=1" for i in range(40)))
     assert len(long) == 120 and long.startswith("12_trainer.key_0=1,") and long.endswith("...")
+
+
+def test_a_hydra_callbacks_project_error_ends_the_run_in_its_one_line():
+    from omegaconf import OmegaConf
+
+    from cvae_lightning.harness.runs import WritableOutputDir
+
+    config = OmegaConf.create({"hydra": {"run": {"dir": "/proc/nope/run"}}})
+    with pytest.raises(SystemExit, match=r"^error: hydra.run.dir=/proc/nope/run is not allowed: /proc/nope "):
+        WritableOutputDir().on_run_start(config=config)
