@@ -179,7 +179,7 @@ def test_weight_averaging_takes_an_averaging_fn_and_swaps_the_average_in():
 
 
 def test_lightnings_shuffle_check_reads_a_sliced_loaders_sampler():
-    """utilities.data._is_dataloader_shuffled reads `batch_sampler` beside `sampler` (AttributeError without)."""
+    """utilities.data._is_dataloader_shuffled reads `batch_sampler` beside `sampler` (else AttributeError)."""
     from lightning.pytorch.utilities.data import _is_dataloader_shuffled
     from torch.utils.data import RandomSampler, SequentialSampler
 
@@ -206,7 +206,7 @@ def test_a_validation_without_loggers_logs_nothing_and_gives_them_back(tmp_path)
 
 
 def test_lightnings_csv_writer_appends_to_the_rows_it_is_given(tmp_path):
-    """fabric's _ExperimentWriter: metrics_file_path, and metrics_keys, the columns its next save appends to."""
+    """fabric's _ExperimentWriter: metrics_file_path, and metrics_keys, the columns its next save writes."""
     from cvae_lightning.harness.loggers import CSVLogger
 
     writer = CSVLogger(tmp_path, name="", version="").experiment
