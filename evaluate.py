@@ -10,7 +10,15 @@ import os
 from pathlib import Path
 
 import hydra
+import lightning as L
 from omegaconf import DictConfig
+
+from cvae_lightning.errors import ConfigError, check_bool, check_int, one_line_errors
+from cvae_lightning.evaluation.scores import sample_scores, write_report
+from cvae_lightning.harness import checkpoints
+from cvae_lightning.harness.config import build
+from cvae_lightning.harness.training import build_group
+from cvae_lightning.model.data import BINARIZE, load_split
 
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
@@ -18,21 +26,10 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from cvae_lightning.errors import one_line_errors
-
     one_line_errors(evaluate)(cfg)
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    import lightning as L
-
-    from cvae_lightning.errors import ConfigError, check_bool, check_int
-    from cvae_lightning.evaluation.scores import sample_scores, write_report
-    from cvae_lightning.harness import checkpoints
-    from cvae_lightning.harness.config import build
-    from cvae_lightning.harness.training import build_group
-    from cvae_lightning.model.data import BINARIZE, load_split
-
     if not cfg.ckpt_path:
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     check_bool("eval.cas", cfg.eval.cas)  # before any work: the test pass takes minutes

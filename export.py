@@ -11,21 +11,19 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cvae_lightning.errors import ConfigError, check_bool, check_number, one_line_errors
+from cvae_lightning.evaluation.export import export
+
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    from cvae_lightning.errors import one_line_errors
-
     one_line_errors(run)(cfg)
 
 
 def run(cfg: DictConfig) -> dict:
-    from cvae_lightning.errors import ConfigError, check_bool, check_number
-    from cvae_lightning.evaluation.export import export
-
     if not cfg.ckpt_path:
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     check_bool("page", cfg.page)

@@ -10,7 +10,14 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, ListConfig
+from torchvision.utils import save_image
+
+from cvae_lightning.errors import ConfigError, check, check_int, check_number, one_line_errors, refuse
+from cvae_lightning.evaluation import generation
+from cvae_lightning.harness import checkpoints
+from cvae_lightning.model.data import NUM_CLASSES, MNISTDataModule
 
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
@@ -18,20 +25,10 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    from cvae_lightning.errors import one_line_errors
-
     one_line_errors(generate)(cfg)
 
 
 def generate(cfg: DictConfig) -> None:
-    import torch
-    from torchvision.utils import save_image
-
-    from cvae_lightning.errors import ConfigError, check, check_int, check_number
-    from cvae_lightning.evaluation import generation
-    from cvae_lightning.harness import checkpoints
-    from cvae_lightning.model.data import NUM_CLASSES, MNISTDataModule
-
     if not cfg.ckpt_path:
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     check_int("n", cfg.n, 1)
@@ -77,10 +74,6 @@ def generate(cfg: DictConfig) -> None:
 
 def integers(key: str, value, high: int) -> list[int]:
     """A list of integers in 0..high-1 (a single integer is a list of one)."""
-    from omegaconf import ListConfig
-
-    from cvae_lightning.errors import refuse
-
     values = list(value) if isinstance(value, ListConfig | list | tuple) else [value]
     if not values or not all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v < high for v in values

@@ -7,26 +7,22 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cvae_lightning.errors import one_line_errors
+from cvae_lightning.harness import runs, slurm  # noqa: F401  (they register conf/hydra's resolvers)
+from cvae_lightning.harness.config import check_group_choices
+
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from cvae_lightning.harness.slurm import catch_requeue_signal
-
-    catch_requeue_signal()  # before the heavy imports: SLURM may send it while a short job starts
-    from cvae_lightning.errors import one_line_errors
-    from cvae_lightning.harness.training import train
+    slurm.catch_requeue_signal()  # before torch loads: SLURM may send it while a short job starts
+    from cvae_lightning.harness.training import train  # here, not above: a SLURM job unpickles main first
 
     return one_line_errors(train)(cfg)
 
 
 if __name__ == "__main__":
-    import cvae_lightning.harness.runs  # noqa: F401  (registers conf/hydra's resolvers)
-    import cvae_lightning.harness.slurm  # noqa: F401  (and conf/hydra/launcher/slurm.yaml's)
-    from cvae_lightning.errors import one_line_errors
-    from cvae_lightning.harness.config import check_group_choices
-
     one_line_errors(check_group_choices)(sys.argv[1:], ROOT / "conf")
     main()

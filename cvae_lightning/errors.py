@@ -1,5 +1,5 @@
-"""The project's errors: each says in one line what is wrong and what is allowed. Entry points print it as
-`error: <message>` and exit non-zero (`one_line_errors`), never with a traceback."""
+"""The project's errors: each says in one line what is wrong and what is allowed; entry points print it as
+`error: <message>` and exit 1 (`one_line_errors`), never with a traceback."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 
 class Error(Exception):
@@ -18,29 +20,28 @@ class ConfigError(Error, ValueError):
 
 
 class DataError(Error):
-    """Missing, corrupt or unreachable data: the message says how to fix it."""
+    """Missing, corrupt or unreachable data."""
 
 
 class CheckpointError(Error):
-    """A file that is not a checkpoint of the kind asked for: the message says what to pass instead."""
+    """A file that is not a checkpoint of the kind asked for."""
 
 
 class WriteError(Error):
-    """A file could not be written (a full disk, a read-only folder): the message names the file, the OS's
-    error and the free space there; the file before it, if any, is still whole."""
+    """A file could not be written (a full disk, a read-only folder); the file before it, if any, is whole."""
 
 
 class NonFiniteLossError(Error, FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the loss parts."""
+    """The loss became NaN or infinite."""
 
 
 class Interrupted(Error):
-    """Training stopped from outside (a signal, another rank's end); last.ckpt holds the state to resume
-    from."""
+    """Training stopped from outside (a signal, another rank's end); last.ckpt holds the state to resume."""
 
 
 def one_line_errors(main: Callable) -> Callable:
-    """Runs an entry point, turning the project's errors into `error: <message>` and exit status 1."""
+    """`main`, with the project's errors turned into `error: <message>` and exit status 1: the one path from
+    an Error to the printed line (entry points, Hydra callbacks, the sweeper)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -53,14 +54,12 @@ def one_line_errors(main: Callable) -> Callable:
 
 
 def one_line_errors_in_notebook() -> None:
-    """In Jupyter/IPython: the project's errors print as `error: <message>` instead of a traceback (the cell
-    still fails, so "run all" stops there)."""
+    """In IPython: the project's errors print as `error: <message>` (the cell still fails)."""
     try:
         from IPython import get_ipython
     except ImportError:
         return
-    shell = get_ipython()
-    if shell is not None:
+    if shell := get_ipython():
         shell.set_custom_exc(
             (Error,), lambda shell, etype, value, tb, tb_offset=None: print(f"error: {value}")
         )
@@ -76,11 +75,7 @@ def shown(value: Any) -> str:
     """A value as the user would type it back: strings quoted (so a typed number shows as text)."""
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "_content"):  # an OmegaConf container
-        from omegaconf import OmegaConf
-
-        value = OmegaConf.to_container(value)
-    return repr(value)
+    return repr(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
 def refuse(key: str, value: Any, expected: str) -> ConfigError:
@@ -96,18 +91,19 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def check_int(key: str, value: Any, low: int = 0) -> int:
     check(key, value, _is_int(value) and value >= low, f"an integer >= {low}")
     return value
 
 
 def check_number(key: str, value: Any, low: float = 0.0, *, above: bool = False) -> float:
-    ok = _is_number(value) and (value > low if above else value >= low)
-    check(key, value, ok, f"a number {'>' if above else '>='} {low:g}")
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    check(
+        key,
+        value,
+        ok and (value > low if above else value >= low),
+        f"a number {'>' if above else '>='} {low:g}",
+    )
     return value
 
 
@@ -118,17 +114,17 @@ def check_bool(key: str, value: Any) -> bool:
 
 def check_choice(key: str, value: Any, choices: Iterable[Any]) -> Any:
     choices = tuple(choices)
-    check(
-        key,
-        value,
-        isinstance(value, str | bool) and value in choices,
-        "one of " + ", ".join(map(str, choices)),
-    )
+    ok = isinstance(value, str | bool) and value in choices
+    check(key, value, ok, "one of " + ", ".join(map(str, choices)))
     return value
 
 
 def check_int_list(key: str, value: Any, low: int = 1, example: str = "[512,256]") -> list[int]:
     ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
-    ok = ok and all(_is_int(v) and v >= low for v in value)
-    check(key, value, ok, f"a list of integers >= {low}, e.g. {example}")
+    check(
+        key,
+        value,
+        ok and all(_is_int(v) and v >= low for v in value),
+        f"a list of integers >= {low}, e.g. {example}",
+    )
     return [int(v) for v in value]

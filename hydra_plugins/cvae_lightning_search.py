@@ -15,7 +15,8 @@ class ResumableOptunaSweeper(OptunaSweeper):
         self.config = config
 
     def sweep(self, arguments):
+        from cvae_lightning.errors import one_line_errors
         from cvae_lightning.harness.search import continue_study
 
-        if continue_study(self, self.config, arguments):
+        if one_line_errors(continue_study)(self, self.config, arguments):
             return super().sweep(arguments)

@@ -176,3 +176,41 @@ def test_weight_averaging_takes_an_averaging_fn_and_swaps_the_average_in():
     tiny_trainer(max_epochs=1, callbacks=[callback]).fit(OneWeight())
     # six SGD steps of lr 0.1 on a gradient of 2; the average kept the weights after the first
     assert callback.seen == pytest.approx([1 - 0.2 * 6, 1 - 0.2, 1 - 0.2 * 6])
+
+
+def test_lightnings_shuffle_check_reads_a_sliced_loaders_sampler():
+    """utilities.data._is_dataloader_shuffled reads `batch_sampler` beside `sampler` (else AttributeError)."""
+    from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    class Loader(compat.SlicedLoader):
+        def __init__(self, sampler):
+            self.sampler = sampler
+
+    assert _is_dataloader_shuffled(Loader(RandomSampler(range(4))))
+    assert not _is_dataloader_shuffled(Loader(SequentialSampler(range(4))))
+
+
+def test_a_validation_without_loggers_logs_nothing_and_gives_them_back(tmp_path):
+    class Validated(OneWeight):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/x", 1.0)
+
+        val_dataloader = OneWeight.train_dataloader
+
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = tiny_trainer(logger=logger)
+    with compat.without_loggers(trainer):
+        trainer.validate(Validated(), verbose=False)
+    assert trainer.loggers == [logger] and not list(tmp_path.glob("events.*"))
+
+
+def test_lightnings_csv_writer_appends_to_the_rows_it_is_given(tmp_path):
+    """fabric's _ExperimentWriter: metrics_file_path, and metrics_keys, the columns its next save writes."""
+    from cvae_lightning.harness.loggers import CSVLogger
+
+    writer = CSVLogger(tmp_path, name="", version="").experiment
+    compat.continue_csv_metrics(writer, ["a", "step"], [{"a": "1.0", "step": "0"}])
+    writer.log_metrics({"a": 2.0}, step=1)
+    writer.save()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["a,step", "1.0,0", "2.0,1"]

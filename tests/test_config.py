@@ -113,7 +113,8 @@ def check_everything(cfg) -> None:
             "trainer.accelerator='tpu' is not allowed: expected one of cpu, gpu, auto",
         ),
         ("trainer.precision=17", "trainer: Precision 17 is invalid"),
-        ("trainer.max_time=2h", "trainer.max_time='2h' is not allowed: expected null, DD:HH:MM:SS"),
+        ("trainer.max_time=2h", "trainer: `Timer(duration='2h')` is not a valid duration"),
+        ("trainer.num_nodes=0", "trainer: `num_nodes` must be a positive integer, but got 0"),
         ("trainer.max_time={hour:2}", "trainer.max_time={'hour': 2} is not allowed"),
         ("seed=abc", "seed='abc' is not allowed: expected an integer >= 0"),
         ("test=maybe", "test='maybe' is not allowed: expected true or false"),
@@ -244,3 +245,13 @@ OPTIONS = sorted(
 def test_every_config_composes_and_resolves(config, override, tmp_path):
     cfg = composed(*([override] if override else []), f"paths.output_dir={tmp_path}", config=config)
     assert OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_a_hydra_callbacks_project_error_ends_the_run_in_its_one_line():
+    from omegaconf import OmegaConf
+
+    from cvae_lightning.harness.runs import WritableOutputDir
+
+    config = OmegaConf.create({"hydra": {"run": {"dir": "/proc/nope/run"}}})
+    with pytest.raises(SystemExit, match=r"^error: hydra.run.dir=/proc/nope/run is not allowed: /proc/nope "):
+        WritableOutputDir().on_run_start(config=config)

@@ -13,9 +13,8 @@ from cvae_lightning.harness import compat
 
 
 def debiased_ema(decay: float):
-    """The EMA update that weighs the weights seen so far as an average started at zero and divided by
-    1 - decay^n (Adam's bias correction): the first weights keep no share of their own, so a short run's
-    average follows its training instead of staying near the weights of its first update."""
+    """The EMA update of an average started at zero and divided by 1 - decay^n (Adam's bias correction): a
+    short run's average follows its training, not its first weights."""
 
     def avg_fn(averaged, current, num_averaged):
         return averaged + (current - averaged) * ((1 - decay) / (1 - decay ** (num_averaged + 1)))
@@ -25,10 +24,8 @@ def debiased_ema(decay: float):
 
 class EMA(EMAWeightAveraging):
     """Lightning's EMAWeightAveraging (a checkpoint's `state_dict` is the average, `current_model_state` the
-    trained weights), debiased (`debiased_ema`), whose average is also what `trainer.validate` /
-    `trainer.test` read after a fit: the parent reloads the trained weights over a checkpoint's average
-    there, and swaps its own final average in for validation, so a best checkpoint's scores would be another
-    model's."""
+    trained weights), debiased, whose hooks act only while fitting: after a fit the parent would load the
+    trained weights over a best checkpoint's average, or swap its final average in, for validate and test."""
 
     def __init__(self, *args, decay: float = 0.999, **kwargs):
         super().__init__(*args, decay=decay, **kwargs)

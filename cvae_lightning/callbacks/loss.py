@@ -11,9 +11,8 @@ from cvae_lightning.harness import compat
 
 
 class LogTrainingScalars(L.Callback):
-    """`train/nelbo`, `train/recon`, `train/kl` (and `train/niwae_k<k>`, `train/kl_weight` while it is not 1)
-    from each training step's outputs, on the steps the loggers write (`trainer.log_every_n_steps`):
-    `self.log` on every step would cost 10-35% of a CPU run's speed (bench/README.md)."""
+    """`train/nelbo`, `train/recon`, `train/kl` (`train/niwae_k<k>`, `train/kl_weight` while not 1) from the
+    step's outputs, only on the steps the loggers write: `self.log` every step costs a CPU run 10-35%."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not (trainer.fast_dev_run or compat.logs_this_step(trainer)):
@@ -27,15 +26,10 @@ class LogTrainingScalars(L.Callback):
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Stops training when the loss is not finite: on a CPU before that step's backward, so the weights
-    (and the checkpoint written on the way out) are the last good ones.
-
-    On the devices in `defer_on` reading the check back every step would make the host wait for the device
-    every step: there the checks gather on the device and are read only where the host waits anyway (the
-    steps the loggers write) and at an epoch's last step (before its validation and checkpoints). The error
-    then names the steps since the last read, and the weights may be spoiled already (CheckpointOnInterrupt
-    then writes no checkpoint).
-    """
+    """Stops training when the loss is not finite: on a CPU before that step's backward, so the weights (and
+    the checkpoint written on the way out) are the last good ones. On the devices in `defer_on` the checks
+    gather on the device and are read where the host waits anyway (the steps the loggers write, an epoch's
+    last step), not every step; the error then names the steps since the last read."""
 
     def __init__(self, defer_on: tuple[str, ...] = ("cuda",)):
         self.defer_on = tuple(defer_on)
@@ -57,16 +51,12 @@ class StopOnNonFiniteLoss(L.Callback):
             return
         (since, finite), self._pending = self._pending, None
         if not finite:
-            where = (
-                f"step {since}"
-                if since == trainer.global_step - 1
-                else f"a step from {since} to {trainer.global_step - 1}"
+            last = trainer.global_step - 1
+            self._stop(
+                f"step {since}" if since == last else f"a step from {since} to {last}", outputs["loss"]
             )
-            self._stop(where, outputs["loss"])
 
     @staticmethod
     def _stop(where: str, loss: torch.Tensor):
-        raise NonFiniteLossError(
-            f"non-finite loss at {where} (loss={loss.item():.4g}); "
-            "lower model.optimizer.lr, or check the data"
-        )
+        fix = "lower model.optimizer.lr, or check the data"
+        raise NonFiniteLossError(f"non-finite loss at {where} (loss={loss.item():.4g}); {fix}")

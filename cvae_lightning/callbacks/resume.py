@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def rng_states() -> dict[str, torch.Tensor]:
     """torch (CPU, CUDA), numpy and python RNG states, as tensors that `weights_only` loading accepts."""
     version, state, gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     states = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
@@ -40,23 +40,17 @@ def rng_states() -> dict[str, torch.Tensor]:
 def set_rng_states(states: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(states["torch"])
     pos, has_gauss, gauss = states["numpy_rest"].tolist()
-    np.random.set_state(
-        ("MT19937", states["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss)
-    )
-    version, python_gauss = states["python_rest"].tolist()
-    random.setstate(
-        (int(version), tuple(states["python"].tolist()), None if np.isnan(python_gauss) else python_gauss)
-    )
+    keys = states["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), gauss))
+    version, gauss = states["python_rest"].tolist()
+    random.setstate((int(version), tuple(states["python"].tolist()), None if np.isnan(gauss) else gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(states["cuda"]))
 
 
 class RNGStateCheckpoint(L.Callback):
-    """Saves the RNG states with every checkpoint and restores them when training resumes.
-
-    Lightning's checkpoints hold no RNG state, so a resumed run would draw different reparameterization
-    noise. The states are applied in `on_train_start`, after the (resume-time) sanity check has drawn its own.
-    """
+    """The RNG states in every checkpoint (Lightning's hold none, so a resumed run would draw other noise),
+    restored in `on_train_start`, after the resume-time sanity check has drawn its own."""
 
     def __init__(self):
         self._to_restore: dict[str, torch.Tensor] | None = None
@@ -75,15 +69,12 @@ class RNGStateCheckpoint(L.Callback):
 
 class CheckpointOnInterrupt(Checkpoint):
     """Writes `last.ckpt` when training stops on an exception (SIGTERM, Ctrl-C, a non-finite loss), and under
-    SLURM requeues the job when `requeue_signal` (sent ahead of the time limit) stopped it.
+    SLURM requeues the job (at most `max_requeues` times) when `requeue_signal` stopped it.
 
-    Unlike Lightning's OnExceptionCheckpoint, the file is kept after the run (it is the resume point), and it
-    is skipped when the weights are no longer finite, so it always holds the last good state. The requeue
-    signal is handled as Lightning handles SIGTERM: training stops at the end of the step it is in, so the
-    checkpoint resumes exactly; the requeued job finds it (training.py) and continues. This replaces both
-    Lightning's SLURM auto-requeue (SIGUSR1, a checkpoint mid-step, turned off in training.py) and
-    submitit's (its USR2 handler, replaced: slurm.catch_requeue_signal); a job is requeued at most
-    `max_requeues` times.
+    Unlike Lightning's OnExceptionCheckpoint the file is kept (it is the resume point), and skipped when the
+    weights are not finite. The requeue signal stops training at the end of its step, as SIGTERM does, so the
+    requeued job resumes exactly; this replaces Lightning's SLURM auto-requeue (a checkpoint mid-step, off in
+    training.py) and submitit's (its handler replaced: slurm.catch_requeue_signal).
     """
 
     def __init__(
@@ -106,13 +97,12 @@ class CheckpointOnInterrupt(Checkpoint):
         if trainer.world_size > 1:  # every rank stops after the same step, or the others wait for it forever
             signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
         if signalled and not trainer.received_sigterm:
-            compat.stop_at_end_of_step(trainer)  # this step is done: stop here, as for SIGTERM
+            compat.stop_at_end_of_step(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        # under DDP a save is collective: only a SIGTERM (or the requeue signal) stops every rank at the same
-        # step; after another exception the other ranks are elsewhere, or gone
+        # under DDP a save is collective: only a SIGTERM (or the requeue signal) stops every rank at one step
         collective = trainer.world_size == 1 or isinstance(exception, SIGTERMException)
         if collective and not isinstance(exception, WriteError):  # a write that failed: the last one stays
             try:
@@ -121,29 +111,26 @@ class CheckpointOnInterrupt(Checkpoint):
                 log.warning(f"no checkpoint written on interrupt: {error}")
         # requeued even when nothing new was saved (signalled while starting): nothing is lost
         if slurm.requeue_signal() and trainer.is_global_zero:
-            if slurm.restarts() < self.max_requeues:
-                try:
-                    slurm.requeue()
-                    self.requeued = True
-                except (OSError, subprocess.CalledProcessError) as error:  # the run still ends with its hint
-                    log.warning(f"scontrol requeue failed: {getattr(error, 'stderr', None) or error}")
-            else:
+            if slurm.restarts() >= self.max_requeues:
                 log.warning(f"not requeued: the job was requeued {slurm.restarts()} times (max_requeues)")
+                return
+            try:
+                slurm.requeue()
+                self.requeued = True
+            except (OSError, subprocess.CalledProcessError) as error:  # the run still ends with its hint
+                log.warning(f"scontrol requeue failed: {getattr(error, 'stderr', None) or error}")
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # nothing trained yet, or stopped inside a validation: the last periodic last.ckpt resumes exactly
         if (
             trainer.state.fn != "fit"
             or trainer.state.stage != RunningStage.TRAINING
             or trainer.global_step == 0
         ):
-            # nothing trained yet, or stopped inside a validation: a state saved there would resume without
-            # the rest of it; the last periodic last.ckpt resumes exactly
             return
-        if (
-            Path(self.ckpt_path).is_file()
-            and checkpoints.read(self.ckpt_path)["global_step"] == trainer.global_step
-        ):
-            return  # stopped at an epoch's end, whose last.ckpt (LastCheckpoint) already holds this state
+        path = Path(self.ckpt_path)
+        if path.is_file() and checkpoints.read(path)["global_step"] == trainer.global_step:
+            return  # stopped at an epoch's end, whose last.ckpt (LastCheckpoint) holds this state
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             log.warning("weights are not finite: no checkpoint written on interrupt")
             return
@@ -152,20 +139,14 @@ class CheckpointOnInterrupt(Checkpoint):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """The resume point, last.ckpt: at the end of every epoch (after its validation), and within epochs every
-    `every_n_train_steps` steps or `train_time_interval`.
-
-    Lightning's `ModelCheckpoint(save_last=True)` rewrites last.ckpt at an epoch's end only when it also
-    saves a top-k checkpoint there, so after an epoch that did not improve the monitored metric last.ckpt
-    would still hold an older state. Within epochs the last batch is skipped: a state saved before the epoch's
-    validation would resume without it (its metrics missing, its noise draws skipped).
-    """
+    """last.ckpt at the end of every epoch (after its validation), and within epochs every
+    `every_n_train_steps` or `train_time_interval`: `save_last=True` rewrites it at an epoch's end only with a
+    top-k save. Within an epoch its last batch is skipped: saved before validation, it resumes without it."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx + 1 < trainer.num_training_batches:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # after the validation and the top-k checkpoint (checkpoint callbacks run last, in config order), so
-        # the saved ModelCheckpoint state already holds this epoch's score
+        # checkpoint callbacks run last, in config order: the saved top-k state has this epoch's score
         compat.save_last_checkpoint(self, trainer)

@@ -1,7 +1,5 @@
-"""Checkpoints, in one place: what each kind holds and what writes it, how it is written (whole or not at
-all), reading one (refusing anything else in one line), loading it as a model without Hydra, its data
-settings, and which one a run resumes from. The callbacks that decide when to write are in
-callbacks/resume.py."""
+"""Checkpoints: each written whole or not at all, read (anything else refused in one line), loaded as a model
+without Hydra, and the one a run resumes from. callbacks/resume.py decides when to write them."""
 
 from __future__ import annotations
 
@@ -12,37 +10,31 @@ from typing import Any
 
 import torch
 from hydra.utils import get_class
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from cvae_lightning.errors import CheckpointError, check_choice, first_line
 from cvae_lightning.harness import files
 
 log = logging.getLogger(__name__)
 
+MODULE = "cvae_lightning.model.module.CVAEModule"
+RUN = "logs/train/runs/<run>/checkpoints/last.ckpt"
 # kind -> (the LightningModule it holds, what writes it)
 KINDS = {
-    "cvae": (
-        "cvae_lightning.model.module.CVAEModule",
-        "`python train.py` (model=cvae), e.g. logs/train/runs/<run>/checkpoints/last.ckpt",
-    ),
-    "vae": (
-        "cvae_lightning.model.module.CVAEModule",
-        "`python train.py model=vae`, e.g. logs/train/runs/<run>/checkpoints/last.ckpt",
-    ),
+    "cvae": (MODULE, f"`python train.py` (model=cvae), e.g. {RUN}"),
+    "vae": (MODULE, f"`python train.py model=vae`, e.g. {RUN}"),
     "classifier": (
         "cvae_lightning.evaluation.classifier.Classifier",
         "`make classifier` (checkpoints/classifier.ckpt)",
     ),
 }
-RETRAIN = "it was written before the model's networks became configs; retrain it with `python train.py`"
+WEIGHTS = ("average", "trained")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer for every checkpoint the Trainer writes (last, best, on interrupt,
-    hpc_ckpt), given to it by conf/trainer/default.yaml's `plugins`: each written whole or not at all
-    (files.write_bytes), and a full disk ends in one line. Lightning's own writer moves a file from the
-    system's temp folder, which is a copy over the old checkpoint when the two are on different filesystems.
-    Remote URLs (s3://...) keep Lightning's fsspec writer: an object store's put is already all or nothing."""
+    """The Trainer's checkpoint writer (conf/trainer/default.yaml's `plugins`): each file whole or not at all
+    (files.write_bytes) and a full disk in one line, where Lightning's moves a file from the temp folder (a
+    copy over the old one across filesystems). Remote URLs keep Lightning's writer: a put is atomic."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         if storage_options is not None or "://" in str(path):
@@ -52,47 +44,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         files.write_bytes(path, buffer.getbuffer())
 
 
-def read(
-    path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cvae", "vae")
-) -> dict[str, Any]:
-    """The checkpoint at `path` (tensors on CPU, nothing unpickled but tensors and plain data); a one-line
-    CheckpointError naming `key` when there is no file or it is not a Lightning checkpoint."""
-    path = Path(path)
-    expected = f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
+def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cvae", "vae")) -> dict:
+    """The Lightning checkpoint at `path` (tensors on CPU, `weights_only`), or a one-line CheckpointError."""
+    path, expected = Path(path), f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
+    refused = f"{key}={path} is not allowed:"
     if not path.is_file():
-        raise CheckpointError(f"{key}={path} is not allowed: no file there; {expected}")
+        raise CheckpointError(f"{refused} no file there; {expected}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         reason = first_line(error).split(". ")[0]  # torch's first sentence; the rest is advice this replaces
-        raise CheckpointError(
-            f"{key}={path} is not allowed: not a readable checkpoint ({reason}); {expected}"
-        ) from None
+        raise CheckpointError(f"{refused} not a readable checkpoint ({reason}); {expected}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"{key}={path} is not allowed: not a Lightning checkpoint (no state_dict); {expected}"
-        )
+        raise CheckpointError(f"{refused} not a Lightning checkpoint (no state_dict); {expected}")
     return checkpoint
 
 
 def kind(checkpoint: dict[str, Any]) -> str:
-    """ "cvae", "vae", "classifier", "old" (a (C)VAE of the earlier format) or "unknown", by its
-    hyperparameters."""
+    """ "cvae", "vae", "classifier" or "unknown", by its hyperparameters (a (C)VAE of another format is told
+    as one, and then does not load as one)."""
     hparams = checkpoint.get("hyper_parameters", {})
-    if "encoder" in hparams and "n_labels" in hparams:
-        return "cvae" if hparams["n_labels"] else "vae"
-    if "feature_dim" in hparams:
-        return "classifier"
-    return "old" if "latent_dim" in hparams else "unknown"
+    if "latent_dim" in hparams:
+        return "cvae" if hparams.get("n_labels", 1) else "vae"
+    return "classifier" if "feature_dim" in hparams else "unknown"
 
 
-def expect(
-    checkpoint: dict[str, Any], path: str | Path, kinds: tuple[str, ...], key: str = "ckpt_path"
-) -> str:
+def expect(checkpoint: dict, path: str | Path, kinds: tuple[str, ...], key: str = "ckpt_path") -> str:
     """The checkpoint's kind, which must be one of `kinds`; else a one-line error saying what to pass."""
     found = kind(checkpoint)
-    if found == "old" and "classifier" not in kinds:
-        raise CheckpointError(f"{key}={path} is not allowed: {RETRAIN}")
     if found not in kinds:
         raise CheckpointError(
             f"{key}={path} is not allowed: it is a {found} checkpoint, not a {' or '.join(kinds)}; "
@@ -101,19 +80,11 @@ def expect(
     return found
 
 
-WEIGHTS = ("average", "trained")
-
-
 def load_module(
-    path: str | Path,
-    kinds: tuple[str, ...] = ("cvae", "vae"),
-    key: str = "ckpt_path",
-    map_location="cpu",
-    weights: str = "average",
+    path: str | Path, kinds=("cvae", "vae"), key="ckpt_path", map_location="cpu", weights="average"
 ):
-    """The LightningModule in the checkpoint at `path`, in eval mode, if it is one of `kinds`. `weights`:
-    its state_dict ("average": the moving average where callbacks.ema trained it), or the trained
-    weights such a checkpoint keeps beside the average ("trained")."""
+    """The LightningModule in the checkpoint at `path`, in eval mode, if it is one of `kinds`, with its
+    `weights`: "average" (its state_dict, callbacks.ema's average) or "trained" (kept beside the average)."""
     check_choice("weights", weights, WEIGHTS)
     checkpoint = read(path, key, kinds)
     found = expect(checkpoint, path, kinds, key)
@@ -122,15 +93,13 @@ def load_module(
             f"weights=trained is not allowed for {key}={path}: it holds one set of weights (its run "
             "kept no weights average: ~callbacks.ema or experiment=classic); use weights=average"
         )
-    # building a model draws initial weights from torch's global RNG: fork it, so that loading (as
-    # SampleAccuracy does when training starts) leaves a training run's random draws as they would be
+    # a model's initial weights come from torch's global RNG: forked, so that loading leaves a run's draws
     with torch.random.fork_rng(devices=[]):
         try:
             module = get_class(KINDS[found][0]).load_from_checkpoint(path, map_location=map_location)
         except (RuntimeError, KeyError, TypeError) as error:
-            reason = first_line(error)
             raise CheckpointError(
-                f"{key}={path} is not allowed: it does not load as a {found} ({reason})"
+                f"{key}={path} is not allowed: it does not load as a {found} ({first_line(error)})"
             ) from None
     if weights == "trained":
         module.load_state_dict(checkpoint["current_model_state"])
@@ -139,9 +108,7 @@ def load_module(
     return module.eval()
 
 
-def load_checkpoint(
-    path: str | Path, kinds: tuple[str, ...] = ("cvae", "vae"), key="ckpt_path", map_location="cpu"
-):
+def load_checkpoint(path: str | Path, kinds=("cvae", "vae"), key="ckpt_path", map_location="cpu"):
     """The trained model (`cvae_lightning.model.cvae.CVAE`: a CVAE, or a VAE) in the checkpoint at `path`,
     in eval mode: `model.sample(labels=torch.tensor([2, 0, 2, 6]))`."""
     return load_module(path, kinds, key, map_location).model
@@ -160,9 +127,8 @@ def data_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def resume_point(
     ckpt_path: str | None, output_dir: str | Path, kind_: str, restarts: int
 ) -> tuple[Path | None, int]:
-    """The checkpoint a run starts from and its step: `ckpt_path` (`last`: the run dir's
-    checkpoints/last.ckpt); a job that SLURM requeued (`restarts` > 0) continues from its last.ckpt unasked,
-    or, when that is unreadable, from the newest intact checkpoint beside it."""
+    """The checkpoint a run starts from and its step: `ckpt_path` (`last`: the run dir's last.ckpt); a job
+    SLURM requeued (`restarts` > 0) continues from its last.ckpt unasked, or from the newest intact one."""
     folder = Path(output_dir) / "checkpoints"
     last = folder / "last.ckpt"
     if ckpt_path is None and not restarts:
@@ -200,12 +166,9 @@ def resume_point(
 
 def newest_intact(folder: Path, kind_: str) -> tuple[Path | None, int]:
     """The `kind_` checkpoint in `folder` with the most steps that reads whole, and its step; or (None, 0)."""
-    newest: tuple[Path | None, int] = (None, -1)
-    for path in sorted(folder.glob("*.ckpt")):
-        checkpoint, _ = _checked(path, kind_)
-        if checkpoint is not None and checkpoint["global_step"] > newest[1]:
-            newest = (path, checkpoint["global_step"])
-    return newest if newest[0] else (None, 0)
+    intact = [(c["global_step"], p) for p in sorted(folder.glob("*.ckpt")) if (c := _checked(p, kind_)[0])]
+    step, path = max(intact, key=lambda found: found[0], default=(0, None))
+    return path, step
 
 
 def _checked(path: Path, kind_: str) -> tuple[dict[str, Any] | None, str | None]:

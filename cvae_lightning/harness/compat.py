@@ -1,10 +1,10 @@
-"""Every private API of Lightning, TensorBoard and Hydra that the project uses, fenced here.
-
-Each has a test (tests/test_compat.py) that fails loudly, naming the API, when an upgrade removes it.
-"""
+"""Every private API of Lightning, TensorBoard and Hydra the project uses, fenced here; each has a test in
+tests/test_compat.py that fails, naming it, when an upgrade removes or changes it."""
 
 from __future__ import annotations
 
+import csv
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
 
 def stop_at_end_of_step(trainer: L.Trainer) -> None:
-    """What Lightning's own SIGTERM handler does: training stops at the end of the current step (all ranks),
-    raising SIGTERMException, with every callback's on_exception called."""
+    """What Lightning's SIGTERM handler does: training stops at the end of this step (all ranks), raising
+    SIGTERMException, every callback's on_exception called."""
     trainer._signal_connector.received_sigterm = True
 
 
@@ -23,21 +23,19 @@ def logs_this_step(trainer: L.Trainer) -> bool:
 
 
 def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
-    """`callback`'s last.ckpt, written now, unless Lightning would skip saving at this point (sanity check,
-    fast_dev_run, a step already saved)."""
+    """`callback`'s last.ckpt now, unless Lightning would skip saving here (sanity check, a step saved)."""
     if not callback._should_skip_saving_checkpoint(trainer):
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
 def set_averaging_fn(callback: WeightAveraging, avg_fn) -> None:
-    """`callback` averages with `avg_fn(averaged, current, num_averaged)`: Lightning's WeightAveraging hands
-    its stored keyword arguments to torch's AveragedModel, and EMAWeightAveraging puts `avg_fn` there."""
+    """`callback` averages with `avg_fn(averaged, current, num_averaged)`: its stored keyword arguments go to
+    torch's AveragedModel."""
     callback._kwargs["avg_fn"] = avg_fn
 
 
 def swap_averaged_weights(callback: WeightAveraging, pl_module: L.LightningModule) -> None:
-    """The average goes into `pl_module` and its weights into the average's place (twice: back again), as
-    Lightning's WeightAveraging does around validation."""
+    """The average into `pl_module` and its weights into the average's place, as around validation."""
     callback._swap_models(pl_module)
 
 
@@ -59,9 +57,8 @@ def hydra_args_parser():
 
 
 def log_hparams_session(logger, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-    """A run's HPARAMS row, as Lightning's `TensorBoardLogger.log_hyperparams` writes it but without its
-    experiment summary: without one, TensorBoard builds the table from all runs and puts the columns whose
-    values differ first, where a summary per run would fix them in alphabetical order."""
+    """A run's HPARAMS row as `TensorBoardLogger.log_hyperparams` writes it, without its experiment summary:
+    without one TensorBoard puts the columns that differ between runs first, not in alphabetical order."""
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     logger.log_metrics(metrics)
@@ -72,19 +69,44 @@ def log_hparams_session(logger, hparams: dict[str, Any], metrics: dict[str, floa
 
 
 def continue_optuna_sweep(sweeper, n_trials: int, first_job_idx: int, sampler=None) -> None:
-    """The Hydra Optuna sweeper's next `sweep()` launches `n_trials` trials (it launches its config's n_trials
-    on every call, whatever its study already holds), numbers their jobs from `first_job_idx` (its `setup()`
-    starts at 0) and, if given, samples them with `sampler` instead of the one built from its config."""
+    """The Hydra Optuna sweeper's next `sweep()` launches `n_trials` trials (not its config's), numbers their
+    jobs from `first_job_idx` (not 0) and, if given, samples them with `sampler`."""
     impl = sweeper.sweeper  # OptunaSweeper.sweeper: the OptunaSweeperImpl that does the work
-    impl.n_trials = n_trials
-    impl.job_idx = first_job_idx
+    impl.n_trials, impl.job_idx = n_trials, first_job_idx
     if sampler is not None:
         impl.sampler = sampler
 
 
 def optuna_search_space(overrides: list[str]) -> dict[str, Any]:
-    """Parameter name -> the optuna distribution the Hydra Optuna sweeper samples it from, for these overrides
-    (its `params`, then the command line's); values that are not sweeps are left out."""
+    """Parameter name -> the optuna distribution the Hydra Optuna sweeper samples it from for these overrides;
+    values that are not sweeps are left out."""
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
     return create_params_from_overrides(overrides)[0]
+
+
+class SlicedLoader:
+    """Base of a loader that slices its batches itself: Lightning reads `batch_sampler` of any loader with a
+    `sampler` (utilities.data._is_dataloader_shuffled, before it warns of a shuffled evaluation loader)."""
+
+    batch_sampler = None
+
+
+@contextmanager
+def without_loggers(trainer: L.Trainer):
+    """`trainer` logs nothing in the block (its validate and test take no such switch), its loggers after."""
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        yield
+    finally:
+        trainer.loggers = loggers
+
+
+def continue_csv_metrics(writer, header: list[str], rows: list[dict]) -> None:
+    """Lightning's CSV writer (fabric's private _ExperimentWriter, which removes metrics.csv when made) goes
+    on from `rows`: written back, and `header` its columns, so that its next save appends to them."""
+    with open(writer.metrics_file_path, "w", newline="") as file:
+        table = csv.DictWriter(file, fieldnames=header)
+        table.writeheader()
+        table.writerows(rows)
+    writer.metrics_keys = list(header)

@@ -1,7 +1,6 @@
-"""Start-of-run checks that no single object can make: group choices, the trainer's values (Lightning's own
-messages span many lines), devices against this machine, whether the model fits the callbacks and early
-stopping has a validation to watch. Each object checks its own arguments when it is built (`build`), with
-the same one-line message."""
+"""Start-of-run checks that no single object makes, and `build`, which turns a library's refusal of a value
+into one line. Lightning's Trainer refuses trainer.num_nodes and a malformed trainer.max_time string itself
+(in one line, through `build`); the values checked here it accepts silently, or refuses in many lines."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from cvae_lightning.errors import ConfigError, Error, check, check_bool, check_i
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto", "mps")
 # the modules whose callbacks draw or judge samples: a (C)VAE's, not the classifier's
 GENERATIVE_CALLBACKS = ("cvae_lightning.callbacks.images.", "cvae_lightning.callbacks.metrics.")
+TIMEDELTA_KEYS = {"days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks"}
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -33,55 +33,40 @@ def validate(cfg: DictConfig) -> None:
     check(
         "ckpt_path", ckpt_path, ckpt_path is None or isinstance(ckpt_path, str), "null, last or a file path"
     )
-    for key, low in (("max_epochs", 1), ("min_epochs", 0), ("num_nodes", 1), ("log_every_n_steps", 1)):
+    # Lightning accepts these (max_epochs=0, log_every_n_steps=0, min_epochs=-1) and fails later, or never
+    for key, low in (("max_epochs", 1), ("min_epochs", 0), ("log_every_n_steps", 1)):
         if _select(cfg, f"trainer.{key}") is not None:
             check_int(f"trainer.{key}", _select(cfg, f"trainer.{key}"), low)
-    _check_max_time(_select(cfg, "trainer.max_time"))
+    max_time = _select(cfg, "trainer.max_time")  # a string Lightning checks; not a dict, nor a number
+    if max_time is not None and not isinstance(max_time, str):
+        ok = isinstance(max_time, dict) and bool(max_time) and set(max_time) <= TIMEDELTA_KEYS
+        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in max_time.values())
+        check("trainer.max_time", max_time, ok, "null, DD:HH:MM:SS (e.g. 00:02:00:00) or {hours: 2}")
     _check_devices(cfg)
     _check_model_fits_callbacks(cfg)
     _check_early_stopping_validates(cfg)
 
 
-def _check_max_time(value: Any) -> None:
-    """Lightning's Timer takes DD:HH:MM:SS or timedelta keys, and says so only once the fit starts."""
-    allowed = "null, DD:HH:MM:SS (e.g. 00:02:00:00) or {hours: 2}"
-    if value is None:
-        return
-    if isinstance(value, dict):
-        keys = {"days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks"}
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
-        check("trainer.max_time", value, bool(value) and set(value) <= keys and numbers, allowed)
-        return
-    parts = str(value).split(":")
-    check("trainer.max_time", value, len(parts) == 4 and all(p.isdigit() for p in parts), allowed)
-
-
 def _check_devices(cfg: DictConfig) -> None:
-    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu (one process each)."""
+    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu (Lightning starts 99 on 2)."""
     import torch
 
-    accelerator = _select(cfg, "trainer.accelerator") or "cpu"
-    devices = _select(cfg, "trainer.devices")
+    accelerator, devices = _select(cfg, "trainer.accelerator") or "cpu", _select(cfg, "trainer.devices")
+    # Lightning's refusal of tpu names no fix, and of gpu without one says "No supported gpu backend found!"
     check("trainer.accelerator", accelerator, accelerator in ACCELERATORS, "one of cpu, gpu, auto")
-    wants_gpu = accelerator in ("gpu", "cuda")
-    if wants_gpu and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} is not allowed: no GPU is visible; expected cpu or auto"
-        )
-    available = torch.cuda.device_count() if wants_gpu else os.cpu_count()
-    is_count = isinstance(devices, int) and not isinstance(devices, bool)
-    ids = isinstance(devices, list) and wants_gpu  # GPU indices, e.g. [0, 1]
-    if not (devices == "auto" or ids or (is_count and (devices == -1 or 1 <= devices <= available))):
-        raise refuse(
-            "trainer.devices",
-            devices,
-            f"1..{available} ({'GPUs' if wants_gpu else 'CPU cores'} here), -1 or auto",
-        )
+    gpu = accelerator in ("gpu", "cuda")
+    if gpu and not torch.cuda.is_available():
+        why = "no GPU is visible; expected cpu or auto"
+        raise ConfigError(f"trainer.accelerator={accelerator} is not allowed: {why}")
+    available = torch.cuda.device_count() if gpu else os.cpu_count()
+    ok = devices == "auto" or (gpu and isinstance(devices, list))  # a list: GPU indices
+    if not (ok or (type(devices) is int and devices in (-1, *range(1, available + 1)))):
+        allowed = f"1..{available} ({'GPUs' if gpu else 'CPU cores'} here), -1 or auto"
+        raise refuse("trainer.devices", devices, allowed)
 
 
 def _check_model_fits_callbacks(cfg: DictConfig) -> None:
-    model = str(_select(cfg, "model._target_") or "")
-    if not model.endswith(".Classifier"):
+    if not str(_select(cfg, "model._target_") or "").endswith(".Classifier"):
         return
     targets = [str(c.get("_target_", "")) for c in (cfg.get("callbacks") or {}).values() if c]
     if any(target.startswith(GENERATIVE_CALLBACKS) for target in targets):
@@ -106,12 +91,13 @@ def _check_early_stopping_validates(cfg: DictConfig) -> None:
 
 def build(node, key: str, **kwargs):
     """`hydra.utils.instantiate(node, **kwargs)`, a `_partial_` node called at once (an optimizer given its
-    parameters), with the object's own one-line error (or the library's first line, named by `key`) instead
+    parameters), with the object's own one-line error, or the library's first line named by `key`, in place
     of Hydra's wrapped traceback."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    refused = (TypeError, ValueError, MisconfigurationException)
     try:
         built = instantiate(node, **kwargs)
         return built() if isinstance(built, functools.partial) else built
@@ -119,23 +105,20 @@ def build(node, key: str, **kwargs):
         cause = error.__cause__
         if isinstance(cause, Error):
             raise cause from None
-        if isinstance(cause, TypeError | ValueError | MisconfigurationException):
+        if isinstance(cause, refused):
             raise ConfigError(f"{key}: {first_line(cause)}") from None
         if cause is None or isinstance(cause, ImportError | AttributeError):  # no such `_target_`
             raise ConfigError(f"{key}: {first_line(error).split(', set env var')[0]}") from None
         raise
     except Error:
         raise
-    except (TypeError, ValueError, MisconfigurationException) as error:  # raised by a partial's call
+    except refused as error:  # raised by a partial's call
         raise ConfigError(f"{key}: {first_line(error)}") from None
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:
-    """Refuses `group=name` overrides (sweeps too) naming no config in `conf_dir/group/`, and lists that
-    select several configs of a group (`callbacks=[default,early_stopping]`) naming one that is not there.
-
-    Hydra would also refuse them, but with a multi-line composition report; this says it in one line.
-    """
+    """Refuses `group=name` overrides (sweeps, and lists such as `callbacks=[default,early_stopping]`) naming
+    no config in `conf_dir/group/`, in one line where Hydra reports them in many."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 

@@ -1,8 +1,6 @@
-"""Files that a reader sees whole or not at all, on any filesystem: checkpoints
-(checkpoints.AtomicCheckpointIO), results.json, metrics.json, the sweep summary. Each is written to a
-temporary file in the target's own folder, flushed and fsynced, then renamed over the target, and the folder
-fsynced: a kill or a full disk at any moment leaves the old file or the new one, never a part
-(docs/design.md says where rename is atomic)."""
+"""Files a reader sees whole or not at all (checkpoints, results.json, metrics.json, the sweep summary):
+written to a temporary file in the target's folder, fsynced, renamed over the target, the folder fsynced, so
+that a kill or a full disk leaves the old file or the new one, never a part (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -16,11 +14,6 @@ from pathlib import Path
 from cvae_lightning.errors import WriteError
 
 
-def temporary_name(path: Path) -> Path:
-    """A same-folder name no reader takes for the file: hidden, and ending in .tmp, not .ckpt or .json."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
-
-
 def leftovers(path: Path) -> list[Path]:
     """Temporary files of `path` that a killed write left behind (one writer per file: rank zero's)."""
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
@@ -28,16 +21,15 @@ def leftovers(path: Path) -> list[Path]:
 
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
     """`path` holds `data`, whole, or is as it was; else a one-line WriteError and no partial file."""
-    path = Path(path)
-    tmp = None
+    path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for old in leftovers(path):
             old.unlink(missing_ok=True)
-        tmp = temporary_name(path)
+        # hidden and ending in .tmp, not .ckpt or .json: no reader takes it for the file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
         # os.open with 0o666: the file gets the user's umask, as a plain open() would (mkstemp gives 0600)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -72,16 +64,14 @@ def _fsync_folder(folder: Path) -> None:
 def why_not_written(path: Path, error: OSError, needed: int) -> str:
     name = errno.errorcode.get(error.errno, "") if error.errno else ""
     reason = f"{error.strerror or error}" + (f" ({name})" if name else "")
-    free = free_space(path.parent)
-    return f"could not write {path}: {reason}; {free} free in {path.parent}, {size(needed)} needed"
-
-
-def free_space(folder: Path) -> str:
-    folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # it may be what failed
+    folder = next(
+        (p for p in (path.parent, *path.parents) if p.exists()), path.parent
+    )  # it may be what failed
     try:
-        return size(shutil.disk_usage(folder).free)
+        free = size(shutil.disk_usage(folder).free)
     except OSError:
-        return "unknown space"
+        free = "unknown space"
+    return f"could not write {path}: {reason}; {free} free in {path.parent}, {size(needed)} needed"
 
 
 def size(n: int) -> str:

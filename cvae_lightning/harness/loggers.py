@@ -1,6 +1,5 @@
-"""The loggers a run writes to (conf/logger/): built from config, refused in one line when their package is
-missing, continued rather than restarted when the run resumes, and given the image grids, which Lightning
-leaves to each logger's own API."""
+"""The loggers of a run (conf/logger/): refused in one line when their package is missing, continued when
+the run resumes, and given the image grids, which Lightning leaves to each logger's own API."""
 
 from __future__ import annotations
 
@@ -24,19 +23,14 @@ from cvae_lightning.harness.config import build
 
 log = logging.getLogger(__name__)
 
-# the package each optional logger needs, and the extra of pyproject.toml that installs it
-EXTRAS = {"WandbLogger": "wandb", "MLFlowLogger": "mlflow"}
-# a logger entry marked so (conf/logger/many.yaml) is left out, with a log line, where its package is missing
-IF_INSTALLED = "_if_installed_"
-# the MLflow tag that finds a run's MLflow run again when it resumes
-RUN_DIR_TAG = "run_dir"
+EXTRAS = {"WandbLogger": "wandb", "MLFlowLogger": "mlflow"}  # the package (and pyproject extra) each needs
+IF_INSTALLED = "_if_installed_"  # an entry marked so (conf/logger/many.yaml) is left out without its package
+RUN_DIR_TAG = "run_dir"  # the MLflow tag that finds a run's MLflow run again when it resumes
 
 
 class CSVLogger(pl_loggers.CSVLogger):
-    """Lightning's CSVLogger (metrics.csv, hparams.yaml), plus PNG files of the image grids under `images/`,
-    and a resumed run's metrics.csv continued: Lightning's writer starts the file over, which would lose the
-    steps before the checkpoint; here they are kept and the rows from `purge_step` on, which the interrupted
-    run logged after its checkpoint, dropped (TensorBoard's purge_step)."""
+    """Lightning's CSVLogger plus PNG files of the image grids under `images/`; a resumed run's metrics.csv
+    goes on without the rows from `purge_step` on (logged after the checkpoint): Lightning's starts over."""
 
     def __init__(self, *args, purge_step: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -47,23 +41,15 @@ class CSVLogger(pl_loggers.CSVLogger):
     def experiment(self):
         if compat.logger_experiment(self) is not None or self.purge_step is None:
             return super().experiment
-        path = Path(self.log_dir, "metrics.csv")
-        header, rows = _csv_rows(path) if path.is_file() else ([], [])
+        path, header, rows = Path(self.log_dir, "metrics.csv"), [], []
+        if path.is_file():
+            with open(path, newline="") as file:
+                reader = csv.DictReader(file)
+                header, rows = list(reader.fieldnames or []), list(reader)
         writer = super().experiment  # removes metrics.csv
-        kept = [row for row in rows if int(float(row["step"])) < self.purge_step]
-        if kept:
-            with open(path, "w", newline="") as file:
-                table = csv.DictWriter(file, fieldnames=header)
-                table.writeheader()
-                table.writerows(kept)
-            writer.metrics_keys = list(header)
+        if kept := [row for row in rows if int(float(row["step"])) < self.purge_step]:
+            compat.continue_csv_metrics(writer, header, kept)
         return writer
-
-
-def _csv_rows(path: Path) -> tuple[list[str], list[dict]]:
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        return list(reader.fieldnames or []), list(reader)
 
 
 def missing_package(target: str) -> str | None:
@@ -73,16 +59,14 @@ def missing_package(target: str) -> str | None:
 
 
 def build_loggers(group: DictConfig | None, output_dir: str, resume_step: int | None) -> list:
-    """The loggers of the `logger` group; with `resume_step` (the checkpoint's step) each continues the run
-    it logged before: TensorBoard and CSV drop what came after the checkpoint, W&B and MLflow reopen the
-    same run (docs/usage.md says what they keep)."""
+    """The `logger` group's loggers; with `resume_step` (the checkpoint's) each continues its run: TensorBoard
+    and CSV drop what came after the checkpoint, W&B and MLflow reopen the same run."""
     built = []
     for name, entry in (group or {}).items():
         if not entry or "_target_" not in entry:
             continue
         entry = OmegaConf.to_container(entry, resolve=True)
-        optional = entry.pop(IF_INSTALLED, False)
-        package = missing_package(entry["_target_"])
+        optional, package = entry.pop(IF_INSTALLED, False), missing_package(entry["_target_"])
         if package and optional:
             log.info(f"logger.{name} left out: the {package} package is not installed")
             continue
@@ -102,28 +86,23 @@ def _continuing(cls: type, entry: dict, output_dir: str, step: int | None) -> di
         return {"purge_step": step + 1} if step is not None else {}
     if issubclass(cls, pl_loggers.WandbLogger):  # same id, same W&B run: its files say which
         previous = _wandb_run_id(entry.get("save_dir") or output_dir) if step is not None else None
-        return {"name": entry.get("name") or Path(output_dir).name} | (
-            {"id": previous, "resume": "allow"} if previous else {}
-        )
+        resume = {"id": previous, "resume": "allow"} if previous else {}
+        return {"name": entry.get("name") or Path(output_dir).name} | resume
     if issubclass(cls, pl_loggers.MLFlowLogger):
         uri = entry.get("tracking_uri") or ""
         if uri.startswith("sqlite:///"):  # SQLite makes the file, not its folder
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         tags = {**(entry.get("tags") or {}), RUN_DIR_TAG: str(output_dir)}
         previous = _mlflow_run_id(entry, str(output_dir)) if step is not None else None
-        return {"run_name": entry.get("run_name") or Path(output_dir).name, "tags": tags} | (
-            {"run_id": previous} if previous else {}
-        )
+        run_name = entry.get("run_name") or Path(output_dir).name
+        return {"run_name": run_name, "tags": tags} | ({"run_id": previous} if previous else {})
     return {}
 
 
 def _wandb_run_id(save_dir: str) -> str | None:
     """The id of the newest W&B run whose files are in save_dir/wandb (`[offline-]run-<time>-<id>`)."""
-    names = (
-        re.fullmatch(r"(?:offline-)?run-(\d{8}_\d{6})-(\w+)", p.name)
-        for p in Path(save_dir, "wandb").glob("*")
-    )
-    runs = sorted(match.groups() for match in names if match)
+    pattern = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-(\w+)")
+    runs = sorted(m.groups() for p in Path(save_dir, "wandb").glob("*") if (m := pattern.fullmatch(p.name)))
     return runs[-1][1] if runs else None
 
 
@@ -135,13 +114,14 @@ def _mlflow_run_id(entry: dict, output_dir: str) -> str | None:
     experiment = client.get_experiment_by_name(entry.get("experiment_name") or "lightning_logs")
     if experiment is None:
         return None
+    where = f"tags.{RUN_DIR_TAG} = '{output_dir}'"
     runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.{RUN_DIR_TAG} = '{output_dir}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+        [experiment.experiment_id], where, order_by=["attributes.start_time DESC"], max_results=1
     )
     return runs[0].info.run_id if runs else None
+
+
+IMAGE_LOGGERS = (pl_loggers.TensorBoardLogger, pl_loggers.WandbLogger, pl_loggers.MLFlowLogger, CSVLogger)
 
 
 def holds_images(loggers: list) -> bool:
@@ -150,10 +130,8 @@ def holds_images(loggers: list) -> bool:
 
 def log_image(loggers: list, tag: str, image: torch.Tensor, step: int) -> None:
     """A one-channel image in [0, 1] (1, H, W) to every logger that holds images: TensorBoard's IMAGES tab,
-    W&B's media panel, MLflow's images (an artifact per step), and a PNG file beside the CSV logger's
-    metrics.csv."""
-    pixels = image[0].mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-    picture = Image.fromarray(pixels)
+    W&B's media, MLflow's images, and a PNG file beside the CSV logger's metrics.csv."""
+    picture = Image.fromarray(image[0].mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
     for logger in loggers:
         if isinstance(logger, pl_loggers.TensorBoardLogger):
             add_grayscale_image(logger.experiment, tag, picture, step)
@@ -167,34 +145,27 @@ def log_image(loggers: list, tag: str, image: torch.Tensor, step: int) -> None:
             picture.save(path, compress_level=1)
 
 
-IMAGE_LOGGERS = (pl_loggers.TensorBoardLogger, pl_loggers.WandbLogger, pl_loggers.MLFlowLogger, CSVLogger)
-
-
 def add_grayscale_image(writer, tag: str, picture: Image.Image, global_step: int) -> None:
-    """`writer.add_image` for a grayscale picture: the same image summary, without add_image's conversion to
-    RGB, its same-size LANCZOS resize and its slow PNG compression level (bench/README.md has the cost)."""
+    """`writer.add_image` of a grayscale picture without its RGB conversion, resize and slow PNG level."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     png = io.BytesIO()
     picture.save(png, format="PNG", compress_level=1)
-    encoded = Summary.Image(
-        height=picture.height, width=picture.width, colorspace=1, encoded_image_string=png.getvalue()
-    )
+    size = dict(height=picture.height, width=picture.width)
+    encoded = Summary.Image(**size, colorspace=1, encoded_image_string=png.getvalue())
     summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
     compat.tensorboard_file_writer(writer).add_summary(summary, global_step)
 
 
 def log_hyperparameters(loggers: list, hparams: dict, metrics: dict[str, float], step: int) -> None:
-    """The run's key hyperparameters with its final metrics: TensorBoard's HPARAMS row, W&B's config and
-    summary, MLflow's params and metrics, the CSV logger's hparams.yaml and metrics.csv."""
+    """The run's key hyperparameters with its final metrics, to every logger (TensorBoard's HPARAMS row)."""
     for logger in loggers:
         if isinstance(logger, pl_loggers.TensorBoardLogger):
             compat.log_hparams_session(logger, hparams, metrics)
             continue
         if isinstance(logger, pl_loggers.MLFlowLogger):  # MLflow refuses to change a logged param
             logged = logger.experiment.get_run(logger.run_id).data.params
-            kept = {k for k, v in hparams.items() if k in logged and logged[k] != str(v)}
-            if kept:
+            if kept := {k for k, v in hparams.items() if k in logged and logged[k] != str(v)}:
                 log.warning(f"MLflow keeps the first value of a param: {', '.join(sorted(kept))} not changed")
             hparams = {k: v for k, v in hparams.items() if k not in kept}
         logger.log_hyperparams(hparams)
@@ -202,8 +173,8 @@ def log_hyperparameters(loggers: list, hparams: dict, metrics: dict[str, float],
 
 
 def close(loggers: list, status: str = "success") -> None:
-    """Everything on disk now (TensorBoard's writer holds events back for up to 2 minutes, and exiting drops
-    them), and the W&B run ended, so that the next job of a sweep opens its own."""
+    """Everything on disk now (TensorBoard holds events back for up to 2 minutes, and exiting drops them),
+    and the W&B run ended, so that a sweep's next job opens its own."""
     for logger in loggers:
         logger.finalize(status)
         if isinstance(logger, pl_loggers.WandbLogger) and compat.logger_experiment(logger) is not None:

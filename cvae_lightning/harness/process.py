@@ -1,4 +1,4 @@
-"""Process-wide settings training runs with, and the plumbing that launches DDP ranks inside a multirun."""
+"""Process-wide settings a run trains with, and the plumbing that launches DDP ranks inside a multirun."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import torch
 from cvae_lightning.errors import check_bool, check_choice
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
+DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 @contextmanager
 def float32_matmul_precision(precision: str):
-    """torch's float32 matmul precision while training; process-wide, so restored afterwards."""
+    """torch's float32 matmul precision in the block; process-wide, so restored after it."""
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
@@ -33,22 +34,16 @@ def nvml_available() -> bool:
     return True
 
 
-def skip_failing_nvml_check() -> None:
-    """Lightning switches torch's CUDA check to NVML (fork-safe on GPU machines); without NVML torch would
-    dlopen it in vain on every optimizer step before asking the CUDA runtime, which gives the same answer."""
-    if not nvml_available():
-        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-
-
 @contextmanager
 def process_settings(flush_denormal: bool, matmul_precision: str):
-    """conf/train.yaml's `flush_denormal` and `matmul_precision`, applied while training (the matmul precision
-    is restored afterwards)."""
+    """conf/train.yaml's `flush_denormal` and `matmul_precision` while training."""
     check_bool("flush_denormal", flush_denormal)
     check_choice("matmul_precision", matmul_precision, MATMUL_PRECISIONS)
     # first, before any parallel op: OpenMP's worker threads copy the setting from this thread as they start
     torch.set_flush_denormal(flush_denormal)
-    skip_failing_nvml_check()
+    # Lightning switches torch's CUDA check to NVML; without NVML torch would dlopen it in vain every step
+    if not nvml_available():
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     with float32_matmul_precision(matmul_precision):
         yield
 
@@ -61,18 +56,11 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-
 @contextmanager
 def one_job_per_ddp_launch():
-    """Lets each job of a Hydra multirun train on several processes with Lightning's `ddp` strategy.
-
-    Lightning re-runs `sys.argv` (plus `hydra.run.dir=<HydraConfig run.dir>`) for ranks > 0: inside a
-    multirun job that would re-run the whole sweep. The children get this job's own overrides and output dir
-    instead, and the launcher's environment and process group are cleared after the job, so that the next
-    job launches its own children rather than waiting for them.
-    """
+    """Lets each job of a multirun train with Lightning's `ddp`: Lightning reruns `sys.argv` for ranks > 0,
+    which in a multirun job would rerun the sweep, so they get this job's overrides and folder instead; the
+    launcher's environment and process group are cleared after the job, for the next to launch its own."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 

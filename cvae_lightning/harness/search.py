@@ -1,10 +1,9 @@
-"""A search that survives an interrupt: `hparams_search=optuna` continues the study it finds in
+"""A search that survives an interrupt: `hparams_search=optuna` continues the study in
 `hydra.sweeper.storage` (the sweeper is hydra_plugins/cvae_lightning_search.py; this is what it does).
 
-Hydra's Optuna sweeper launches `n_trials` new trials on every call, numbers their jobs from 0 and samples
-them with the sampler seeded as in the first run, so a rerun would start the budget over, reuse the job
-numbers and, in the random start-up trials, repeat the first run's params (optuna/optuna#3255). Here
-`n_trials` is the study's total of complete trials: a rerun launches only the ones still missing.
+Hydra's Optuna sweeper launches `n_trials` new trials on every call, numbers their jobs from 0 and seeds its
+sampler as in the first run, so a rerun would start the budget over, reuse job numbers and repeat the first
+run's start-up params (optuna/optuna#3255). Here `n_trials` is the study's total of complete trials.
 """
 
 from __future__ import annotations
@@ -21,16 +20,17 @@ log = logging.getLogger(__name__)
 STORAGES = (
     "a database URL optuna can open, e.g. sqlite:///logs/optuna.db, or null (a study in memory, not kept)"
 )
+NEW_STUDY = "or another hydra.sweeper.study_name for a new study"
 
 
 def open_storage(url):
-    """optuna's storage at `url`, the folder of its SQLite file made first (SQLite creates the file, not the
-    folder); a `url` that cannot be opened stops the sweep in one line naming hydra.sweeper.storage."""
+    """optuna's storage at `url`, its SQLite file's folder made first (SQLite makes only the file); one line
+    naming hydra.sweeper.storage when it cannot be opened."""
     import optuna
     from sqlalchemy.engine import make_url
 
-    def refused(why: str) -> SystemExit:
-        return SystemExit(f"error: hydra.sweeper.storage={url} is not allowed: {why}; expected {STORAGES}")
+    def refused(why: str) -> ConfigError:
+        return ConfigError(f"hydra.sweeper.storage={url} is not allowed: {why}; expected {STORAGES}")
 
     try:
         parsed = make_url(url)
@@ -51,8 +51,8 @@ def open_storage(url):
 
 
 def stored_study(storage, swept: DictConfig):
-    """The study named `hydra.sweeper.study_name` in `storage`, None if there is none yet; one line if it was
-    created for other directions (optuna would refuse it with a traceback)."""
+    """The study `hydra.sweeper.study_name` in `storage`, or None; one line if it was made for other
+    directions (optuna: a traceback)."""
     import optuna
 
     try:
@@ -64,18 +64,16 @@ def stored_study(storage, swept: DictConfig):
     asked = [str(getattr(direction, "name", direction)).lower() for direction in asked]
     stored = [direction.name.lower() for direction in study.directions]
     if asked != stored:
-        raise SystemExit(
-            f"error: hydra.sweeper.direction={' '.join(asked)} is not allowed: study '{study.study_name}' in "
-            f"{swept.storage} was created to {' '.join(stored)}; expected {' '.join(stored)}, or another "
-            "hydra.sweeper.study_name for a new study"
+        raise ConfigError(
+            f"hydra.sweeper.direction={' '.join(asked)} is not allowed: study '{study.study_name}' in "
+            f"{swept.storage} was created to {' '.join(stored)}; expected {' '.join(stored)}, {NEW_STUDY}"
         )
     return study
 
 
 def check_search_space(study, swept: DictConfig, arguments: list[str]) -> None:
-    """One line if the search space (hydra.sweeper.params, then the command line's sweeps) samples a stored
-    parameter from a distribution optuna would refuse (other choices, another kind), instead of its traceback
-    at the first new trial."""
+    """One line if the search space (hydra.sweeper.params, then the command line's) samples a stored
+    parameter from a distribution optuna would refuse at the first new trial, with a traceback."""
     from optuna.distributions import check_distribution_compatibility
 
     from cvae_lightning.harness import compat
@@ -90,33 +88,27 @@ def check_search_space(study, swept: DictConfig, arguments: list[str]) -> None:
         try:
             check_distribution_compatibility(stored[name], asked[name])
         except ValueError as error:
-            why = first_line(error).rstrip(".")
-            raise SystemExit(
-                f"error: {name}={written.get(name, asked[name])} is not allowed: study '{study.study_name}' "
-                f"in {swept.storage} sampled it from {stored[name]} ({why}); expected that, or another "
-                "hydra.sweeper.study_name for a new study"
+            raise ConfigError(
+                f"{name}={written.get(name, asked[name])} is not allowed: study '{study.study_name}' in "
+                f"{swept.storage} sampled it from {stored[name]} ({first_line(error).rstrip('.')}); expected "
+                f"that, {NEW_STUDY}"
             ) from None
 
 
 def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
-    """Readies Hydra's Optuna `sweeper` (set up with `config`, about to sweep `arguments`) to continue the
-    study in its storage: trials a stopped sweep left running are marked failed, only the complete trials
-    still missing from `hydra.sweeper.n_trials` are launched, their jobs numbered on from the study's trials,
-    sampled with a seed of their own. False when the study has them all already: nothing to launch."""
+    """Readies Hydra's Optuna `sweeper` to continue its stored study: trials a stopped sweep left running
+    marked failed, only the complete trials still missing from `n_trials` launched, numbered on from the
+    study's, sampled with a seed of their own. False when the study has them all: nothing to launch."""
     from hydra.utils import instantiate
     from optuna.trial import TrialState
 
     from cvae_lightning.harness import compat
 
     swept = config.hydra.sweeper
-    try:  # 0 would leave the plugin no best trial to report, and a traceback
-        check_int("hydra.sweeper.n_trials", swept.n_trials, low=1)
-    except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None
+    check_int("hydra.sweeper.n_trials", swept.n_trials, low=1)  # 0: no best trial, and a traceback
     if swept.storage is None or swept.study_name is None:
         return True  # a study in memory, or under a fresh generated name: nothing earlier to continue
-    study = stored_study(open_storage(swept.storage), swept)
-    if study is None:
+    if (study := stored_study(open_storage(swept.storage), swept)) is None:
         return True
     check_search_space(study, swept, arguments)
     where = f"study '{study.study_name}' in {swept.storage}"
@@ -128,17 +120,14 @@ def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
         )
     trials = study.get_trials(deepcopy=False)
     complete = sum(trial.state == TrialState.COMPLETE for trial in trials)
-    left = swept.n_trials - complete
-    if left <= 0:
+    if (left := swept.n_trials - complete) <= 0:
         log.info(
             f"{where} has {complete} complete trials, hydra.sweeper.n_trials={swept.n_trials}: nothing to "
             "run (raise hydra.sweeper.n_trials to run more, or set another hydra.sweeper.study_name)"
         )
         return False
-    seed = swept.sampler.get("seed")
-    sampler = None
-    if trials and seed is not None:
-        # offset by the trials so far: the first run's seed would draw the first run's start-up params again
+    seed, sampler = swept.sampler.get("seed"), None
+    if trials and seed is not None:  # offset: the first run's seed would draw its start-up params again
         seed += len(trials)
         sampler = instantiate(swept.sampler, seed=seed)
     if trials:

@@ -1,5 +1,5 @@
-"""SLURM, as the project uses it: the launcher's GPU request, a check of the request against the cluster
-before anything is submitted, and the job's own requeue (docs/slurm.md)."""
+"""SLURM, as the project uses it: the launcher's GPU request, the request checked against the cluster before
+anything is submitted, and the job's own requeue (docs/slurm.md)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import shutil
 import signal
 import subprocess
 
-from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from cvae_lightning.errors import ConfigError
+from cvae_lightning.harness.runs import Callback
 
 GPU_ACCELERATORS = ("gpu", "cuda")
+_received_signal: str | None = None  # process-wide, as signal handlers are
 
 
 def gpus_per_node(accelerator: str, devices) -> int | None:
@@ -29,14 +32,10 @@ def restarts() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
 
 
-_received_signal: str | None = None  # process-wide, as signal handlers are
-
-
 def catch_requeue_signal(name: str = "SIGUSR2") -> None:
-    """Under SLURM, from now on: the signal SLURM sends ahead of the time limit (`--signal`, USR2 as submitit
-    asks for it) is only recorded, for CheckpointOnInterrupt to act on at the end of a training step; in place
-    of submitit's handler, which would requeue and exit on the spot. Called first thing in a job (train.py),
-    so that a signal during start-up is not lost."""
+    """Under SLURM, the signal it sends ahead of the time limit (`--signal`, USR2 as submitit asks) is only
+    recorded from now on, for CheckpointOnInterrupt to act on at the end of a step, in place of submitit's
+    handler, which requeues and exits on the spot. Called first thing in a job (train.py)."""
     if job_id():
         signal.signal(getattr(signal, name), _record_signal)
 
@@ -57,17 +56,11 @@ def requeue() -> None:
 
 
 def _cluster_nodes(partition: str | None) -> list[dict[str, str]]:
-    """One dict per node of the partition (the default one if None): cpus, memory (MB), gres."""
-    command = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P"]
-    if partition:
-        command += ["-p", partition]
+    """One dict per node of the partition (without one, sbatch's default): cpus, memory (MB), gres."""
+    command = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P"] + (["-p", partition] if partition else [])
     lines = subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout.split("\n")
-    nodes = []
-    for line in filter(None, lines):
-        name, cpus, memory, gres, part = line.split("|")
-        if partition or part.endswith("*"):  # without a partition, sbatch uses the default one
-            nodes.append({"name": name, "cpus": cpus, "memory": memory, "gres": gres})
-    return nodes
+    rows = [line.split("|") for line in lines if line]
+    return [dict(name=n, cpus=c, memory=m, gres=g) for n, c, m, g, p in rows if partition or p.endswith("*")]
 
 
 def request_problem(config: DictConfig, nodes: list[dict[str, str]]) -> str | None:
@@ -83,19 +76,16 @@ def request_problem(config: DictConfig, nodes: list[dict[str, str]]) -> str | No
     if not nodes:
         return f"hydra.launcher.partition={launcher.get('partition')} is not allowed: SLURM has no such one"
     tasks, cpus, gpus = launcher.tasks_per_node, launcher.cpus_per_task, launcher.get("gpus_per_node")
-    fit = [n for n in nodes if int(n["cpus"]) >= tasks * cpus]
-    if not fit:
+    if not (fit := [n for n in nodes if int(n["cpus"]) >= tasks * cpus]):
         most = max(int(n["cpus"]) for n in nodes)
         return (
             f"hydra.launcher.cpus_per_task={cpus} x tasks_per_node={tasks} (trainer.devices) is not allowed: "
             f"{where} have at most {most} CPUs"
         )
-    fit = [n for n in fit if int(n["memory"]) >= (launcher.get("mem_gb") or 0) * 1024]
-    if not fit:
+    if not (fit := [n for n in fit if int(n["memory"]) >= (launcher.get("mem_gb") or 0) * 1024]):
         most = max(int(n["memory"]) for n in nodes) // 1024
         return f"hydra.launcher.mem_gb={launcher.mem_gb} is not allowed: {where} have at most {most} GB"
-    fit = [n for n in fit if not gpus or "gpu" in n["gres"]]
-    if not fit:
+    if not (fit := [n for n in fit if not gpus or "gpu" in n["gres"]]):
         return f"hydra.launcher.gpus_per_node={gpus} is not allowed: {where} have no GPUs (gres)"
     if launcher.nodes > len(fit):
         return (
@@ -104,7 +94,7 @@ def request_problem(config: DictConfig, nodes: list[dict[str, str]]) -> str | No
     return None
 
 
-class SlurmPreflight(HydraCallback):
+class SlurmPreflight(Callback):
     """Refuses, in one line and before submitting, a sweep the cluster cannot run (hydra/launcher=slurm)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -112,26 +102,15 @@ class SlurmPreflight(HydraCallback):
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             return
         if shutil.which("sinfo") is None:
-            raise SystemExit(
-                "error: hydra/launcher=slurm is not allowed here: no SLURM (sinfo) on this machine"
-            )
+            raise ConfigError("hydra/launcher=slurm is not allowed here: no SLURM (sinfo) on this machine")
         try:
             nodes = _cluster_nodes(launcher.get("partition"))
         except (subprocess.SubprocessError, OSError) as error:
-            reason = getattr(error, "stderr", None) or str(error)
-            raise SystemExit(
-                f"error: hydra/launcher=slurm is not allowed: sinfo failed ({reason.strip()})"
-            ) from None
-        problem = request_problem(config, nodes)
-        if problem:
-            raise SystemExit(f"error: {problem}")
+            reason = (getattr(error, "stderr", None) or str(error)).strip()
+            raise ConfigError(f"hydra/launcher=slurm is not allowed: sinfo failed ({reason})") from None
+        if problem := request_problem(config, nodes):
+            raise ConfigError(problem)
 
 
-def register_resolvers() -> None:
-    """`${slurm_gpus:accelerator,devices}` for conf/hydra/launcher/slurm.yaml; needed before composing."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("slurm_gpus", gpus_per_node, replace=True)
-
-
-register_resolvers()  # on import: the job processes submitit starts import this module before resolving
+# on import, for conf/hydra/launcher/slurm.yaml: the job processes submitit starts import this module first
+OmegaConf.register_new_resolver("slurm_gpus", gpus_per_node, replace=True)

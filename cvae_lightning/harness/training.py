@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
 from cvae_lightning.errors import Error, Interrupted, WriteError
-from cvae_lightning.harness import checkpoints, files, loggers, slurm
+from cvae_lightning.harness import checkpoints, compat, files, loggers, slurm
 from cvae_lightning.harness.config import build, validate
 from cvae_lightning.harness.loggers import build_loggers
 from cvae_lightning.harness.process import in_multirun, one_job_per_ddp_launch, process_settings
@@ -27,25 +27,11 @@ log = logging.getLogger(__name__)
 PEER_ENDED = "by peer"
 
 # what every logger shows as hyperparameters after a run's own overrides: what tells runs apart
-KEY_HPARAMS = (
-    "model.latent_dim",
-    "model.n_labels",
-    "model.encoder._target_",
-    "model.encoder.hidden_dims",
-    "model.prior._target_",
-    "model.optimizer._target_",
-    "model.optimizer.lr",
-    "model.scheduler._target_",
-    "model.beta",
-    "model.kl_warmup_epochs",
-    "model.objective",
-    "model.k",
-    "data.batch_size",
-    "data.binarize",
-    "trainer.max_epochs",
-    "trainer.devices",
-    "trainer.precision",
-    "seed",
+KEY_HPARAMS = tuple(
+    "model.latent_dim model.n_labels model.encoder._target_ model.encoder.hidden_dims model.prior._target_ "
+    "model.optimizer._target_ model.optimizer.lr model.scheduler._target_ model.beta model.kl_warmup_epochs "
+    "model.objective model.k data.batch_size data.binarize trainer.max_epochs trainer.devices "
+    "trainer.precision seed".split()
 )
 
 
@@ -58,11 +44,9 @@ def build_group(group: DictConfig | None, key: str, **kwargs) -> list:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers.
-
-    In a sweep, a job that fails on a project error records it in its results.json and returns None, so the
-    other jobs run on and the sweep summary names it (the sweep then exits non-zero).
-    """
+    """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers. A sweep's
+    job that fails on a project error records it in its results.json and returns None: the others run on,
+    and the sweep summary names it."""
     try:
         validate(cfg)
         with process_settings(cfg.flush_denormal, cfg.matmul_precision), one_job_per_ddp_launch():
@@ -141,10 +125,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt_p
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
 
     # validation and test metrics of the best checkpoint (the validation pass is not logged again)
-    run_loggers, trainer.loggers = trainer.loggers, []
-    validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    with compat.without_loggers(trainer):
+        validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = validated[0] if validated else {}  # data.val_size=0: no validation set
-    trainer.loggers = run_loggers
     if cfg.get("test"):
         metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
 

