@@ -68,13 +68,14 @@ def sweeper_start(*overrides: str) -> bool:
     given the task's overrides as Hydra gives them): whether any trial is to be launched."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from cvae_lightning.errors import one_line_errors
     from cvae_lightning.harness.search import continue_study
 
     # a multirun composes without the sweeps, which go to the sweeper with the task's other overrides
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     cfg = composed(*(o.input_line for o in parsed if not o.is_sweep_override()), return_hydra_config=True)
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
-    return continue_study(None, cfg, [*cfg.hydra.overrides.task, *sweeps])
+    return one_line_errors(continue_study)(None, cfg, [*cfg.hydra.overrides.task, *sweeps])  # as the sweeper
 
 
 def job_numbers(sweep_dir: Path) -> list[int]:
