@@ -10,6 +10,13 @@ from tests.helpers import ROOT, SHORT_RUN, run_entry, tiny_module, tiny_trainer
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
+def pytest_collection_modifyitems(items):
+    """SLURM jobs are end-to-end runs: `make test-fast` (-m "not slow") leaves them out too."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The project's own data/ (as `make train` leaves it), prepared once: raw files written and verified."""
