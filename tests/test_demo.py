@@ -78,14 +78,18 @@ def test_exported_graphs_match_pytorch_for_any_batch(tmp_path, overrides):
 
 
 def test_export_py_writes_the_graphs_and_what_a_client_needs(tiny_checkpoints, tmp_path, capsys):
-    run_entry("export.py", f"ckpt_path={tiny_checkpoints['cvae']}", f"out={tmp_path}", "classifier_path=none")
+    # a folder of its own: evaluate.py's metrics.json beside the shared checkpoint would be reported instead
+    ckpt = tmp_path / "run" / "last.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copyfile(tiny_checkpoints["cvae"], ckpt)
+    run_entry("export.py", f"ckpt_path={ckpt}", f"out={tmp_path}", "classifier_path=none")
     stdout = capsys.readouterr().out
     assert "sampler.onnx: " in stdout and "largest difference from PyTorch" in stdout
     card = json.loads((tmp_path / "model" / "model.json").read_text())
     assert card["model"] == "CVAE" and card["conditional"] and card["latent_dim"] == 2
     assert card["labels"] == list(range(10)) and card["image_shape"] == [1, 28, 28]
     assert card["graphs"]["sampler"]["inputs"] == ["digit", "noise", "temperature"]
-    assert card["checkpoint"] == str(tiny_checkpoints["cvae"])
+    assert card["checkpoint"] == str(ckpt)
     assert max(card["max_abs_difference_vs_pytorch"].values()) <= 1e-4
     assert card["metrics"]["accuracy_t1"]["value"] is None  # no judge given: said, not invented
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
