@@ -1,6 +1,5 @@
-"""A trained model outside Python: ONNX graphs of its sampler (the prior folded in) and its encoder, a JSON of
-what a client needs, each graph checked against PyTorch with onnxruntime; and the web page (web/) that runs
-them in a browser with onnxruntime-web, assembled into one static folder."""
+"""A trained model outside Python: ONNX graphs of its sampler and encoder, checked against PyTorch, a JSON of
+what a client needs, and the web page (web/) that runs them with onnxruntime-web, as one static folder."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ OPSET = 18
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 WEB = Path(__file__).resolve().parents[2] / "web"  # the repository's web/, beside the package
 OUTPUTS = {"sampler": ["images"], "encoder": ["mean", "style"]}
+EXPORT_OPTIONS = {"opset_version": OPSET, "external_data": False, "dynamo": True, "verbose": False}
 
 
 class _Graph(nn.Module):
@@ -37,8 +37,7 @@ class _Graph(nn.Module):
 
 
 class Sampler(_Graph):
-    """(digit, noise, temperature) -> images in [0, 1]: z = `model.from_noise` (mu_y + temperature *
-    sigma_y * noise for a Gaussian prior), decoded; `model.sample` as one graph."""
+    """(digit, noise, temperature) -> images in [0, 1]: `model.sample` as one graph."""
 
     def forward(self, digit: Tensor, noise: Tensor, temperature: Tensor) -> Tensor:
         return self.images(self.one_hot[digit], noise, temperature)
@@ -55,9 +54,8 @@ class UnconditionalSampler(Sampler):
 
 
 class Encoder(_Graph):
-    """(image, digit) -> (mean of Q(z|x,y), style): the style is the mean's place within the prior p(z|y),
-    `model.to_noise` ((mu - mu_y) / sigma_y for a Gaussian prior), which the sampler at temperature 1
-    decodes as any other digit in the same handwriting (generation.style_transfer)."""
+    """(image, digit) -> (mean of Q(z|x,y), style = `model.to_noise(mean)`), which the sampler
+    decodes as any other digit in the same handwriting."""
 
     def forward(self, image: Tensor, digit: Tensor) -> tuple[Tensor, Tensor]:
         return self.mean_and_style(image, self.one_hot[digit])
@@ -88,7 +86,7 @@ def example_inputs(model: CVAE, n: int = 20, seed: int = 0) -> dict[str, dict[st
 
 def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
     """sampler.onnx and encoder.onnx in `out_dir`, any batch size; returns each graph's largest absolute
-    difference from PyTorch on the same inputs (onnxruntime, CPU)."""
+    difference from PyTorch (onnxruntime, CPU)."""
     import onnxruntime
 
     for name in ("onnx_ir", "onnxscript"):  # their optimizer's every pass at INFO, into the user's log
@@ -116,10 +114,7 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
                 input_names=list(args),
                 output_names=OUTPUTS[name],
                 dynamic_shapes=shapes,
-                opset_version=OPSET,
-                external_data=False,
-                dynamo=True,
-                verbose=False,
+                **EXPORT_OPTIONS,
             )
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {key: value.numpy() for key, value in args.items()})
@@ -133,8 +128,8 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
 
 
 def accuracy_t1(model: CVAE, ckpt_path: Path, classifier_path: Path, n_per_digit: int = 100) -> dict:
-    """How often the project's classifier reads the requested digit at T=1: evaluate.py's figure when it
-    wrote one beside the checkpoint (1,000 samples a digit), else measured here on `n_per_digit` a digit."""
+    """How often the classifier reads the requested digit at T=1: evaluate.py's figure beside the checkpoint,
+    else measured here on `n_per_digit` a digit."""
     evaluated = _json(ckpt_path.parent / "metrics.json").get("accuracy", {}).get("T=1")
     if evaluated:
         return {"value": evaluated["overall"], "samples": 10 * 1000, "by": "evaluate.py"}
@@ -191,8 +186,7 @@ def assemble_page(site: Path) -> None:
 
 
 def export(ckpt_path: Path, out: Path, classifier_path: Path, page: bool = False) -> dict:
-    """The checkpoint's model as `out/model/{sampler,encoder}.onnx` and `model.json` (checked against
-    PyTorch), and with `page` the web page around it: `out` is then a static site."""
+    """`out/model/{sampler,encoder}.onnx` and `model.json`, with `page` the web page around them."""
     ckpt_path = Path(ckpt_path)
     model = checkpoints.load_checkpoint(ckpt_path)
     if page:  # first: a missing npm install is found before the export's seconds
