@@ -54,8 +54,7 @@ class UnconditionalSampler(Sampler):
 
 
 class Encoder(_Graph):
-    """(image, digit) -> (mean of Q(z|x,y), style = `model.to_noise(mean)`), which the sampler
-    decodes as any other digit in the same handwriting."""
+    """(image, digit) -> (mean of Q(z|x,y), style = `model.to_noise(mean)`, which the sampler takes)."""
 
     def forward(self, image: Tensor, digit: Tensor) -> tuple[Tensor, Tensor]:
         return self.mean_and_style(image, self.one_hot[digit])
@@ -85,19 +84,15 @@ def example_inputs(model: CVAE, n: int = 20, seed: int = 0) -> dict[str, dict[st
 
 
 def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
-    """sampler.onnx and encoder.onnx in `out_dir`, any batch size; returns each graph's largest absolute
-    difference from PyTorch (onnxruntime, CPU)."""
+    """sampler.onnx and encoder.onnx in `out_dir`; returns each graph's largest difference from PyTorch."""
     import onnxruntime
 
     for name in ("onnx_ir", "onnxscript"):  # their optimizer's every pass at INFO, into the user's log
         logging.getLogger(name).setLevel(logging.WARNING)
     model = model.float().eval().cpu()
     inputs = example_inputs(model)
-    conditional = bool(model.n_labels)
-    graphs = {
-        "sampler": (Sampler if conditional else UnconditionalSampler)(model),
-        "encoder": (Encoder if conditional else UnconditionalEncoder)(model),
-    }
+    sampler, encoder = (Sampler, Encoder) if model.n_labels else (UnconditionalSampler, UnconditionalEncoder)
+    graphs = {"sampler": sampler(model), "encoder": encoder(model)}
     differences = {}
     for name, module in graphs.items():
         args = inputs[name]
@@ -128,8 +123,7 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
 
 
 def accuracy_t1(model: CVAE, ckpt_path: Path, classifier_path: Path, n_per_digit: int = 100) -> dict:
-    """How often the classifier reads the requested digit at T=1: evaluate.py's figure beside the checkpoint,
-    else measured here on `n_per_digit` a digit."""
+    """Conditional accuracy at T=1: evaluate.py's beside the checkpoint, else measured on `n_per_digit`."""
     evaluated = _json(ckpt_path.parent / "metrics.json").get("accuracy", {}).get("T=1")
     if evaluated:
         return {"value": evaluated["overall"], "samples": 10 * 1000, "by": "evaluate.py"}
