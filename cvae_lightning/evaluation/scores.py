@@ -1,5 +1,4 @@
-"""How good a trained (C)VAE is: conditional accuracy, classifier-FID, the Classification Accuracy Score, and
-the report evaluate.py writes (metrics.json / metrics.md beside the checkpoint)."""
+"""How good a trained (C)VAE is: conditional accuracy, classifier-FID, CAS, and evaluate.py's report."""
 
 from __future__ import annotations
 
@@ -119,8 +118,7 @@ def sample_scores(
     cas_epochs: int = CAS_EPOCHS,
     train_labels: Tensor | None = None,
 ) -> dict:
-    """Conditional accuracy (CVAE) and classifier-FID at each temperature; with `cas` the CAS on as many of
-    each digit as `train_labels` holds."""
+    """Conditional accuracy (CVAE) and classifier-FID at each temperature; with `cas` the CAS."""
     check_bool("eval.cas", cas)
     check_int("eval.cas_epochs", cas_epochs, 1)
     if cas and train_labels is None:
