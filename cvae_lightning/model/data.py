@@ -97,15 +97,7 @@ class InMemoryLoader(SlicedLoader):
     e seeded by (seed, e), a shard per rank); `state_dict` resumes mid-epoch; `binarize`: Bernoulli pixels."""
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        binarize: bool = False,
+        self, images, labels, batch_size: int, shuffle=False, seed=0, rank=0, world_size=1, binarize=False
     ):
         # floats once, here: a batch is then a single gather
         self.images, self.labels = images / 255.0, labels
