@@ -1,5 +1,4 @@
-"""Encoder (x, y) -> (B, 2 * latent_dim) and decoder (z, y) -> logits (B, 1, 28, 28) networks
-(`conf/model/net/*.yaml`); y is one-hot or None."""
+"""Encoders (x, y) -> (B, 2 * latent_dim) and decoders (z, y) -> logits (B, 1, 28, 28); y one-hot or None."""
 
 from __future__ import annotations
 
