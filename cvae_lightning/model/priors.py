@@ -57,8 +57,7 @@ class ConditionalPrior(StandardPrior):
 
 
 class Coupling(nn.Module):
-    """An affine coupling (RealNVP): dimensions outside `mask` scaled and shifted by an MLP of the rest and
-    y; zero-initialised, so it starts as the identity."""
+    """An affine coupling (RealNVP) conditioned on y, zero-initialised: it starts as the identity."""
 
     def __init__(self, latent_dim: int, n_labels: int, mask: Tensor, hidden: int = 64):
         super().__init__()
