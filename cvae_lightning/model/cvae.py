@@ -131,8 +131,7 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int | None = None, labels: Tensor | None = None, *, temperature=1.0, noise=None):
-        """Images in [0, 1] from `from_noise(noise, temperature)`: as many as `labels`, `n` or rows of `noise`
-        (a CVAE given no labels draws them uniformly); temperature 0 decodes the prior mean."""
+        """Images in [0, 1] from `from_noise(noise, temperature)`; a CVAE given no labels draws them."""
         if n is None:
             n = len(labels) if labels is not None else len(noise) if noise is not None else 1
         if labels is None and self.n_labels:
