@@ -56,9 +56,8 @@ class GeneratedDigits(ImageLogger):
     def images(self, trainer, model):
         labels = repeat_digits(self.nrow)
         if model.n_labels:  # the same noise in every row: one handwriting per column
-            return model.sample(
-                labels=labels, noise=model.noise(self.nrow, seed=self.seed).repeat(NUM_CLASSES, 1)
-            )
+            noise = model.noise(self.nrow, seed=self.seed).repeat(NUM_CLASSES, 1)
+            return model.sample(labels=labels, noise=noise)
         return model.sample(noise=model.noise(len(labels), seed=self.seed))
 
 
