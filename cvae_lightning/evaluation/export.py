@@ -116,9 +116,8 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
         with torch.no_grad():
             expected = module(*args.values())
         expected = expected if isinstance(expected, tuple) else (expected,)
-        differences[name] = max(
-            (torch.from_numpy(g) - e).abs().max().item() for g, e in zip(got, expected, strict=True)
-        )
+        pairs = zip(got, expected, strict=True)
+        differences[name] = max((torch.from_numpy(g) - e).abs().max().item() for g, e in pairs)
     return differences
 
 
@@ -168,10 +167,8 @@ def assemble_page(site: Path) -> None:
     ort = WEB / "node_modules" / "onnxruntime-web" / "dist"
     missing = [name for name in ORT_FILES if not (ort / name).is_file()]
     if missing:
-        raise ConfigError(
-            f"page=true is not allowed yet: {ort / missing[0]} is missing; "
-            "run `make web` (npm ci in web/) first"
-        )
+        fix = "run `make web` (npm ci in web/) first"
+        raise ConfigError(f"page=true is not allowed yet: {ort / missing[0]} is missing; {fix}")
     (site / "ort").mkdir(parents=True, exist_ok=True)
     for name in ORT_FILES:
         shutil.copyfile(ort / name, site / "ort" / name)
