@@ -19,10 +19,9 @@ BATCH = 1000
 def evaluating(module: nn.Module) -> Iterator[nn.Module]:
     """`module` in eval mode without autograd for the block, then back in the mode it was in."""
     was_training = module.training
-    module.eval()
     try:
         with torch.no_grad():
-            yield module
+            yield module.eval()
     finally:
         module.train(was_training)
 
