@@ -170,16 +170,13 @@ class MNISTDataModule(L.LightningDataModule):
                     f"({error.strerror or error}); expected a folder this user can write"
                 ) from None
             if self.hparams.download:
-                self._download()
+                try:
+                    for train in (True, False):
+                        MNIST(self.data_dir, train=train, download=True)
+                except Exception as error:  # offline, a proxy, a mirror down: all end the same way
+                    fix = "run with data.download=false to use the offline copy"
+                    raise DataError(f"data.download=true failed ({first_line(error)}); {fix}") from None
         verify_raw_files(self.data_dir)
-
-    def _download(self) -> None:
-        try:
-            for train in (True, False):
-                MNIST(self.data_dir, train=train, download=True)
-        except Exception as error:  # offline, a proxy, a mirror down: all end the same way
-            fix = "run with data.download=false to use the offline copy"
-            raise DataError(f"data.download=true failed ({first_line(error)}); {fix}") from None
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_images"):
