@@ -1,5 +1,4 @@
-"""An exponential moving average of the weights (Polyak averaging), what checkpoints, validation, the test
-after fitting and the test-NLL curve read; the trained weights go on training and are kept beside it."""
+"""An exponential moving average of the weights, which checkpoints, validation and tests read."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ from cvae_lightning.harness import compat
 
 
 def debiased_ema(decay: float):
-    """The EMA update of an average started at zero and divided by 1 - decay^n (Adam's bias correction): a
-    short run's average follows its training, not its first weights."""
+    """The EMA update, debiased by 1 - decay^n (as Adam's): a short run's average follows its training."""
 
     def avg_fn(averaged, current, num_averaged):
         return averaged + (current - averaged) * ((1 - decay) / (1 - decay ** (num_averaged + 1)))
@@ -23,9 +21,8 @@ def debiased_ema(decay: float):
 
 
 class EMA(EMAWeightAveraging):
-    """Lightning's EMAWeightAveraging (a checkpoint's `state_dict` is the average, `current_model_state` the
-    trained weights), debiased, whose hooks act only while fitting: after a fit the parent would load the
-    trained weights over a best checkpoint's average, or swap its final average in, for validate and test."""
+    """Lightning's EMAWeightAveraging, debiased, whose hooks act only while fitting: after a fit the parent
+    would load the trained weights over a best checkpoint's average for validate and test."""
 
     def __init__(self, *args, decay: float = 0.999, **kwargs):
         super().__init__(*args, decay=decay, **kwargs)

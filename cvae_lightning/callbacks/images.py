@@ -1,5 +1,4 @@
-"""The image grids logged after every validation epoch, to every logger that holds images, and the latent
-codes in TensorBoard's projector once training ends (rank zero only)."""
+"""Image grids logged after every validation epoch, and the latent codes in TensorBoard's projector."""
 
 from __future__ import annotations
 
@@ -16,9 +15,7 @@ from cvae_lightning.model.data import NUM_CLASSES
 
 
 class ImageLogger(L.Callback):
-    """Base of the image callbacks: a subclass names its `tag` and grid width `nrow` and draws `images` (in
-    eval mode), logged as one grid after every validation epoch but the sanity check; `applies(model)` can
-    skip models the grid means nothing for."""
+    """`images` (drawn in eval mode) as one grid `tag` of width `nrow` after every validation epoch."""
 
     tag = ""
     nrow = 10
@@ -34,27 +31,22 @@ class ImageLogger(L.Callback):
         if not holds_images(trainer.loggers) or trainer.sanity_checking or not self.applies(pl_module.model):
             return
         with evaluating(pl_module):
-            grid = make_grid(
-                self.images(trainer, pl_module.model).float().cpu(), nrow=self.nrow, pad_value=1.0
-            )
+            grid = make_grid(self.images(trainer, pl_module.model).float().cpu(), self.nrow, pad_value=1.0)
         log_image(trainer.loggers, self.tag, grid[:1], step=trainer.global_step)
 
 
 def _validation_batch(trainer: L.Trainer, n: int):
     """The first n validation images and their labels, from as many batches as it takes."""
-    images, labels, have = [], [], 0
-    for x, y in trainer.val_dataloaders:
-        images.append(x)
-        labels.append(y)
-        have += len(x)
-        if have >= n:
+    batches = []
+    for batch in trainer.val_dataloaders:
+        batches.append(batch)
+        if sum(len(x) for x, _ in batches) >= n:
             break
-    return torch.cat(images)[:n], torch.cat(labels)[:n]
+    return tuple(torch.cat(parts)[:n] for parts in zip(*batches, strict=True))
 
 
 class GeneratedDigits(ImageLogger):
-    """Digits decoded from the same fixed noise every epoch (scroll the step slider to watch them form): a
-    CVAE's row per digit 0-9, a column per noise vector (its "handwriting"); a VAE's 10 x `n_per_digit`."""
+    """Digits decoded from the same noise every epoch: a CVAE's row per digit, a column per "handwriting"."""
 
     tag = "samples/generated"
 
@@ -64,9 +56,8 @@ class GeneratedDigits(ImageLogger):
     def images(self, trainer, model):
         labels = repeat_digits(self.nrow)
         if model.n_labels:  # the same noise in every row: one handwriting per column
-            return model.sample(
-                labels=labels, noise=model.noise(self.nrow, seed=self.seed).repeat(NUM_CLASSES, 1)
-            )
+            noise = model.noise(self.nrow, seed=self.seed).repeat(NUM_CLASSES, 1)
+            return model.sample(labels=labels, noise=noise)
         return model.sample(noise=model.noise(len(labels), seed=self.seed))
 
 
@@ -85,8 +76,7 @@ class Reconstructions(ImageLogger):
 
 
 class StyleTransfer(ImageLogger):
-    """Fixed validation digits (first column) encoded, then decoded as every digit 0-9: the same
-    handwriting, another digit. CVAE only."""
+    """Fixed validation digits (first column) decoded as every digit 0-9 in their handwriting. CVAE only."""
 
     tag = "samples/style_transfer"
     nrow = NUM_CLASSES + 1
@@ -102,8 +92,7 @@ class StyleTransfer(ImageLogger):
 
 
 class Interpolation(ImageLogger):
-    """Straight lines in z between two fixed prior draws, decoded, a row per digit (CVAE) or pair of draws
-    (VAE): smooth rows mean a smooth latent space."""
+    """Straight lines in z between two fixed prior draws, decoded: a row per digit (CVAE) or pair of draws."""
 
     tag = "samples/interpolation"
 
@@ -116,8 +105,7 @@ class Interpolation(ImageLogger):
 
 
 class LatentManifold(ImageLogger):
-    """A 2-D latent space's decoder over a grid of z (prior quantiles) for one digit (CVAE): how the digit
-    changes across the latent plane. Skipped for other latent sizes."""
+    """A 2-D latent space decoded over a grid of prior quantiles for one digit; other latent sizes skip it."""
 
     tag = "samples/latent_manifold"
 
@@ -135,9 +123,7 @@ class LatentManifold(ImageLogger):
 
 
 class LatentProjector(L.Callback):
-    """The encoder means of the first `n_images` validation digits once training ends, in TensorBoard's
-    PROJECTOR tab (`latent/mu`), labelled and drawn as their digits, for PCA, t-SNE or UMAP (a VAE's z has to
-    tell the digits apart, a CVAE's need not). Skipped without a TensorBoard logger or validation data."""
+    """The encoder means of `n_images` validation digits in TensorBoard's projector once training ends."""
 
     tag = "latent/mu"
 
@@ -152,10 +138,9 @@ class LatentProjector(L.Callback):
         x, labels = _validation_batch(trainer, self.n_images)
         with evaluating(pl_module):
             mu = pl_module.model.encode(x.to(pl_module.device), labels)[0]
-        writer.add_embedding(
-            mu.float().cpu(),
-            metadata=labels.tolist(),
-            label_img=x.float().cpu(),
-            global_step=trainer.global_step,
-            tag=self.tag,
-        )
+        shown = {
+            "metadata": labels.tolist(),
+            "label_img": x.float().cpu(),
+            "global_step": trainer.global_step,
+        }
+        writer.add_embedding(mu.float().cpu(), **shown, tag=self.tag)

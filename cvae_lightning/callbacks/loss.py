@@ -1,5 +1,4 @@
-"""The training loss, watched: its scalars logged on the steps the loggers write, and training stopped when it
-is not finite."""
+"""The training loss: its scalars logged on the steps the loggers write, training stopped when not finite."""
 
 from __future__ import annotations
 
@@ -18,18 +17,15 @@ class LogTrainingScalars(L.Callback):
         if not (trainer.fast_dev_run or compat.logs_this_step(trainer)):
             return
         for name, value in pl_module.scalars(outputs).items():
-            pl_module.log(
-                f"train/{name}", value, prog_bar=name == pl_module.loss_name, batch_size=len(batch[0])
-            )
+            shown = name == pl_module.loss_name
+            pl_module.log(f"train/{name}", value, prog_bar=shown, batch_size=len(batch[0]))
         if outputs.get("kl_weight", 1.0) != 1.0:
             pl_module.log("train/kl_weight", outputs["kl_weight"])
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Stops training when the loss is not finite: on a CPU before that step's backward, so the weights (and
-    the checkpoint written on the way out) are the last good ones. On the devices in `defer_on` the checks
-    gather on the device and are read where the host waits anyway (the steps the loggers write, an epoch's
-    last step), not every step; the error then names the steps since the last read."""
+    """Stops training when the loss is not finite, before that step's backward (the weights stay the last good
+    ones); on `defer_on` devices the checks gather there and are read only where the host waits anyway."""
 
     def __init__(self, defer_on: tuple[str, ...] = ("cuda",)):
         self.defer_on = tuple(defer_on)
@@ -52,9 +48,8 @@ class StopOnNonFiniteLoss(L.Callback):
         (since, finite), self._pending = self._pending, None
         if not finite:
             last = trainer.global_step - 1
-            self._stop(
-                f"step {since}" if since == last else f"a step from {since} to {last}", outputs["loss"]
-            )
+            where = f"step {since}" if since == last else f"a step from {since} to {last}"
+            self._stop(where, outputs["loss"])
 
     @staticmethod
     def _stop(where: str, loss: torch.Tensor):

@@ -1,5 +1,4 @@
-"""Curves that judge a model while it trains: sample accuracy (is a requested 3 read as a 3?) and the
-number of active latent dimensions; the test NLL, as a curve while training and once in evaluate.py."""
+"""Curves that judge a model: sample accuracy, active latent dimensions and the test NLL."""
 
 from __future__ import annotations
 
@@ -25,18 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class SampleAccuracy(L.Callback):
-    """Conditional accuracy of fixed-noise samples each epoch, judged by the project's classifier:
-    `samples/accuracy_T<temperature>` and `_mu` (z = the prior mean), and the T=1 samples it misread,
-    `samples/misread_T1` (a row per requested digit, up to `misread_per_digit`, 0: not drawn). CVAE only;
-    skipped with one warning when the classifier checkpoint is missing (`make classifier`)."""
+    """`samples/accuracy_T<temperature>` (`_mu`: T=0) of fixed-noise samples as the classifier reads them, and
+    `samples/misread_T1`, up to `misread_per_digit` misread a digit; CVAE only, warns without a classifier."""
 
     def __init__(
-        self,
-        classifier_path: str,
-        n_per_digit: int = 100,
-        temperatures=(1.0, 0.0),
-        seed: int = 0,
-        misread_per_digit: int = 10,
+        self, classifier_path, n_per_digit=100, temperatures=(1.0, 0.0), seed=0, misread_per_digit=10
     ):
         self.classifier_path = Path(classifier_path)
         self.n_per_digit, self.temperatures, self.seed = n_per_digit, tuple(temperatures), seed
@@ -49,9 +41,8 @@ class SampleAccuracy(L.Callback):
         if self.classifier_path.is_file():
             self.classifier = load_classifier(self.classifier_path, map_location=pl_module.device)
         else:
-            log.warning(
-                f"no classifier at {self.classifier_path}: samples/accuracy_* not logged (make classifier)"
-            )
+            missing = f"no classifier at {self.classifier_path}"
+            log.warning(f"{missing}: samples/accuracy_* not logged (make classifier)")
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if self.classifier is None or trainer.sanity_checking:
@@ -74,8 +65,7 @@ class SampleAccuracy(L.Callback):
 
 
 def misread_grid(images: torch.Tensor, requested: torch.Tensor, read: torch.Tensor, per_digit: int):
-    """A row per requested digit: its samples read as another digit (up to `per_digit`), then black cells;
-    one grayscale image (1, H, W)."""
+    """A row per requested digit of its samples read as another (up to `per_digit`, then black): (1, H, W)."""
     cells = torch.zeros(NUM_CLASSES, per_digit, *images.shape[1:])
     for digit in range(NUM_CLASSES):
         wrong = images[(requested == digit) & (read != digit)][:per_digit]
@@ -84,8 +74,7 @@ def misread_grid(images: torch.Tensor, requested: torch.Tensor, read: torch.Tens
 
 
 class ActiveUnits(L.Callback):
-    """`val/active_units`: latent dimensions whose mean KL over the validation set exceeds `threshold`
-    nats; the rest are unused by the encoder (posterior collapse)."""
+    """`val/active_units`: latent dimensions whose mean validation KL exceeds `threshold` nats."""
 
     def __init__(self, threshold: float = 0.01):
         self.threshold = threshold
@@ -119,9 +108,7 @@ def dataset_nll(model, loader, k: int, chunk: int = 100, n_images: int | None = 
 
 
 class LogLikelihood(L.Callback):
-    """`test/nll_k<k>`: the IWAE bound with k importance samples of every test image, beside the test
-    -ELBO of the same batches (evaluate.py; `compile` fuses decoder and likelihood with inductor, about
-    2.7x faster on CPU, the noise drawn outside so the number is the eager one up to rounding)."""
+    """`test/nll_k<k>`: the IWAE bound of k samples of every test image (evaluate.py); `compile`: inductor."""
 
     def __init__(self, k: int = 1000, chunk: int = 100, compile: bool = False):
         self.k, self.chunk, self.compile = k, chunk, compile
@@ -137,10 +124,8 @@ class LogLikelihood(L.Callback):
 
 
 class NLLCurve(L.Callback):
-    """`test/nll_k<k>` every `every_n_epochs` training epochs and after the last: the IWAE bound (k samples)
-    of the first `n_images` test images, binarized with a fixed seed, in float32, of the `ema` callback's
-    averaged weights. Each point also goes to `<run dir>/test_nll.json` with its epoch and the wall and CPU
-    seconds since the fit began, to show how far a benchmark run got (docs/results.md plots them)."""
+    """`test/nll_k<k>` every `every_n_epochs` epochs and after the last: the IWAE bound of the first
+    `n_images` test images (fixed seed, float32, EMA weights), also in `<run dir>/test_nll.json`."""
 
     def __init__(self, k: int = 100, every_n_epochs: int = 10, n_images: int | None = None, chunk: int = 100):
         self.k, self.every_n_epochs, self.n_images, self.chunk = k, every_n_epochs, n_images, chunk
@@ -168,11 +153,7 @@ class NLLCurve(L.Callback):
             points = json.loads(path.read_text()) if path.is_file() else []
             points = [p for p in points if p["epoch"] < epoch]  # a resumed run rewrites its later points
             # CPU seconds too: unlike wall time they stop while the process is paused or waits for a core
-            point = {
-                "epoch": epoch,
-                "step": trainer.global_step,
-                "nll": nll,
-                "seconds": round(time.perf_counter() - self.started, 1),
-                "cpu_seconds": round(time.process_time() - self.cpu_started, 1),
-            }
+            wall, cpu = time.perf_counter() - self.started, time.process_time() - self.cpu_started
+            point = {"epoch": epoch, "step": trainer.global_step, "nll": nll, "seconds": round(wall, 1)}
+            point["cpu_seconds"] = round(cpu, 1)
             files.write_text(path, json.dumps([*points, point], indent=1) + "\n")

@@ -1,5 +1,4 @@
-"""What exact resume needs beyond Lightning's defaults: RNG states in every checkpoint, last.ckpt after every
-epoch and on an interrupt, so that a resumed run equals an uninterrupted one."""
+"""What makes a resumed run equal an uninterrupted one: RNG states, last.ckpt each epoch and on interrupt."""
 
 from __future__ import annotations
 
@@ -49,11 +48,9 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
 
 
 class RNGStateCheckpoint(L.Callback):
-    """The RNG states in every checkpoint (Lightning's hold none, so a resumed run would draw other noise),
-    restored in `on_train_start`, after the resume-time sanity check has drawn its own."""
+    """The RNG states in every checkpoint, restored after the resume-time sanity check has drawn its own."""
 
-    def __init__(self):
-        self._to_restore: dict[str, torch.Tensor] | None = None
+    _to_restore: dict[str, torch.Tensor] | None = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return rng_states()
@@ -68,22 +65,11 @@ class RNGStateCheckpoint(L.Callback):
 
 
 class CheckpointOnInterrupt(Checkpoint):
-    """Writes `last.ckpt` when training stops on an exception (SIGTERM, Ctrl-C, a non-finite loss), and under
-    SLURM requeues the job (at most `max_requeues` times) when `requeue_signal` stopped it.
+    """Writes (and keeps) `last.ckpt` when training stops on an exception, unless the weights are not finite;
+    under SLURM requeues the job (up to `max_requeues` times) when `requeue_signal`, which stops training at
+    the end of its step as SIGTERM does, stopped it: Lightning's and submitit's requeue save mid-step."""
 
-    Unlike Lightning's OnExceptionCheckpoint the file is kept (it is the resume point), and skipped when the
-    weights are not finite. The requeue signal stops training at the end of its step, as SIGTERM does, so the
-    requeued job resumes exactly; this replaces Lightning's SLURM auto-requeue (a checkpoint mid-step, off in
-    training.py) and submitit's (its handler replaced: slurm.catch_requeue_signal).
-    """
-
-    def __init__(
-        self,
-        dirpath: str,
-        filename: str = "last",
-        requeue_signal: str | None = "SIGUSR2",
-        max_requeues: int = 3,
-    ):
+    def __init__(self, dirpath: str, filename="last", requeue_signal: str | None = "SIGUSR2", max_requeues=3):
         self.ckpt_path = f"{dirpath}/{filename}.ckpt"
         self.max_requeues = max_requeues
         self.requeued = False
@@ -99,9 +85,7 @@ class CheckpointOnInterrupt(Checkpoint):
         if signalled and not trainer.received_sigterm:
             compat.stop_at_end_of_step(trainer)
 
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         # under DDP a save is collective: only a SIGTERM (or the requeue signal) stops every rank at one step
         collective = trainer.world_size == 1 or isinstance(exception, SIGTERMException)
         if collective and not isinstance(exception, WriteError):  # a write that failed: the last one stays
@@ -122,11 +106,8 @@ class CheckpointOnInterrupt(Checkpoint):
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # nothing trained yet, or stopped inside a validation: the last periodic last.ckpt resumes exactly
-        if (
-            trainer.state.fn != "fit"
-            or trainer.state.stage != RunningStage.TRAINING
-            or trainer.global_step == 0
-        ):
+        state = trainer.state
+        if state.fn != "fit" or state.stage != RunningStage.TRAINING or trainer.global_step == 0:
             return
         path = Path(self.ckpt_path)
         if path.is_file() and checkpoints.read(path)["global_step"] == trainer.global_step:

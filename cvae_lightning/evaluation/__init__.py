@@ -1,2 +1,1 @@
-"""How a trained model is judged and used: the MNIST classifier that reads its digits, sampling and the
-scores evaluate.py writes, and the ONNX export behind the web page."""
+"""How a trained model is judged and used: classifier, sampling, scores and the ONNX export."""

@@ -15,8 +15,7 @@ from cvae_lightning.model.module import plain
 
 
 class Classifier(L.LightningModule):
-    """A small CNN: two conv-conv-pool blocks, then `feature_dim` penultimate features (what classifier-FID
-    compares) and a linear head (its logits give conditional accuracy); `optimizer` a `_partial_` config."""
+    """A small CNN: `feature_dim` penultimate features (for classifier-FID), then a linear head."""
 
     def __init__(self, channels=(32, 64), feature_dim: int = 128, dropout: float = 0.3, optimizer=None):
         super().__init__()

@@ -1,6 +1,5 @@
-"""A trained model outside Python: ONNX graphs of its sampler (the prior folded in) and its encoder, a JSON of
-what a client needs, each graph checked against PyTorch with onnxruntime; and the web page (web/) that runs
-them in a browser with onnxruntime-web, assembled into one static folder."""
+"""A trained model outside Python: ONNX graphs of its sampler and encoder, checked against PyTorch, a JSON of
+what a client needs, and the web page (web/) that runs them with onnxruntime-web, as one static folder."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ OPSET = 18
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 WEB = Path(__file__).resolve().parents[2] / "web"  # the repository's web/, beside the package
 OUTPUTS = {"sampler": ["images"], "encoder": ["mean", "style"]}
+EXPORT_OPTIONS = {"opset_version": OPSET, "external_data": False, "dynamo": True, "verbose": False}
 
 
 class _Graph(nn.Module):
@@ -37,8 +37,7 @@ class _Graph(nn.Module):
 
 
 class Sampler(_Graph):
-    """(digit, noise, temperature) -> images in [0, 1]: z = `model.from_noise` (mu_y + temperature *
-    sigma_y * noise for a Gaussian prior), decoded; `model.sample` as one graph."""
+    """(digit, noise, temperature) -> images in [0, 1]: `model.sample` as one graph."""
 
     def forward(self, digit: Tensor, noise: Tensor, temperature: Tensor) -> Tensor:
         return self.images(self.one_hot[digit], noise, temperature)
@@ -55,9 +54,7 @@ class UnconditionalSampler(Sampler):
 
 
 class Encoder(_Graph):
-    """(image, digit) -> (mean of Q(z|x,y), style): the style is the mean's place within the prior p(z|y),
-    `model.to_noise` ((mu - mu_y) / sigma_y for a Gaussian prior), which the sampler at temperature 1
-    decodes as any other digit in the same handwriting (generation.style_transfer)."""
+    """(image, digit) -> (mean of Q(z|x,y), style = `model.to_noise(mean)`, which the sampler takes)."""
 
     def forward(self, image: Tensor, digit: Tensor) -> tuple[Tensor, Tensor]:
         return self.mean_and_style(image, self.one_hot[digit])
@@ -87,19 +84,15 @@ def example_inputs(model: CVAE, n: int = 20, seed: int = 0) -> dict[str, dict[st
 
 
 def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
-    """sampler.onnx and encoder.onnx in `out_dir`, any batch size; returns each graph's largest absolute
-    difference from PyTorch on the same inputs (onnxruntime, CPU)."""
+    """sampler.onnx and encoder.onnx in `out_dir`; returns each graph's largest difference from PyTorch."""
     import onnxruntime
 
     for name in ("onnx_ir", "onnxscript"):  # their optimizer's every pass at INFO, into the user's log
         logging.getLogger(name).setLevel(logging.WARNING)
     model = model.float().eval().cpu()
     inputs = example_inputs(model)
-    conditional = bool(model.n_labels)
-    graphs = {
-        "sampler": (Sampler if conditional else UnconditionalSampler)(model),
-        "encoder": (Encoder if conditional else UnconditionalEncoder)(model),
-    }
+    sampler, encoder = (Sampler, Encoder) if model.n_labels else (UnconditionalSampler, UnconditionalEncoder)
+    graphs = {"sampler": sampler(model), "encoder": encoder(model)}
     differences = {}
     for name, module in graphs.items():
         args = inputs[name]
@@ -116,25 +109,20 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
                 input_names=list(args),
                 output_names=OUTPUTS[name],
                 dynamic_shapes=shapes,
-                opset_version=OPSET,
-                external_data=False,
-                dynamo=True,
-                verbose=False,
+                **EXPORT_OPTIONS,
             )
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {key: value.numpy() for key, value in args.items()})
         with torch.no_grad():
             expected = module(*args.values())
         expected = expected if isinstance(expected, tuple) else (expected,)
-        differences[name] = max(
-            (torch.from_numpy(g) - e).abs().max().item() for g, e in zip(got, expected, strict=True)
-        )
+        pairs = zip(got, expected, strict=True)
+        differences[name] = max((torch.from_numpy(g) - e).abs().max().item() for g, e in pairs)
     return differences
 
 
 def accuracy_t1(model: CVAE, ckpt_path: Path, classifier_path: Path, n_per_digit: int = 100) -> dict:
-    """How often the project's classifier reads the requested digit at T=1: evaluate.py's figure when it
-    wrote one beside the checkpoint (1,000 samples a digit), else measured here on `n_per_digit` a digit."""
+    """Conditional accuracy at T=1: evaluate.py's beside the checkpoint, else measured on `n_per_digit`."""
     evaluated = _json(ckpt_path.parent / "metrics.json").get("accuracy", {}).get("T=1")
     if evaluated:
         return {"value": evaluated["overall"], "samples": 10 * 1000, "by": "evaluate.py"}
@@ -179,10 +167,8 @@ def assemble_page(site: Path) -> None:
     ort = WEB / "node_modules" / "onnxruntime-web" / "dist"
     missing = [name for name in ORT_FILES if not (ort / name).is_file()]
     if missing:
-        raise ConfigError(
-            f"page=true is not allowed yet: {ort / missing[0]} is missing; "
-            "run `make web` (npm ci in web/) first"
-        )
+        fix = "run `make web` (npm ci in web/) first"
+        raise ConfigError(f"page=true is not allowed yet: {ort / missing[0]} is missing; {fix}")
     (site / "ort").mkdir(parents=True, exist_ok=True)
     for name in ORT_FILES:
         shutil.copyfile(ort / name, site / "ort" / name)
@@ -191,8 +177,7 @@ def assemble_page(site: Path) -> None:
 
 
 def export(ckpt_path: Path, out: Path, classifier_path: Path, page: bool = False) -> dict:
-    """The checkpoint's model as `out/model/{sampler,encoder}.onnx` and `model.json` (checked against
-    PyTorch), and with `page` the web page around it: `out` is then a static site."""
+    """`out/model/{sampler,encoder}.onnx` and `model.json`, with `page` the web page around them."""
     ckpt_path = Path(ckpt_path)
     model = checkpoints.load_checkpoint(ckpt_path)
     if page:  # first: a missing npm install is found before the export's seconds

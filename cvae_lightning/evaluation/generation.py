@@ -1,5 +1,4 @@
-"""What a trained CVAE draws (images in [0, 1]): digits on request, style transfer, interpolations, and
-`evaluating`, the eval mode every drawing and judging pass runs in."""
+"""What a trained CVAE draws (images in [0, 1]): digits on request, style transfer, interpolations."""
 
 from __future__ import annotations
 
@@ -20,10 +19,9 @@ BATCH = 1000
 def evaluating(module: nn.Module) -> Iterator[nn.Module]:
     """`module` in eval mode without autograd for the block, then back in the mode it was in."""
     was_training = module.training
-    module.eval()
     try:
         with torch.no_grad():
-            yield module
+            yield module.eval()
     finally:
         module.train(was_training)
 
@@ -41,9 +39,8 @@ def repeat_digits(n: int | Sequence[int], digits: Sequence[int] = range(NUM_CLAS
 
 @torch.no_grad()
 def draw(model, labels: Tensor, temperature: float = 1.0, batch_size: int | None = BATCH) -> Tensor:
-    """One sample per label, on the CPU, `batch_size` at a time (None: at once; a VAE draws as many
-    unlabelled ones). The batches partition the random draws, so the same seed gives the same images only
-    under the same batch_size."""
+    """One sample per label, on the CPU, `batch_size` at a time (None: at once); the batches partition the
+    random draws: a seed gives the same images only under the same batch_size."""
     chunks = labels.split(batch_size) if batch_size else [labels]
     return torch.cat([model.sample(labels=chunk, temperature=temperature).cpu() for chunk in chunks])
 
@@ -55,12 +52,8 @@ def digit_grid(model, digits: Sequence[int], n: int, temperature: float = 1.0) -
 
 @torch.no_grad()
 def style_transfer(model, x: Tensor, labels: Tensor) -> Tensor:
-    """[original, decoded as 0, ..., decoded as 9] per image, from z = mu of Q(z|x,y): same handwriting.
-
-    The style is z's place within the source digit's prior (`model.to_noise`: (z - mu_y) / sigma_y, through
-    the flow's inverse if any), carried over to each target digit's prior (the identity for N(0, I); needed
-    for a learned p(z|y), whose digits sit apart).
-    """
+    """[original, decoded as 0, ..., 9] per image: z = mu of Q(z|x,y) as noise of its prior (the style),
+    decoded through each target digit's prior (a learned p(z|y)'s digits sit apart)."""
     x = x.to(model.device)
     style = model.to_noise(model.encode(x, labels)[0], model.condition(labels))
     noise = style.repeat_interleave(NUM_CLASSES, dim=0)
@@ -81,9 +74,7 @@ def latent_interpolation(model, digits: Sequence[int], steps: int, temperature: 
 def label_interpolation(model, digits: Sequence[int], steps: int, rows: int = 1, temperature: float = 1.0):
     """For each of `rows` fixed z, `steps` images from digits[0] to digits[1] to ... (mixing one-hot y)."""
     one_hot = F.one_hot(torch.tensor(list(digits)), NUM_CLASSES).float()
-    mixed = torch.cat(
-        [lerp(one_hot[i : i + 1], one_hot[i + 1 : i + 2], steps) for i in range(len(digits) - 1)]
-    )
+    mixed = torch.cat([lerp(a[None], b[None], steps) for a, b in zip(one_hot[:-1], one_hot[1:], strict=True)])
     rows = [
         model.sample(labels=mixed, temperature=temperature, noise=model.noise(1).expand(len(mixed), -1))
         for _ in range(rows)

@@ -1,6 +1,4 @@
-"""How good a trained (C)VAE is: test -ELBO, IWAE NLL, conditional accuracy, classifier-FID and the
-Classification Accuracy Score, and the report evaluate.py writes (metrics.json / metrics.md beside the
-checkpoint). Drawing the samples is generation's; judging them is this module's."""
+"""How good a trained (C)VAE is: conditional accuracy, classifier-FID, CAS, and evaluate.py's report."""
 
 from __future__ import annotations
 
@@ -25,9 +23,11 @@ from cvae_lightning.model.data import NUM_CLASSES, InMemoryLoader
 
 # images per classifier pass: small enough that its activations reuse heap memory instead of fresh mmaps
 CLASSIFIER_BATCH = 128
-# the classifier's training recipe, as `python train.py experiment=classifier` runs it: 4 epochs
-# (conf/experiment/classifier.yaml) of batches of 128 (conf/data/mnist.yaml)
+# the recipe of `train.py experiment=classifier` (conf/experiment/classifier.yaml, conf/data/mnist.yaml)
 CAS_EPOCHS, CAS_BATCH = 4, 128
+CAS_TRAINER = {"devices": 1, "limit_val_batches": 0} | dict.fromkeys(
+    ("logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary"), False
+)
 # metrics.md's first rows, by their key in metrics["test"]
 _TEST_ROWS = (("nelbo", "-ELBO (nats/image)"), ("recon", "reconstruction term"), ("kl", "KL term"))
 _TEST_KEYS = ("nelbo", "recon", "kl", "nll")
@@ -42,8 +42,7 @@ def read_digits(classifier: Classifier, images: Tensor, batch_size: int | None =
 
 
 def conditional_accuracy(read: Tensor, requested: Tensor) -> dict[str, object]:
-    """How often the classifier read the requested digit: overall, per digit, and the confusion matrix
-    (rows: requested)."""
+    """How often the classifier read the requested digit: overall, per digit, confusion (rows: requested)."""
     return {
         "overall": multiclass_accuracy(read, requested, NUM_CLASSES, average="micro").item(),
         "per_digit": multiclass_accuracy(read, requested, NUM_CLASSES, average="none").tolist(),
@@ -52,9 +51,7 @@ def conditional_accuracy(read: Tensor, requested: Tensor) -> dict[str, object]:
 
 
 @torch.no_grad()
-def classifier_fid(
-    classifier: Classifier, real: Tensor, fake: Tensor, batch_size: int = CLASSIFIER_BATCH
-) -> float:
+def classifier_fid(classifier: Classifier, real: Tensor, fake: Tensor, batch_size=CLASSIFIER_BATCH) -> float:
     """Frechet distance between real and generated images in the classifier's penultimate features."""
     fid = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), normalize=True)
     fid.to(classifier.device)
@@ -65,7 +62,6 @@ def classifier_fid(
 
 
 def label_counts(labels: Tensor) -> list[int]:
-    """How many of each digit 0-9 `labels` holds."""
     return torch.bincount(labels, minlength=NUM_CLASSES).tolist()
 
 
@@ -85,14 +81,9 @@ def classification_accuracy_score(
     binarize: bool = False,
     seed: int = 0,
 ) -> dict:
-    """The Classification Accuracy Score (Ravuri & Vinyals 2019): a fresh classifier trained only on the
-    CVAE's T=1 samples, `train_counts[d]` of each digit d (or one number for all), tested on the real test
-    images (uint8), overall and per digit; with `real_classifier` its accuracy there as `real_data`.
-
-    It has the real one's architecture and learning rate and trains as `experiment=classifier` does, but
-    keeps its last epoch (choosing one by real validation digits would let real data in). `binarize`: the
-    samples become Bernoulli draws afresh every batch, as the model's own training images were.
-    """
+    """The Classification Accuracy Score (Ravuri & Vinyals 2019): a classifier like `real_classifier` trained
+    only on T=1 samples (`train_counts[d]` of digit d) to its last epoch (choosing one by real digits would
+    let real data in), tested on the real test images; `real_data`: the real one's accuracy there."""
     if not model.n_labels:
         raise ConfigError(f"CAS is not defined for a VAE: {CAS_NOT_DEFINED}")
     started = time.perf_counter()
@@ -104,16 +95,7 @@ def classification_accuracy_score(
         pixels = draw(model, labels, temperature=1.0).mul(255).round().to(torch.uint8)
         loader = InMemoryLoader(pixels, labels, batch_size, shuffle=True, seed=seed, binarize=binarize)
         classifier = Classifier(**(real_classifier.hparams if real_classifier is not None else {}))
-        trainer = L.Trainer(
-            accelerator=model.device.type,
-            devices=1,
-            max_epochs=epochs,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        trainer = L.Trainer(accelerator=model.device.type, max_epochs=epochs, **CAS_TRAINER)
         trainer.fit(classifier, train_dataloaders=loader)
     real = test_images.float().div(255.0)
     result = _test_accuracy(classifier.eval(), real, test_labels)
@@ -136,8 +118,7 @@ def sample_scores(
     cas_epochs: int = CAS_EPOCHS,
     train_labels: Tensor | None = None,
 ) -> dict:
-    """What the classifier says of the model's samples (evaluate.py): conditional accuracy (CVAE) and
-    classifier-FID at each temperature, and with `cas` the CAS on as many of each digit as `train_labels`."""
+    """Conditional accuracy (CVAE) and classifier-FID at each temperature; with `cas` the CAS."""
     check_bool("eval.cas", cas)
     check_int("eval.cas_epochs", cas_epochs, 1)
     if cas and train_labels is None:

