@@ -28,10 +28,7 @@ def validate(cfg: DictConfig) -> None:
     check_int("seed", cfg.get("seed"), 0)
     check_bool("test", cfg.get("test"))
     check_bool("compile", cfg.get("compile", False))
-    ckpt_path = cfg.get("ckpt_path")
-    check(
-        "ckpt_path", ckpt_path, ckpt_path is None or isinstance(ckpt_path, str), "null, last or a file path"
-    )
+    check("ckpt_path", p := cfg.get("ckpt_path"), isinstance(p, str | None), "null, last or a file path")
     # Lightning accepts these (max_epochs=0, log_every_n_steps=0, min_epochs=-1) and fails later, or never
     for key, low in (("max_epochs", 1), ("min_epochs", 0), ("log_every_n_steps", 1)):
         if _select(cfg, f"trainer.{key}") is not None:
