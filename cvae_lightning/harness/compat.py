@@ -59,10 +59,9 @@ def log_hparams_session(logger, hparams: dict[str, Any], metrics: dict[str, floa
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     logger.log_metrics(metrics)
-    _, session_start, session_end = hparams_summaries(hparams, metrics)
     writer = tensorboard_file_writer(logger.experiment)
-    writer.add_summary(session_start)
-    writer.add_summary(session_end)
+    for summary in hparams_summaries(hparams, metrics)[1:]:  # session start and end
+        writer.add_summary(summary)
 
 
 def continue_optuna_sweep(sweeper, n_trials: int, first_job_idx: int, sampler=None) -> None:
