@@ -1,5 +1,4 @@
-"""The project's errors: each says in one line what is wrong and what is allowed; entry points print it as
-`error: <message>` and exit 1 (`one_line_errors`), never with a traceback."""
+"""The project's errors, each one line naming the fix; entry points print `error: <message>` and exit 1."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ class Error(Exception):
 
 
 class ConfigError(Error, ValueError):
-    """A config value that cannot work: the message names the key, the value and what is allowed."""
+    """A config value that cannot work, named with what is allowed."""
 
 
 class DataError(Error):
@@ -28,7 +27,7 @@ class CheckpointError(Error):
 
 
 class WriteError(Error):
-    """A file could not be written (a full disk, a read-only folder); the file before it, if any, is whole."""
+    """A file could not be written; the file before it, if any, is whole."""
 
 
 class NonFiniteLossError(Error, FloatingPointError):
@@ -36,12 +35,11 @@ class NonFiniteLossError(Error, FloatingPointError):
 
 
 class Interrupted(Error):
-    """Training stopped from outside (a signal, another rank's end); last.ckpt holds the state to resume."""
+    """Training stopped from outside (a signal, another rank's end); last.ckpt can resume it."""
 
 
 def one_line_errors(main: Callable) -> Callable:
-    """`main`, with the project's errors turned into `error: <message>` and exit status 1: the one path from
-    an Error to the printed line (entry points, Hydra callbacks, the sweeper)."""
+    """`main`, with the project's errors turned into `error: <message>` and exit status 1."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -60,9 +58,7 @@ def one_line_errors_in_notebook() -> None:
     except ImportError:
         return
     if shell := get_ipython():
-        shell.set_custom_exc(
-            (Error,), lambda shell, etype, value, tb, tb_offset=None: print(f"error: {value}")
-        )
+        shell.set_custom_exc((Error,), lambda *args, **kwargs: print(f"error: {args[2]}"))
 
 
 def first_line(error: BaseException) -> str:
@@ -70,7 +66,7 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-# -- value checks: the objects that own a value call these in their constructors ----------------------
+# value checks, called by the objects that own each value
 def shown(value: Any) -> str:
     """A value as the user would type it back: strings quoted (so a typed number shows as text)."""
     if isinstance(value, Path):
@@ -98,12 +94,8 @@ def check_int(key: str, value: Any, low: int = 0) -> int:
 
 def check_number(key: str, value: Any, low: float = 0.0, *, above: bool = False) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    check(
-        key,
-        value,
-        ok and (value > low if above else value >= low),
-        f"a number {'>' if above else '>='} {low:g}",
-    )
+    ok = ok and (value > low if above else value >= low)
+    check(key, value, ok, f"a number {'>' if above else '>='} {low:g}")
     return value
 
 
@@ -121,10 +113,6 @@ def check_choice(key: str, value: Any, choices: Iterable[Any]) -> Any:
 
 def check_int_list(key: str, value: Any, low: int = 1, example: str = "[512,256]") -> list[int]:
     ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
-    check(
-        key,
-        value,
-        ok and all(_is_int(v) and v >= low for v in value),
-        f"a list of integers >= {low}, e.g. {example}",
-    )
+    ok = ok and all(_is_int(v) and v >= low for v in value)
+    check(key, value, ok, f"a list of integers >= {low}, e.g. {example}")
     return [int(v) for v in value]

@@ -1,5 +1,4 @@
-"""Checkpoints: each written whole or not at all, read (anything else refused in one line), loaded as a model
-without Hydra, and the one a run resumes from. callbacks/resume.py decides when to write them."""
+"""Checkpoints: written whole or not at all, read or refused in one line, loaded, resumed from."""
 
 from __future__ import annotations
 
@@ -32,9 +31,8 @@ WEIGHTS = ("average", "trained")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """The Trainer's checkpoint writer (conf/trainer/default.yaml's `plugins`): each file whole or not at all
-    (files.write_bytes) and a full disk in one line, where Lightning's moves a file from the temp folder (a
-    copy over the old one across filesystems). Remote URLs keep Lightning's writer: a put is atomic."""
+    """The Trainer's checkpoint writer: each file whole or not at all, a full disk in one line; remote URLs
+    keep Lightning's writer (a put is atomic)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         if storage_options is not None or "://" in str(path):
@@ -45,7 +43,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cvae", "vae")) -> dict:
-    """The Lightning checkpoint at `path` (tensors on CPU, `weights_only`), or a one-line CheckpointError."""
+    """The Lightning checkpoint at `path` (on CPU, `weights_only`), or a one-line CheckpointError."""
     path, expected = Path(path), f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
     refused = f"{key}={path} is not allowed:"
     if not path.is_file():
@@ -61,8 +59,7 @@ def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cv
 
 
 def kind(checkpoint: dict[str, Any]) -> str:
-    """ "cvae", "vae", "classifier" or "unknown", by its hyperparameters (a (C)VAE of another format is told
-    as one, and then does not load as one)."""
+    """ "cvae", "vae", "classifier" or "unknown", by its hyperparameters."""
     hparams = checkpoint.get("hyper_parameters", {})
     if "latent_dim" in hparams:
         return "cvae" if hparams.get("n_labels", 1) else "vae"
@@ -70,7 +67,7 @@ def kind(checkpoint: dict[str, Any]) -> str:
 
 
 def expect(checkpoint: dict, path: str | Path, kinds: tuple[str, ...], key: str = "ckpt_path") -> str:
-    """The checkpoint's kind, which must be one of `kinds`; else a one-line error saying what to pass."""
+    """The checkpoint's kind, which must be one of `kinds`."""
     found = kind(checkpoint)
     if found not in kinds:
         raise CheckpointError(
@@ -83,8 +80,8 @@ def expect(checkpoint: dict, path: str | Path, kinds: tuple[str, ...], key: str 
 def load_module(
     path: str | Path, kinds=("cvae", "vae"), key="ckpt_path", map_location="cpu", weights="average"
 ):
-    """The LightningModule in the checkpoint at `path`, in eval mode, if it is one of `kinds`, with its
-    `weights`: "average" (its state_dict, callbacks.ema's average) or "trained" (kept beside the average)."""
+    """The LightningModule at `path` in eval mode, with its `weights`: "average" (callbacks.ema's, the
+    state_dict) or "trained" (kept beside it)."""
     check_choice("weights", weights, WEIGHTS)
     checkpoint = read(path, key, kinds)
     found = expect(checkpoint, path, kinds, key)
@@ -93,7 +90,7 @@ def load_module(
             f"weights=trained is not allowed for {key}={path}: it holds one set of weights (its run "
             "kept no weights average: ~callbacks.ema or experiment=classic); use weights=average"
         )
-    # a model's initial weights come from torch's global RNG: forked, so that loading leaves a run's draws
+    # forked: a model's initial weights would draw from a run's global RNG
     with torch.random.fork_rng(devices=[]):
         try:
             module = get_class(KINDS[found][0]).load_from_checkpoint(path, map_location=map_location)
@@ -109,26 +106,25 @@ def load_module(
 
 
 def load_checkpoint(path: str | Path, kinds=("cvae", "vae"), key="ckpt_path", map_location="cpu"):
-    """The trained model (`cvae_lightning.model.cvae.CVAE`: a CVAE, or a VAE) in the checkpoint at `path`,
-    in eval mode: `model.sample(labels=torch.tensor([2, 0, 2, 6]))`."""
+    """The trained CVAE (or VAE) at `path`, in eval mode: `model.sample(labels=torch.tensor([2, 0, 2]))`."""
     return load_module(path, kinds, key, map_location).model
 
 
 def load_classifier(path: str | Path, map_location="cpu"):
-    """The project's MNIST classifier (`make classifier` writes it), in eval mode."""
+    """The project's MNIST classifier (`make classifier`), in eval mode."""
     return load_module(path, kinds=("classifier",), key="classifier_path", map_location=map_location)
 
 
 def data_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The data module's settings the model was trained with (its binarization among them)."""
+    """The data module's settings the model was trained with."""
     return dict(checkpoint.get("datamodule_hyper_parameters", {}))
 
 
 def resume_point(
     ckpt_path: str | None, output_dir: str | Path, kind_: str, restarts: int
 ) -> tuple[Path | None, int]:
-    """The checkpoint a run starts from and its step: `ckpt_path` (`last`: the run dir's last.ckpt); a job
-    SLURM requeued (`restarts` > 0) continues from its last.ckpt unasked, or from the newest intact one."""
+    """The checkpoint a run starts from and its step: `ckpt_path` (`last`: the run dir's); a job SLURM
+    requeued (`restarts` > 0) continues from its last.ckpt unasked, or from the newest intact one."""
     folder = Path(output_dir) / "checkpoints"
     last = folder / "last.ckpt"
     if ckpt_path is None and not restarts:
@@ -165,14 +161,14 @@ def resume_point(
 
 
 def newest_intact(folder: Path, kind_: str) -> tuple[Path | None, int]:
-    """The `kind_` checkpoint in `folder` with the most steps that reads whole, and its step; or (None, 0)."""
+    """The intact `kind_` checkpoint in `folder` with the most steps, and its step; or (None, 0)."""
     intact = [(c["global_step"], p) for p in sorted(folder.glob("*.ckpt")) if (c := _checked(p, kind_)[0])]
     step, path = max(intact, key=lambda found: found[0], default=(0, None))
     return path, step
 
 
 def _checked(path: Path, kind_: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(the checkpoint, None) if `path` reads as a `kind_` checkpoint, else (None, what is wrong)."""
+    """(the checkpoint, None) if `path` reads as a `kind_` one, else (None, what is wrong)."""
     if not path.is_file():
         return None, f"no checkpoint at {path}"
     try:
@@ -184,5 +180,4 @@ def _checked(path: Path, kind_: str) -> tuple[dict[str, Any] | None, str | None]
 
 
 def model_kind(module) -> str:
-    """The kind of checkpoint `module` writes."""
     return kind({"hyper_parameters": dict(module.hparams)})

@@ -1,5 +1,4 @@
-"""Every private API of Lightning, TensorBoard and Hydra the project uses, fenced here; each has a test in
-tests/test_compat.py that fails, naming it, when an upgrade removes or changes it."""
+"""Every private library API the project uses, each with a test in tests/test_compat.py."""
 
 from __future__ import annotations
 
@@ -12,13 +11,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
 
 def stop_at_end_of_step(trainer: L.Trainer) -> None:
-    """What Lightning's SIGTERM handler does: training stops at the end of this step (all ranks), raising
-    SIGTERMException, every callback's on_exception called."""
+    """As Lightning's SIGTERM handler: training stops at the end of this step, raising SIGTERMException."""
     trainer._signal_connector.received_sigterm = True
 
 
 def logs_this_step(trainer: L.Trainer) -> bool:
-    """Whether the loggers write at this training step (`trainer.log_every_n_steps`): Lightning's own rule."""
+    """Whether the loggers write at this training step (`trainer.log_every_n_steps`)."""
     return trainer._logger_connector.should_update_logs
 
 
@@ -29,8 +27,7 @@ def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
 
 
 def set_averaging_fn(callback: WeightAveraging, avg_fn) -> None:
-    """`callback` averages with `avg_fn(averaged, current, num_averaged)`: its stored keyword arguments go to
-    torch's AveragedModel."""
+    """`callback` averages with `avg_fn(averaged, current, num_averaged)` (for torch's AveragedModel)."""
     callback._kwargs["avg_fn"] = avg_fn
 
 
@@ -57,20 +54,19 @@ def hydra_args_parser():
 
 
 def log_hparams_session(logger, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-    """A run's HPARAMS row as `TensorBoardLogger.log_hyperparams` writes it, without its experiment summary:
-    without one TensorBoard puts the columns that differ between runs first, not in alphabetical order."""
+    """A run's HPARAMS row without `TensorBoardLogger.log_hyperparams`'s experiment summary, so that
+    TensorBoard puts the columns that differ between runs first."""
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     logger.log_metrics(metrics)
-    _, session_start, session_end = hparams_summaries(hparams, metrics)
     writer = tensorboard_file_writer(logger.experiment)
-    writer.add_summary(session_start)
-    writer.add_summary(session_end)
+    for summary in hparams_summaries(hparams, metrics)[1:]:  # session start and end
+        writer.add_summary(summary)
 
 
 def continue_optuna_sweep(sweeper, n_trials: int, first_job_idx: int, sampler=None) -> None:
-    """The Hydra Optuna sweeper's next `sweep()` launches `n_trials` trials (not its config's), numbers their
-    jobs from `first_job_idx` (not 0) and, if given, samples them with `sampler`."""
+    """The Optuna sweeper's next `sweep()` launches `n_trials` trials, numbered from `first_job_idx`, sampled
+    with `sampler` if given."""
     impl = sweeper.sweeper  # OptunaSweeper.sweeper: the OptunaSweeperImpl that does the work
     impl.n_trials, impl.job_idx = n_trials, first_job_idx
     if sampler is not None:
@@ -78,8 +74,7 @@ def continue_optuna_sweep(sweeper, n_trials: int, first_job_idx: int, sampler=No
 
 
 def optuna_search_space(overrides: list[str]) -> dict[str, Any]:
-    """Parameter name -> the optuna distribution the Hydra Optuna sweeper samples it from for these overrides;
-    values that are not sweeps are left out."""
+    """Parameter name -> the optuna distribution the Optuna sweeper samples it from for these overrides."""
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
     return create_params_from_overrides(overrides)[0]
@@ -87,7 +82,7 @@ def optuna_search_space(overrides: list[str]) -> dict[str, Any]:
 
 class SlicedLoader:
     """Base of a loader that slices its batches itself: Lightning reads `batch_sampler` of any loader with a
-    `sampler` (utilities.data._is_dataloader_shuffled, before it warns of a shuffled evaluation loader)."""
+    `sampler` (to warn of a shuffled evaluation loader)."""
 
     batch_sampler = None
 
@@ -103,8 +98,7 @@ def without_loggers(trainer: L.Trainer):
 
 
 def continue_csv_metrics(writer, header: list[str], rows: list[dict]) -> None:
-    """Lightning's CSV writer (fabric's private _ExperimentWriter, which removes metrics.csv when made) goes
-    on from `rows`: written back, and `header` its columns, so that its next save appends to them."""
+    """Lightning's CSV writer (which removes metrics.csv when made) goes on from `rows` and `header`."""
     with open(writer.metrics_file_path, "w", newline="") as file:
         table = csv.DictWriter(file, fieldnames=header)
         table.writeheader()

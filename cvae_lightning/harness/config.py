@@ -1,6 +1,5 @@
-"""Start-of-run checks that no single object makes, and `build`, which turns a library's refusal of a value
-into one line. Lightning's Trainer refuses trainer.num_nodes and a malformed trainer.max_time string itself
-(in one line, through `build`); the values checked here it accepts silently, or refuses in many lines."""
+"""Start-of-run checks no single object makes (values Lightning accepts silently, or refuses in many lines),
+and `build`, which turns a library's refusal of a value into one line."""
 
 from __future__ import annotations
 
@@ -29,10 +28,7 @@ def validate(cfg: DictConfig) -> None:
     check_int("seed", cfg.get("seed"), 0)
     check_bool("test", cfg.get("test"))
     check_bool("compile", cfg.get("compile", False))
-    ckpt_path = cfg.get("ckpt_path")
-    check(
-        "ckpt_path", ckpt_path, ckpt_path is None or isinstance(ckpt_path, str), "null, last or a file path"
-    )
+    check("ckpt_path", p := cfg.get("ckpt_path"), isinstance(p, str | None), "null, last or a file path")
     # Lightning accepts these (max_epochs=0, log_every_n_steps=0, min_epochs=-1) and fails later, or never
     for key, low in (("max_epochs", 1), ("min_epochs", 0), ("log_every_n_steps", 1)):
         if _select(cfg, f"trainer.{key}") is not None:
@@ -48,7 +44,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_devices(cfg: DictConfig) -> None:
-    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu (Lightning starts 99 on 2)."""
+    """No more devices than this machine has: GPUs for gpu/cuda, cores for cpu."""
     import torch
 
     accelerator, devices = _select(cfg, "trainer.accelerator") or "cpu", _select(cfg, "trainer.devices")
@@ -77,7 +73,7 @@ def _check_model_fits_callbacks(cfg: DictConfig) -> None:
 
 
 def _check_early_stopping_validates(cfg: DictConfig) -> None:
-    """EarlyStopping on a val/ metric with no validation would fail after the first epoch, in many lines."""
+    """EarlyStopping on a val/ metric with no validation fails after the first epoch, in many lines."""
     if _select(cfg, "data.val_size") != 0 and _select(cfg, "trainer.limit_val_batches") != 0:
         return
     for name, callback in (cfg.get("callbacks") or {}).items():
@@ -90,9 +86,8 @@ def _check_early_stopping_validates(cfg: DictConfig) -> None:
 
 
 def build(node, key: str, **kwargs):
-    """`hydra.utils.instantiate(node, **kwargs)`, a `_partial_` node called at once (an optimizer given its
-    parameters), with the object's own one-line error, or the library's first line named by `key`, in place
-    of Hydra's wrapped traceback."""
+    """`hydra.utils.instantiate(node, **kwargs)`, a `_partial_` node called at once, with the object's own
+    one-line error, or the library's first line named by `key`, in place of Hydra's traceback."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -117,20 +112,19 @@ def build(node, key: str, **kwargs):
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:
-    """Refuses `group=name` overrides (sweeps, and lists such as `callbacks=[default,early_stopping]`) naming
-    no config in `conf_dir/group/`, in one line where Hydra reports them in many."""
+    """Refuses, in one line, `group=name` overrides (sweeps and lists too) naming no config in `conf_dir`."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     from cvae_lightning.harness.compat import hydra_args_parser
 
-    try:  # Hydra's own command-line parser separates its flags (--cfg job, -m) from the overrides
+    try:  # Hydra's own parser separates its flags (-m) from the overrides
         parsed = OverridesParser.create().parse_overrides(hydra_args_parser().parse_args(argv).overrides)
     except (HydraException, SystemExit):
         return  # not ours to report: Hydra will
     for override in parsed:
         group = conf_dir / override.key_or_group
-        # hydra/* groups also come from plugins (hydra/launcher=submitit_local): Hydra checks those itself
+        # hydra/* groups also come from plugins: Hydra checks those itself
         if override.is_delete() or not group.is_dir() or override.key_or_group.startswith("hydra"):
             continue
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]

@@ -1,6 +1,5 @@
-"""Files a reader sees whole or not at all (checkpoints, results.json, metrics.json, the sweep summary):
-written to a temporary file in the target's folder, fsynced, renamed over the target, the folder fsynced, so
-that a kill or a full disk leaves the old file or the new one, never a part (docs/design.md)."""
+"""Files a reader sees whole or not at all: a kill or a full disk leaves the old file or the new one, never a
+part (a synced temporary file renamed over the target; docs/design.md)."""
 
 from __future__ import annotations
 
@@ -15,20 +14,20 @@ from cvae_lightning.errors import WriteError
 
 
 def leftovers(path: Path) -> list[Path]:
-    """Temporary files of `path` that a killed write left behind (one writer per file: rank zero's)."""
+    """Temporary files of `path` a killed write left behind."""
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
-    """`path` holds `data`, whole, or is as it was; else a one-line WriteError and no partial file."""
+    """`path` holds `data` whole, or is as it was and a one-line WriteError says why."""
     path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for old in leftovers(path):
             old.unlink(missing_ok=True)
-        # hidden and ending in .tmp, not .ckpt or .json: no reader takes it for the file
+        # hidden, ending in .tmp: no reader takes it for the file
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
-        # os.open with 0o666: the file gets the user's umask, as a plain open() would (mkstemp gives 0600)
+        # 0o666: the user's umask applies, as with open() (mkstemp would give 0600)
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
             f.flush()
@@ -50,11 +49,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _fsync_folder(folder: Path) -> None:
-    """The rename itself on disk: a folder's entry survives a power loss only once the folder is synced."""
+    """The rename on disk: a folder's entry survives a power loss once the folder is synced."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError as error:  # some filesystems (and all of Windows) cannot sync a folder: nothing to do
+    except OSError as error:  # some filesystems (and Windows) cannot sync a folder
         if error.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
             raise
     finally:
@@ -64,9 +63,7 @@ def _fsync_folder(folder: Path) -> None:
 def why_not_written(path: Path, error: OSError, needed: int) -> str:
     name = errno.errorcode.get(error.errno, "") if error.errno else ""
     reason = f"{error.strerror or error}" + (f" ({name})" if name else "")
-    folder = next(
-        (p for p in (path.parent, *path.parents) if p.exists()), path.parent
-    )  # it may be what failed
+    folder = next((p for p in path.parents if p.exists()), path.parent)  # the folder may be what failed
     try:
         free = size(shutil.disk_usage(folder).free)
     except OSError:

@@ -1,5 +1,4 @@
-"""The loggers of a run (conf/logger/): refused in one line when their package is missing, continued when
-the run resumes, and given the image grids, which Lightning leaves to each logger's own API."""
+"""A run's loggers: refused in one line without their package, continued on resume, given the image grids."""
 
 from __future__ import annotations
 
@@ -29,8 +28,8 @@ RUN_DIR_TAG = "run_dir"  # the MLflow tag that finds a run's MLflow run again wh
 
 
 class CSVLogger(pl_loggers.CSVLogger):
-    """Lightning's CSVLogger plus PNG files of the image grids under `images/`; a resumed run's metrics.csv
-    goes on without the rows from `purge_step` on (logged after the checkpoint): Lightning's starts over."""
+    """Lightning's CSVLogger plus the image grids as PNG files; a resumed run's metrics.csv goes on without
+    the rows from `purge_step` on, where Lightning's starts over."""
 
     def __init__(self, *args, purge_step: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -52,25 +51,18 @@ class CSVLogger(pl_loggers.CSVLogger):
         return writer
 
 
-def missing_package(target: str) -> str | None:
-    """The package a logger class needs that is not installed here, or None."""
-    package = EXTRAS.get(target.rsplit(".", 1)[-1])
-    return package if package and importlib.util.find_spec(package) is None else None
-
-
 def build_loggers(group: DictConfig | None, output_dir: str, resume_step: int | None) -> list:
-    """The `logger` group's loggers; with `resume_step` (the checkpoint's) each continues its run: TensorBoard
-    and CSV drop what came after the checkpoint, W&B and MLflow reopen the same run."""
+    """The `logger` group's loggers; with `resume_step` each continues its run from the checkpoint."""
     built = []
     for name, entry in (group or {}).items():
         if not entry or "_target_" not in entry:
             continue
         entry = OmegaConf.to_container(entry, resolve=True)
-        optional, package = entry.pop(IF_INSTALLED, False), missing_package(entry["_target_"])
-        if package and optional:
-            log.info(f"logger.{name} left out: the {package} package is not installed")
-            continue
-        if package:
+        optional, package = entry.pop(IF_INSTALLED, False), EXTRAS.get(entry["_target_"].rsplit(".", 1)[-1])
+        if package and importlib.util.find_spec(package) is None:
+            if optional:
+                log.info(f"logger.{name} left out: the {package} package is not installed")
+                continue
             raise ConfigError(
                 f"logger.{name} is not allowed here: the {package} package is not installed; "
                 f'pip install -e ".[{package}]", or choose another logger (tensorboard, csv)'
@@ -81,7 +73,7 @@ def build_loggers(group: DictConfig | None, output_dir: str, resume_step: int | 
 
 
 def _continuing(cls: type, entry: dict, output_dir: str, step: int | None) -> dict:
-    """The arguments that make a logger of class `cls` continue the run it logged before the checkpoint."""
+    """The arguments that make a `cls` logger continue the run it logged before the checkpoint."""
     if issubclass(cls, pl_loggers.TensorBoardLogger | CSVLogger):
         return {"purge_step": step + 1} if step is not None else {}
     if issubclass(cls, pl_loggers.WandbLogger):  # same id, same W&B run: its files say which
@@ -100,14 +92,14 @@ def _continuing(cls: type, entry: dict, output_dir: str, step: int | None) -> di
 
 
 def _wandb_run_id(save_dir: str) -> str | None:
-    """The id of the newest W&B run whose files are in save_dir/wandb (`[offline-]run-<time>-<id>`)."""
+    """The id of the newest W&B run in save_dir/wandb (`[offline-]run-<time>-<id>`)."""
     pattern = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-(\w+)")
     runs = sorted(m.groups() for p in Path(save_dir, "wandb").glob("*") if (m := pattern.fullmatch(p.name)))
     return runs[-1][1] if runs else None
 
 
 def _mlflow_run_id(entry: dict, output_dir: str) -> str | None:
-    """The MLflow run tagged with this run folder, in the configured tracking store and experiment."""
+    """The MLflow run tagged with this run folder."""
     from mlflow import MlflowClient
 
     client = MlflowClient(entry.get("tracking_uri"))
@@ -129,8 +121,7 @@ def holds_images(loggers: list) -> bool:
 
 
 def log_image(loggers: list, tag: str, image: torch.Tensor, step: int) -> None:
-    """A one-channel image in [0, 1] (1, H, W) to every logger that holds images: TensorBoard's IMAGES tab,
-    W&B's media, MLflow's images, and a PNG file beside the CSV logger's metrics.csv."""
+    """A one-channel image in [0, 1] (1, H, W) to every logger that holds images."""
     picture = Image.fromarray(image[0].mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
     for logger in loggers:
         if isinstance(logger, pl_loggers.TensorBoardLogger):
@@ -146,7 +137,7 @@ def log_image(loggers: list, tag: str, image: torch.Tensor, step: int) -> None:
 
 
 def add_grayscale_image(writer, tag: str, picture: Image.Image, global_step: int) -> None:
-    """`writer.add_image` of a grayscale picture without its RGB conversion, resize and slow PNG level."""
+    """`writer.add_image` without its RGB conversion, resize and slow PNG level."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     png = io.BytesIO()
@@ -158,7 +149,7 @@ def add_grayscale_image(writer, tag: str, picture: Image.Image, global_step: int
 
 
 def log_hyperparameters(loggers: list, hparams: dict, metrics: dict[str, float], step: int) -> None:
-    """The run's key hyperparameters with its final metrics, to every logger (TensorBoard's HPARAMS row)."""
+    """The run's key hyperparameters with its final metrics, to every logger."""
     for logger in loggers:
         if isinstance(logger, pl_loggers.TensorBoardLogger):
             compat.log_hparams_session(logger, hparams, metrics)
@@ -173,8 +164,8 @@ def log_hyperparameters(loggers: list, hparams: dict, metrics: dict[str, float],
 
 
 def close(loggers: list, status: str = "success") -> None:
-    """Everything on disk now (TensorBoard holds events back for up to 2 minutes, and exiting drops them),
-    and the W&B run ended, so that a sweep's next job opens its own."""
+    """Everything on disk now (TensorBoard holds events back, and exiting drops them), and the W&B run ended,
+    so that a sweep's next job opens its own."""
     for logger in loggers:
         logger.finalize(status)
         if isinstance(logger, pl_loggers.WandbLogger) and compat.logger_experiment(logger) is not None:

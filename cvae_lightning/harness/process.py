@@ -1,4 +1,4 @@
-"""Process-wide settings a run trains with, and the plumbing that launches DDP ranks inside a multirun."""
+"""Process-wide settings a run trains with, and DDP ranks launched inside a multirun."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORL
 
 @contextmanager
 def float32_matmul_precision(precision: str):
-    """torch's float32 matmul precision in the block; process-wide, so restored after it."""
+    """torch's float32 matmul precision in the block, restored after it."""
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
@@ -28,10 +28,9 @@ def float32_matmul_precision(precision: str):
 
 def nvml_available() -> bool:
     try:
-        ctypes.CDLL("libnvidia-ml.so.1")
+        return bool(ctypes.CDLL("libnvidia-ml.so.1"))
     except OSError:
         return False
-    return True
 
 
 @contextmanager
@@ -39,9 +38,9 @@ def process_settings(flush_denormal: bool, matmul_precision: str):
     """conf/train.yaml's `flush_denormal` and `matmul_precision` while training."""
     check_bool("flush_denormal", flush_denormal)
     check_choice("matmul_precision", matmul_precision, MATMUL_PRECISIONS)
-    # first, before any parallel op: OpenMP's worker threads copy the setting from this thread as they start
+    # before any parallel op: OpenMP's threads copy it from this one as they start
     torch.set_flush_denormal(flush_denormal)
-    # Lightning switches torch's CUDA check to NVML; without NVML torch would dlopen it in vain every step
+    # Lightning switches torch's CUDA check to NVML; without it torch would dlopen it in vain every step
     if not nvml_available():
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     with float32_matmul_precision(matmul_precision):
@@ -58,9 +57,8 @@ def in_multirun() -> bool:
 
 @contextmanager
 def one_job_per_ddp_launch():
-    """Lets each job of a multirun train with Lightning's `ddp`: Lightning reruns `sys.argv` for ranks > 0,
-    which in a multirun job would rerun the sweep, so they get this job's overrides and folder instead; the
-    launcher's environment and process group are cleared after the job, for the next to launch its own."""
+    """Each multirun job can train with `ddp`: ranks > 0 rerun `sys.argv`, so they get this job's overrides
+    and folder, not the sweep; its DDP environment and process group are cleared after it."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 

@@ -1,5 +1,4 @@
-"""Hydra's run and sweep folders: refused in one line when they cannot be made, a sweep job's name, the
-config as a tree at the start of every job, and a multirun's table of every job's results."""
+"""Hydra callbacks: unmakeable run folders refused, the config tree, a multirun's table of results."""
 
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
 
 class Callback(callback.Callback):
-    """A Hydra callback whose hooks end the run with a project Error's one line (one_line_errors), where Hydra
-    prints a traceback for any other exception."""
+    """A Hydra callback whose hooks end the run with a project Error's one line, not a traceback."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -43,7 +41,7 @@ class Callback(callback.Callback):
 
 
 def collect(sweep_dir: Path) -> list[dict]:
-    """One row per job that wrote results.json, by val/nelbo (best first), failed ones last with why."""
+    """One row per job that wrote results.json, best val/nelbo first, failed ones last with why."""
     runs = [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.glob("*/results.json"))]
     shared = set.intersection(*(set(r["overrides"]) for _, r in runs)) if runs else set()
     rows = [
@@ -67,11 +65,11 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 class SweepSummary(Callback):
-    """summary.csv and .md (a row per job, by val/nelbo) when a multirun ends; one line if a job failed."""
+    """summary.csv and .md when a multirun ends; one line if a job failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():  # no job launched (a search whose study was complete): nothing to sum
+        if not sweep_dir.is_dir():  # no job launched (a complete study)
             return
         if not (rows := collect(sweep_dir)):
             log.warning(f"no finished runs under {sweep_dir}: no summary written")
@@ -91,8 +89,8 @@ class SweepSummary(Callback):
 
 
 def _can_create(folder: Path) -> str | None:
-    """None if `folder` exists or can be made, else why not; the folders made to find out are removed (Hydra
-    makes its own moments later, from a fresh `${now:}`)."""
+    """None if `folder` exists or can be made, else why not; the folders made are removed (Hydra makes its
+    own from a fresh `${now:}`)."""
     made = []
     try:
         for path in reversed([folder, *folder.parents]):
@@ -110,8 +108,7 @@ def _can_create(folder: Path) -> str | None:
 
 
 class WritableOutputDir(Callback):
-    """A run or sweep folder that cannot be made (paths.log_dir=/proc/x), refused in one line before Hydra
-    fails on it with a traceback."""
+    """A run or sweep folder that cannot be made, refused in one line before Hydra fails with a traceback."""
 
     def on_run_start(self, config, **kwargs) -> None:
         self._check(config.hydra.run.dir, "hydra.run.dir")
@@ -129,19 +126,13 @@ class WritableOutputDir(Callback):
 
 
 def run_name(num, overrides: str) -> str:
-    """A sweep job's folder name and TensorBoard run name: its number and overrides, without '/', cut short
-    (a folder name holds at most 255 bytes)."""
+    """A sweep job's folder and run name: its number and overrides, without '/', cut to fit a folder name."""
     name = f"{num}_{overrides}".replace("/", "_") if overrides else str(num)
     return name if len(name) <= 120 else name[:117] + "..."
 
 
-def is_global_rank_zero() -> bool:
-    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
-
-
 def resolved(node: Any, key: Any) -> Any:
-    """`node[key]` as plain data, each interpolation resolved where it can be and shown as written where it
-    cannot (a missing key, an unset variable), for the run itself to report."""
+    """`node[key]` as plain data, interpolations resolved where they can be, else shown as written."""
     try:
         value = node[key]
     except OmegaConfBaseException:
@@ -154,7 +145,7 @@ def resolved(node: Any, key: Any) -> Any:
 
 
 def config_tree(config: DictConfig) -> Tree:
-    """The task's config (no `hydra`) as YAML, a branch per group in TREE_ORDER, then top-level values."""
+    """The task's config (no `hydra`) as YAML, a branch per group, then top-level values."""
     fields = [k for k in TREE_ORDER if k in config] + [k for k in config if k not in (*TREE_ORDER, "hydra")]
     tree = Tree("CONFIG", style="dim", guide_style="dim")
     for field in fields:
@@ -167,23 +158,23 @@ def config_tree(config: DictConfig) -> Tree:
 
 
 def plain_text(tree: Tree) -> str:
-    """The tree without colours, wide enough that no line is wrapped, without trailing spaces."""
+    """The tree without colours, wrapping or trailing spaces."""
     console = Console(file=io.StringIO(), width=1000, color_system=None)
     console.print(tree)
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
 
 
 class ConfigTree(Callback):
-    """The config as a tree at the start of every job, on the first process only, and in the job folder's
-    config_tree.log; `extras.print_config=false` turns both off."""
+    """The config as a tree at the start of every job (rank zero), and in its config_tree.log; unless
+    `extras.print_config=false`."""
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         enabled = OmegaConf.select(config, "extras.print_config", default=True)
-        if check_bool("extras.print_config", enabled) and is_global_rank_zero():
+        rank_zero = all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
+        if check_bool("extras.print_config", enabled) and rank_zero:
             rich.print(tree := config_tree(config))
             files.write_text(Path(config.hydra.runtime.output_dir, "config_tree.log"), plain_text(tree))
 
 
-# on import: Hydra builds conf/hydra/default.yaml's callbacks (this module's) in every process that resolves
-# a job's folder, a submitit job's too, before it does
+# on import: every process that resolves a job's folder builds this module's callbacks first
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)

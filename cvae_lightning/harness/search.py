@@ -1,10 +1,6 @@
-"""A search that survives an interrupt: `hparams_search=optuna` continues the study in
-`hydra.sweeper.storage` (the sweeper is hydra_plugins/cvae_lightning_search.py; this is what it does).
-
-Hydra's Optuna sweeper launches `n_trials` new trials on every call, numbers their jobs from 0 and seeds its
-sampler as in the first run, so a rerun would start the budget over, reuse job numbers and repeat the first
-run's start-up params (optuna/optuna#3255). Here `n_trials` is the study's total of complete trials.
-"""
+"""A search that survives an interrupt: `hparams_search=optuna` continues the study in `hydra.sweeper.storage`
+(for hydra_plugins/cvae_lightning_search.py): `n_trials` counts the study's complete trials, where Hydra's
+sweeper would start the budget, job numbers and sampler seed over on every call."""
 
 from __future__ import annotations
 
@@ -24,8 +20,7 @@ NEW_STUDY = "or another hydra.sweeper.study_name for a new study"
 
 
 def open_storage(url):
-    """optuna's storage at `url`, its SQLite file's folder made first (SQLite makes only the file); one line
-    naming hydra.sweeper.storage when it cannot be opened."""
+    """optuna's storage at `url`, a SQLite file's folder made first; else one line."""
     import optuna
     from sqlalchemy.engine import make_url
 
@@ -51,8 +46,7 @@ def open_storage(url):
 
 
 def stored_study(storage, swept: DictConfig):
-    """The study `hydra.sweeper.study_name` in `storage`, or None; one line if it was made for other
-    directions (optuna: a traceback)."""
+    """The study `hydra.sweeper.study_name` in `storage`, or None; one line if made for other directions."""
     import optuna
 
     try:
@@ -72,8 +66,7 @@ def stored_study(storage, swept: DictConfig):
 
 
 def check_search_space(study, swept: DictConfig, arguments: list[str]) -> None:
-    """One line if the search space (hydra.sweeper.params, then the command line's) samples a stored
-    parameter from a distribution optuna would refuse at the first new trial, with a traceback."""
+    """One line if the search space samples a stored parameter from a distribution optuna would refuse."""
     from optuna.distributions import check_distribution_compatibility
 
     from cvae_lightning.harness import compat
@@ -96,9 +89,8 @@ def check_search_space(study, swept: DictConfig, arguments: list[str]) -> None:
 
 
 def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
-    """Readies Hydra's Optuna `sweeper` to continue its stored study: trials a stopped sweep left running
-    marked failed, only the complete trials still missing from `n_trials` launched, numbered on from the
-    study's, sampled with a seed of their own. False when the study has them all: nothing to launch."""
+    """Readies Hydra's Optuna `sweeper` to continue its stored study: trials left running marked failed, only
+    the missing ones launched, numbered on, with a seed of their own. False when there are none to run."""
     from hydra.utils import instantiate
     from optuna.trial import TrialState
 
@@ -113,7 +105,7 @@ def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
     check_search_space(study, swept, arguments)
     where = f"study '{study.study_name}' in {swept.storage}"
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # no sweep runs it any more (one sweep per study at a time): left running, it would never end
+        # one sweep per study at a time: no sweep runs it any more
         study.tell(trial.number, state=TrialState.FAIL)
         log.warning(
             f"trial {trial.number} of {where} was left running by a sweep that stopped: marked failed"
@@ -127,7 +119,7 @@ def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
         )
         return False
     seed, sampler = swept.sampler.get("seed"), None
-    if trials and seed is not None:  # offset: the first run's seed would draw its start-up params again
+    if trials and seed is not None:  # the first run's seed would draw its start-up params again
         seed += len(trials)
         sampler = instantiate(swept.sampler, seed=seed)
     if trials:

@@ -1,5 +1,4 @@
-"""SLURM, as the project uses it: the launcher's GPU request, the request checked against the cluster before
-anything is submitted, and the job's own requeue (docs/slurm.md)."""
+"""SLURM: the launcher's GPU request, checked against the cluster before submitting, and requeue."""
 
 from __future__ import annotations
 
@@ -14,49 +13,40 @@ from cvae_lightning.errors import ConfigError
 from cvae_lightning.harness.runs import Callback
 
 GPU_ACCELERATORS = ("gpu", "cuda")
-_received_signal: str | None = None  # process-wide, as signal handlers are
+_received: dict[str, str] = {}  # the requeue signal's name once it came; process-wide, as handlers are
 
 
 def gpus_per_node(accelerator: str, devices) -> int | None:
-    """hydra.launcher.gpus_per_node: the trainer's devices when it asks for GPUs, else none (a CPU job)."""
+    """hydra.launcher.gpus_per_node: the trainer's devices when it asks for GPUs, else none."""
     return devices if accelerator in GPU_ACCELERATORS and isinstance(devices, int) else None
 
 
 def job_id() -> str | None:
-    """This process's SLURM job (each task of an array has its own), or None outside SLURM."""
     return os.environ.get("SLURM_JOB_ID")
 
 
 def restarts() -> int:
-    """How often SLURM has requeued this job (0 on its first run)."""
     return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
 
 
 def catch_requeue_signal(name: str = "SIGUSR2") -> None:
-    """Under SLURM, the signal it sends ahead of the time limit (`--signal`, USR2 as submitit asks) is only
-    recorded from now on, for CheckpointOnInterrupt to act on at the end of a step, in place of submitit's
-    handler, which requeues and exits on the spot. Called first thing in a job (train.py)."""
+    """Under SLURM, the time-limit signal is only recorded, for CheckpointOnInterrupt to act on at the end of
+    a step, in place of submitit's handler, which requeues and exits on the spot."""
     if job_id():
-        signal.signal(getattr(signal, name), _record_signal)
-
-
-def _record_signal(signum, frame) -> None:
-    global _received_signal
-    _received_signal = signal.Signals(signum).name
+        signal.signal(getattr(signal, name), lambda n, _: _received.update(name=signal.Signals(n).name))
 
 
 def requeue_signal() -> str | None:
-    """The requeue signal's name once it came, else None."""
-    return _received_signal
+    return _received.get("name")
 
 
 def requeue() -> None:
-    """Puts this job back in the queue: SLURM ends this run (SIGTERM) and starts it again, same job id."""
+    """SLURM ends this run (SIGTERM) and starts it again, same job id."""
     subprocess.run(["scontrol", "requeue", job_id()], check=True, capture_output=True, text=True)
 
 
 def _cluster_nodes(partition: str | None) -> list[dict[str, str]]:
-    """One dict per node of the partition (without one, sbatch's default): cpus, memory (MB), gres."""
+    """One dict per node of the partition (or the default one): cpus, memory (MB), gres."""
     command = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P"] + (["-p", partition] if partition else [])
     lines = subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout.split("\n")
     rows = [line.split("|") for line in lines if line]
@@ -64,8 +54,8 @@ def _cluster_nodes(partition: str | None) -> list[dict[str, str]]:
 
 
 def request_problem(config: DictConfig, nodes: list[dict[str, str]]) -> str | None:
-    """Why the cluster cannot run a job of this request (None if it can), as one line naming the keys."""
-    for key in ("devices", "num_nodes"):  # the launcher's tasks and nodes: SLURM needs numbers
+    """Why the cluster cannot run a job of this request, in one line, or None."""
+    for key in ("devices", "num_nodes"):  # the launcher's tasks and nodes
         value = config.trainer.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             return (
@@ -95,7 +85,7 @@ def request_problem(config: DictConfig, nodes: list[dict[str, str]]) -> str | No
 
 
 class SlurmPreflight(Callback):
-    """Refuses, in one line and before submitting, a sweep the cluster cannot run (hydra/launcher=slurm)."""
+    """Refuses, in one line before submitting, a sweep the cluster cannot run."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         launcher = config.hydra.launcher
@@ -112,5 +102,5 @@ class SlurmPreflight(Callback):
             raise ConfigError(problem)
 
 
-# on import, for conf/hydra/launcher/slurm.yaml: the job processes submitit starts import this module first
+# on import: submitit's job processes import this module before resolving conf/hydra/launcher/slurm.yaml
 OmegaConf.register_new_resolver("slurm_gpus", gpus_per_node, replace=True)

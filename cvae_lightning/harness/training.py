@@ -33,20 +33,18 @@ KEY_HPARAMS = tuple(
     "model.objective model.k data.batch_size data.binarize trainer.max_epochs trainer.devices "
     "trainer.precision seed".split()
 )
+PLUMBING = ("paths.", "hydra.", "callbacks.", "logger.", "extras.", "debug")  # overrides that are no hparams
 
 
 def build_group(group: DictConfig | None, key: str, **kwargs) -> list:
-    """Objects of a config group whose entries each have a `_target_` (callbacks)."""
-    entries = (group or {}).items()
-    return [
-        build(entry, f"{key}.{name}", **kwargs) for name, entry in entries if entry and "_target_" in entry
-    ]
+    """Objects of a config group's entries that have a `_target_` (callbacks)."""
+    items = (group or {}).items()
+    return [build(entry, f"{key}.{name}", **kwargs) for name, entry in items if entry and "_target_" in entry]
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fits (and tests) the configured model; returns `cfg.optimized_metric` for Hydra sweepers. A sweep's
-    job that fails on a project error records it in its results.json and returns None: the others run on,
-    and the sweep summary names it."""
+    """Fits (and tests) the configured model; returns `cfg.optimized_metric`. A sweep's job that fails on a
+    project error records it in its results.json and returns None, for the others to run on."""
     try:
         validate(cfg)
         with process_settings(cfg.flush_denormal, cfg.matmul_precision), one_job_per_ddp_launch():
@@ -59,7 +57,7 @@ def train(cfg: DictConfig) -> float | None:
         log.error(f"error: {error}")
         try:
             files.write_text(Path(cfg.paths.output_dir, "results.json"), json.dumps(failed, indent=2))
-        except WriteError as unwritten:  # a full disk: the sweep summary will miss this job, its log says why
+        except WriteError as unwritten:  # a full disk: its log says why the summary misses it
             log.error(f"error: {unwritten}")
         return None
 
@@ -71,8 +69,7 @@ def _train(cfg: DictConfig) -> float | None:
     ckpt_path, step = checkpoints.resume_point(
         cfg.get("ckpt_path"), cfg.paths.output_dir, checkpoints.model_kind(model), slurm.restarts()
     )
-    # under SLURM, Lightning's own auto-requeue (a checkpoint mid-step on SIGUSR1) stays off: the project's
-    # requeue (callbacks.checkpoint_on_interrupt) stops at the end of a step, so the job resumes exactly
+    # Lightning's SLURM auto-requeue (mid-step) off: callbacks.checkpoint_on_interrupt's stops after a step
     plugins = list(build(cfg.trainer.get("plugins") or [], "trainer.plugins"))
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
@@ -107,24 +104,19 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt_p
         raise WriteError(f"{error}; the checkpoints before it are whole: free space, then {resume}") from None
     except RuntimeError as error:  # its own reason is the other rank's one line, not this rank's traceback
         if trainer.world_size > 1 and PEER_ENDED in str(error):
-            rank = trainer.global_rank
-            raise Interrupted(
-                f"rank {rank} stopped: another process of this run ended first (its error says why)"
-            ) from None
+            why = "another process of this run ended first (its error says why)"
+            raise Interrupted(f"rank {trainer.global_rank} stopped: {why}") from None
         raise
     except SIGTERMException:
-        interrupt = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
-        stopped_by = slurm.requeue_signal() or "SIGTERM"
-        if interrupt and interrupt.requeued:
-            raise Interrupted(
-                f"stopped by {stopped_by} at step {trainer.global_step}; SLURM job {slurm.job_id()} requeued "
-                f"(restart {slurm.restarts() + 1}): it resumes from its run dir's checkpoints/last.ckpt"
-            ) from None
-        raise Interrupted(f"stopped by {stopped_by} at step {trainer.global_step}; {resume}") from None
+        if any(isinstance(c, CheckpointOnInterrupt) and c.requeued for c in trainer.callbacks):
+            resume = f"SLURM job {slurm.job_id()} requeued (restart {slurm.restarts() + 1}): it resumes "
+            resume += "from its run dir's checkpoints/last.ckpt"
+        stopped = f"stopped by {slurm.requeue_signal() or 'SIGTERM'} at step {trainer.global_step}"
+        raise Interrupted(f"{stopped}; {resume}") from None
     fit_seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
 
-    # validation and test metrics of the best checkpoint (the validation pass is not logged again)
+    # the best checkpoint's metrics (the validation pass not logged again)
     with compat.without_loggers(trainer):
         validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = validated[0] if validated else {}  # data.val_size=0: no validation set
@@ -143,7 +135,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt_p
     if trainer.is_global_zero:
         files.write_text(Path(cfg.paths.output_dir, "results.json"), json.dumps(results, indent=2))
         log.info("results: " + json.dumps(results))
-        # a sweep's runs side by side with their metrics (TensorBoard's HPARAMS tab, W&B's, MLflow's tables)
+        # a sweep's runs side by side with their metrics
         hparam_metrics = {f"hparams/{k}": v for k, v in results["metrics"].items()}
         loggers.log_hyperparameters(
             trainer.loggers, key_hparams(cfg, overrides), hparam_metrics, trainer.global_step
@@ -152,21 +144,13 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, ckpt_p
 
 
 def key_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, object]:
-    """The run's own overrides first (a sweep's swept keys among them), then the key hyperparameters; no
-    `_target_`, paths or other plumbing. Lists as text, so TensorBoard shows them as one value."""
+    """The run's own overrides, then KEY_HPARAMS; no paths or plumbing; lists as text (one value each)."""
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    keys = [k for k in keys if OmegaConf.select(cfg, k, default=None) is not None and _is_hyperparameter(k)]
+    keys = [k for k in keys if not k.startswith(PLUMBING) and not k.endswith("dir")]
+    keys = [k for k in keys if not k.endswith("_target_") or k.startswith("model.")]
     hparams = {}
     for key in [*keys, *KEY_HPARAMS]:
         value = OmegaConf.select(cfg, key, default=None)
         if key not in hparams and value is not None and not OmegaConf.is_dict(value):
             hparams[key] = str(list(value)) if OmegaConf.is_list(value) else value
     return hparams
-
-
-def _is_hyperparameter(key: str) -> bool:
-    return not (
-        key.startswith(("paths.", "hydra.", "callbacks.", "logger.", "extras.", "debug"))
-        or key.endswith("dir")
-        or (key.endswith("_target_") and not key.startswith("model."))
-    )
