@@ -34,13 +34,9 @@ LATENT_DIM, N_LABELS = 20, 10
 
 def default_model() -> CVAE:
     """The model `python train.py` trains by default (conf/model/cvae.yaml), as a plain nn.Module."""
-    return CVAE(
-        MLPEncoder(LATENT_DIM, N_LABELS, [512, 256]),
-        MLPDecoder(LATENT_DIM, N_LABELS, [256, 512], label_every_layer=True),
-        latent_dim=LATENT_DIM,
-        n_labels=N_LABELS,
-        prior=FlowPrior(LATENT_DIM, N_LABELS),
-    )
+    encoder = MLPEncoder(LATENT_DIM, N_LABELS, [512, 256])
+    decoder = MLPDecoder(LATENT_DIM, N_LABELS, [256, 512], label_every_layer=True)
+    return CVAE(encoder, decoder, LATENT_DIM, N_LABELS, FlowPrior(LATENT_DIM, N_LABELS))
 
 
 def test_nelbo(model: CVAE, loader: DataLoader) -> float:
