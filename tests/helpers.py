@@ -146,6 +146,9 @@ def run_script(script: str, *args: str, timeout: float = 600, env: dict | None =
     """`python SCRIPT ARGS` from the project root as a user runs it, with one torch thread so that parallel
     runs don't thrash; a finished CompletedProcess, or with `background` a running Popen."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    # a W&B run made in this process leaves its service's address here: a script would join that service,
+    # which outlives a killed script and keeps its run id in use, instead of starting its own as a user's does
+    env.pop("WANDB_SERVICE", None)
     command = [sys.executable, str(ROOT / script), *args]
     if background:
         return subprocess.Popen(

@@ -211,13 +211,8 @@ def test_a_resumed_run_continues_the_same_run_in_each_logger(whole_run, sig):
     wait_for_checkpoint(run_dir, "checkpoints/last.ckpt", 20, process, timeout=240)
     if sig == signal.SIGKILL:  # some steps on: a checkpoint is written before its step's scalars are logged
         time.sleep(0.3)
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     process.send_signal(sig)
     process.wait(timeout=60)
-    # a killed run's W&B service outlives it for a moment, holding the run id the resume opens again
-    end = time.time() + 60
-    while time.time() < end and any(Path(f"/proc/{pid}").exists() for pid in children):
-        time.sleep(0.2)
     checkpoint_step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert checkpoint_step < STEPS, "stopped after training had ended: nothing left to resume"
     assert_ran(run_script("train.py", *overrides, "ckpt_path=last"))
