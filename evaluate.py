@@ -13,7 +13,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from cvae_lightning.errors import ConfigError, check_bool, check_int, one_line_errors
+from cvae_lightning.errors import check_bool, check_int, one_line_errors
 from cvae_lightning.evaluation.scores import sample_scores, write_report
 from cvae_lightning.harness import checkpoints
 from cvae_lightning.harness.config import build
@@ -30,8 +30,6 @@ def main(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    if not cfg.ckpt_path:
-        raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     check_bool("eval.cas", cfg.eval.cas)  # before any work: the test pass takes minutes
     check_int("eval.cas_epochs", cfg.eval.cas_epochs, 1)
     module = checkpoints.load_module(cfg.ckpt_path, weights=cfg.weights)

@@ -29,8 +29,6 @@ def main(cfg: DictConfig) -> None:
 
 
 def generate(cfg: DictConfig) -> None:
-    if not cfg.ckpt_path:
-        raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     check_int("n", cfg.n, 1)
     check_number("temperature", cfg.temperature)
     check_int("seed", cfg.seed)

@@ -176,10 +176,10 @@ def assemble_page(site: Path) -> None:
         shutil.copyfile(WEB / name, site / name)
 
 
-def export(ckpt_path: Path, out: Path, classifier_path: Path, page: bool = False) -> dict:
+def export(ckpt_path: str | Path | None, out: Path, classifier_path: Path, page: bool = False) -> dict:
     """`out/model/{sampler,encoder}.onnx` and `model.json`, with `page` the web page around them."""
+    model = checkpoints.load_checkpoint(ckpt_path)  # first: it refuses a missing or wrong ckpt_path
     ckpt_path = Path(ckpt_path)
-    model = checkpoints.load_checkpoint(ckpt_path)
     if page:  # first: a missing npm install is found before the export's seconds
         assemble_page(out)
     model_dir = out / "model"

@@ -44,6 +44,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cvae", "vae")) -> dict:
     """The Lightning checkpoint at `path` (on CPU, `weights_only`), or a one-line CheckpointError."""
+    if not path:
+        raise CheckpointError(f"{key} is required, e.g. {key}=logs/train/runs/<run>/checkpoints/last.ckpt")
     path, expected = Path(path), f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
     refused = f"{key}={path} is not allowed:"
     if not path.is_file():
