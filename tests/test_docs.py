@@ -4,8 +4,7 @@ code span, is composed as `python SCRIPT ... --cfg job` would compose it and the
 checks it before any work (train.py: its group check, `validate`, and every callback, the model, the data
 module and the trainer built; the others: their callbacks and trainer), and each `make` line is `make -n`
 (its Python commands then composed too). The `# mypkg.py` examples of usage.md are the module `mypkg` here,
-so the classes of one's own that the docs name are built too. Commands that share group choices share the
-step of Hydra's composition that depends on those alone, and a part (model, data, callbacks, trainer) whose
+so the classes of one's own that the docs name are built too. A part (model, data, callbacks, trainer) whose
 resolved config was built before is not built again: the suite stays cheap as the docs grow.
 
 Placeholders: `<...>` with a space in it (`<same overrides>`) and a word `...` stand for overrides of one's
@@ -17,8 +16,6 @@ here, and why.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import itertools
 import re
 import shlex
@@ -131,42 +128,6 @@ def runs_of(script: str, args: list[str]) -> list[list[str]]:
     return [list(job) for job, _ in itertools.groupby(jobs)]
 
 
-DEFAULTS_LISTS: dict[tuple, object] = {}  # (config, group overrides, ...) -> Hydra's defaults list
-MERGED: dict[int, tuple] = {}  # id of a defaults list -> (that list, the config it merges to)
-
-
-@contextmanager
-def shared_composition():
-    """Hydra's composition with the step that depends on the group choices alone (the defaults list and the
-    configs it merges) done once per config and choices: the commands here share a few dozen of them. Each
-    command's own `key=value`, `+key`, `++key` and `~key` overrides are still applied by Hydra, to a copy, as
-    in a run; test_shared_composition_composes_as_hydra_does holds this to Hydra's own result."""
-    from hydra._internal import config_loader_impl as loader
-    from hydra._internal.defaults_list import Overrides
-
-    create_defaults_list = loader.create_defaults_list
-    compose_defaults = loader.ConfigLoaderImpl._compose_config_from_defaults_list
-
-    def defaults_list(repo, config_name, overrides_list, prepend_hydra, skip_missing):
-        values = Overrides(repo=repo, overrides_list=overrides_list).config_overrides
-        groups = [o for o in overrides_list if all(o is not v for v in values)]
-        key = (config_name, tuple(o.input_line for o in groups), prepend_hydra, skip_missing)
-        if key not in DEFAULTS_LISTS:
-            DEFAULTS_LISTS[key] = create_defaults_list(repo, config_name, groups, prepend_hydra, skip_missing)
-        return dataclasses.replace(DEFAULTS_LISTS[key], config_overrides=values)
-
-    def compose(self, defaults, repo):
-        if id(defaults) not in MERGED:  # the defaults kept alive beside it: the id stays theirs
-            MERGED[id(defaults)] = (defaults, compose_defaults(self, defaults, repo))
-        return copy.deepcopy(MERGED[id(defaults)][1])
-
-    with (
-        mock.patch.object(loader, "create_defaults_list", defaults_list),
-        mock.patch.object(loader.ConfigLoaderImpl, "_compose_config_from_defaults_list", compose),
-    ):
-        yield
-
-
 @contextmanager
 def job_config(config: str, overrides: list[str], output_dir: Path):
     """The task's config of `python SCRIPT OVERRIDES`, Hydra's runtime (the run folder) set as in a run."""
@@ -234,7 +195,7 @@ def check_script(script: str, args: list[str], output_dir: Path) -> None:
     for overrides in runs_of(script, args):
         if (script, output_dir, *overrides) in CHECKED:  # the same job in another command
             continue
-        with shared_composition(), job_config(config, overrides, output_dir) as cfg:
+        with job_config(config, overrides, output_dir) as cfg:
             with gpus_if_asked(cfg) as fake_gpus:
                 if script == "train.py":
                     validate(cfg)
@@ -306,34 +267,6 @@ def test_a_command_that_no_longer_composes_fails():
         check_script("train.py", ["callbacks.last_checkpoint.every_n_train_steps=100"], Path("/tmp"))
     with pytest.raises(Error, match="model.encoder"):
         check_script("train.py", ["model.encoder._target_=no.such.Encoder"], Path("/tmp"))
-
-
-@pytest.mark.parametrize(
-    "config, overrides",
-    [
-        ("train", ["model.latent_dim=8", "++trainer.profiler=simple", "hydra.run.dir=/tmp/run"]),
-        ("train", ["trainer=gpu", "~model.decoder.label_every_layer", "+model.decoder.channels=[64,32]"]),
-        ("train", ["logger=wandb", "logger.wandb.offline=false", "+logger.wandb.entity=E"]),
-        ("train", ["hparams_search=optuna", "hydra.sweeper.study_name=s", "model=vae"]),
-        ("eval", ["ckpt_path=CKPT", "~callbacks.log_likelihood"]),
-    ],
-)
-def test_shared_composition_composes_as_hydra_does(config, overrides):
-    """The shared step gives Hydra's own config, its hydra node too, when the cache already holds the group
-    choices (composed first with no values of their own)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    import cvae_lightning.harness.runs  # noqa: F401  (registers the resolvers of conf/hydra)
-    import cvae_lightning.harness.slurm  # noqa: F401
-
-    groups = [o for o in overrides if "=" in o and (ROOT / "conf" / o.split("=")[0]).is_dir()]
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        hydras = OmegaConf.to_yaml(compose(config, overrides=overrides, return_hydra_config=True))
-        with shared_composition():
-            compose(config, overrides=groups, return_hydra_config=True)
-            shared = compose(config, overrides=overrides, return_hydra_config=True)
-    assert OmegaConf.to_yaml(shared) == hydras
 
 
 def anchor(heading: str) -> str:
