@@ -107,6 +107,25 @@ def _can_create(folder: Path) -> str | None:
     return None
 
 
+class ChecksFirst(Callback):
+    """A run's values (a sweep's, those its jobs share) checked before Hydra makes its folder, log or config
+    tree: a refused run leaves nothing in logs/. train() checks each job's again."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from cvae_lightning.harness.config import build, validate
+
+        validate(config)
+        for key in ("model", "data"):  # their own checks, in a few milliseconds
+            build(config[key], key)
+
+
 class WritableOutputDir(Callback):
     """A run or sweep folder that cannot be made, refused in one line before Hydra fails with a traceback."""
 
