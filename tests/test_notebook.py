@@ -21,7 +21,7 @@ def test_notebook_ships_without_outputs():
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom_with_a_tiny_model(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NOTEBOOK_TRAIN_STEPS": "5", "MPLBACKEND": "Agg"}
-    env.pop("CVAE_CKPT", None)
+    env["CVAE_CKPT"] = "latent2"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbmake", str(NOTEBOOK)],
         capture_output=True,
