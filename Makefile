@@ -43,7 +43,8 @@ pretrained: install  ## re-make the shipped classifier and CVAE (docs/pretrained
 	$(PY) -c "from cvae_lightning.harness.checkpoints import ship; print(ship('$(PRETRAINED_RUNS)/classifier/checkpoints/classifier.ckpt', 'classifier'))"
 	OMP_NUM_THREADS=1 $(PY) train.py hydra.run.dir=$(PRETRAINED_RUNS)/cvae
 	$(PY) -c "from cvae_lightning.harness.checkpoints import ship; print(ship('$(PRETRAINED_RUNS)/cvae/checkpoints/last.ckpt', 'cvae'))"
-	$(PY) evaluate.py ckpt_path=pretrained eval.cas=true out_dir=cvae_lightning/pretrained
+	$(PY) evaluate.py ckpt_path=pretrained "~callbacks.log_likelihood" "eval.temperatures=[1.0]" eval.cas=true seed=123 \
+		out_dir=cvae_lightning/pretrained
 
 evaluate: ckpt install  ## metrics.json/.md beside CKPT (default: the newest run's last.ckpt, or the shipped CVAE)
 	$(PY) evaluate.py ckpt_path=$(CKPT) $(ARGS)
