@@ -242,6 +242,7 @@ def test_evaluate_script_errors_are_one_line(tiny_checkpoints, tmp_path):
     assert f"classifier_path={tmp_path}/no.ckpt is not allowed: no file there" in missing
     assert "make classifier" in missing
     assert "ckpt_path is required" in entry_error("evaluate.py")
+    assert entry_error("evaluate.py").endswith("or ckpt_path=pretrained (the shipped model)")
     cas = entry_error(
         "evaluate.py",
         f"ckpt_path={tiny_checkpoints['cvae']}",

@@ -57,7 +57,10 @@ def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cv
     """The Lightning checkpoint at `path` (on CPU, `weights_only`), or a one-line CheckpointError."""
     path = shipped(path, kinds)
     if not path:
-        raise CheckpointError(f"{key} is required, e.g. {key}=logs/train/runs/<run>/checkpoints/last.ckpt")
+        raise CheckpointError(
+            f"{key} is required, e.g. {key}=logs/train/runs/<run>/checkpoints/last.ckpt, or {key}=pretrained "
+            "(the shipped model)"
+        )
     path, expected = Path(path), f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
     refused = f"{key}={path} is not allowed:"
     if not path.is_file():
