@@ -4,6 +4,7 @@ the current folder as the project root: its logs/, data/ and checkpoints/."""
 
 import os
 import sys
+from functools import partial
 from importlib import import_module
 
 
@@ -20,17 +21,6 @@ def _run(script: str) -> None:
     module.main()
 
 
-def train() -> None:
-    _run("train")
-
-
-def evaluate() -> None:
-    _run("evaluate")
-
-
-def generate() -> None:
-    _run("generate")
-
-
-def export() -> None:
-    _run("export")
+train, evaluate, generate, export = (
+    partial(_run, name) for name in ("train", "evaluate", "generate", "export")
+)
