@@ -124,17 +124,29 @@ def test_make_demo_checks_ckpt_before_installing_or_building_anything(tmp_path):
 
 
 def test_train_checks_values_before_hydra_writes_anything():
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
     from cvae_lightning.harness.runs import ChecksFirst
 
     # Hydra callbacks end as the scripts do: SystemExit("error: <one line>")
     with pytest.raises(SystemExit, match="^error: model.latent_dim=0 is not allowed"):
         ChecksFirst().on_run_start(config=composed("model.latent_dim=0"))
-    with pytest.raises(SystemExit, match="^error: trainer.max_epochs=0 is not allowed"):
-        ChecksFirst().on_multirun_start(config=composed("trainer.max_epochs=0"))
+    sweep = composed(return_hydra_config=True)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):  # as Hydra's, while it runs
+        OmegaConf.update(sweep, "hydra.overrides.task", ["trainer.max_epochs=0", "seed=1,2"])
+        with pytest.raises(SystemExit, match="^error: trainer.max_epochs=0 is not allowed"):
+            ChecksFirst().on_multirun_start(config=sweep)
+        # each value a sweep takes, here the second of the first sweep, before any job starts
+        OmegaConf.update(sweep, "hydra.overrides.task", ["model.latent_dim=2,0", "seed=1,2", "+extras.x=1,2"])
+        with pytest.raises(SystemExit, match="^error: model.latent_dim=0 is not allowed"):
+            ChecksFirst().on_multirun_start(config=sweep)
+        OmegaConf.update(sweep, "hydra.overrides.task", ["model.latent_dim=2,4", "seed=1,2"])
+        ChecksFirst().on_multirun_start(config=sweep)  # nothing refused
 
 
 @pytest.mark.slow  # two processes
-@pytest.mark.parametrize("args", [["model.latent_dim=0"], ["-m", "model.latent_dim=0", "seed=1,2"]])
+@pytest.mark.parametrize("args", [["model.latent_dim=0"], ["-m", "model.latent_dim=2,0", "seed=1,2"]])
 def test_a_refused_run_or_sweep_prints_one_line_no_config_tree_and_leaves_nothing_in_logs(args, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
     command = [sys.executable, str(ROOT / "train.py"), *args, f"paths.log_dir={tmp_path / 'logs'}"]
