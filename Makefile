@@ -36,7 +36,7 @@ classifier: install  ## (re)train the MNIST classifier: checkpoints/classifier.c
 
 # the shipped weights (cvae_lightning/pretrained/{classifier,cvae}.pt), remade: the judge, then the default CVAE
 PRETRAINED_RUNS := logs/pretrained
-pretrained: install  ## re-make the shipped classifier and CVAE (docs/pretrained.md): ~10 minutes on one CPU thread
+pretrained: install  ## re-make the shipped classifier and CVAE (docs/pretrained.md): ~15 minutes on one CPU thread
 	rm -rf $(PRETRAINED_RUNS)
 	OMP_NUM_THREADS=1 $(PY) train.py experiment=classifier hydra.run.dir=$(PRETRAINED_RUNS)/classifier \
 		callbacks.model_checkpoint.dirpath=$(PRETRAINED_RUNS)/classifier/checkpoints
