@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-fast coverage sweep tensorboard bench bench-gpu lint clean classifier evaluate generate export demo web browser slurm-up slurm-down
+.PHONY: ckpt pretrained notebook install train test test-fast coverage sweep tensorboard bench bench-gpu lint clean classifier evaluate generate export demo web browser slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -20,29 +20,48 @@ $(VENV)/.installed: pyproject.toml
 train: install  ## the default experiment: CVAE on CPU, offline MNIST, logs/ (ARGS="key=value ...")
 	$(PY) train.py $(ARGS)
 
-# the newest run's last checkpoint, unless CKPT=... is given
-CKPT ?= $(lastword $(sort $(wildcard logs/train/runs/*/checkpoints/last.ckpt)))
+# the newest (C)VAE run's last checkpoint (the classifier's runs lie in logs/classifier/), unless CKPT=...
+# is given; with no run, the shipped CVAE (cvae_lightning/pretrained/, docs/pretrained.md)
+CKPT ?= $(or $(lastword $(sort $(wildcard logs/train/runs/*/checkpoints/last.ckpt))),pretrained)
 
-CLASSIFIER := checkpoints/classifier.ckpt
+# CKPT there, before anything is installed or built; with no run and no CKPT=, one line says which model
+ckpt:
+	@if [ "$(CKPT)" = pretrained ]; then echo "CKPT=pretrained: the shipped CVAE (docs/pretrained.md); make train makes your own"; \
+	elif [ ! -f "$(CKPT)" ]; then echo "error: CKPT=$(CKPT) is not allowed: no file there; expected a checkpoint written by \`make train\`, e.g. $(RUN_CKPT), or pretrained"; exit 2; fi
 
-classifier: install  ## (re)train the MNIST classifier that judges generated digits: checkpoints/classifier.ckpt
+RUN_CKPT := logs/train/runs/<run>/checkpoints/last.ckpt
+
+classifier: install  ## (re)train the MNIST classifier: checkpoints/classifier.ckpt (pass classifier_path= to use it)
 	$(PY) train.py experiment=classifier $(ARGS)
 
-$(CLASSIFIER): | install
-	$(PY) train.py experiment=classifier
+# the shipped weights (cvae_lightning/pretrained/{classifier,cvae}.pt), remade: the judge, then the default CVAE
+PRETRAINED_RUNS := logs/pretrained
+pretrained: install  ## re-make the shipped classifier and CVAE (docs/pretrained.md): ~15 minutes on one CPU thread
+	rm -rf $(PRETRAINED_RUNS)
+	OMP_NUM_THREADS=1 $(PY) train.py experiment=classifier hydra.run.dir=$(PRETRAINED_RUNS)/classifier \
+		callbacks.model_checkpoint.dirpath=$(PRETRAINED_RUNS)/classifier/checkpoints
+	$(PY) -c "from cvae_lightning.harness.checkpoints import ship; print(ship('$(PRETRAINED_RUNS)/classifier/checkpoints/classifier.ckpt', 'classifier'))"
+	OMP_NUM_THREADS=1 $(PY) train.py hydra.run.dir=$(PRETRAINED_RUNS)/cvae
+	$(PY) -c "from cvae_lightning.harness.checkpoints import ship; print(ship('$(PRETRAINED_RUNS)/cvae/checkpoints/last.ckpt', 'cvae'))"
+	$(PY) evaluate.py ckpt_path=pretrained "~callbacks.log_likelihood" "eval.temperatures=[1.0]" eval.cas=true seed=123 \
+		out_dir=cvae_lightning/pretrained
 
-evaluate: install $(CLASSIFIER)  ## metrics.json/.md beside CKPT (default: the newest run's last.ckpt)
+evaluate: ckpt install  ## metrics.json/.md beside CKPT (default: the newest run's last.ckpt, or the shipped CVAE)
 	$(PY) evaluate.py ckpt_path=$(CKPT) $(ARGS)
 
-generate: install  ## a grid of digits from CKPT (ARGS="digits=[2,0,2,6] n=8 out=digits.png")
+generate: ckpt install  ## a grid of digits from CKPT (ARGS="digits=[2,0,2,6] n=8 out=digits.png")
 	$(PY) generate.py ckpt_path=$(CKPT) $(ARGS)
 
-export: install  ## CKPT as ONNX graphs + model.json in logs/export, each checked against PyTorch (ARGS="out=DIR")
+export: ckpt install  ## CKPT as ONNX graphs + model.json in logs/export, each checked against PyTorch (ARGS="out=DIR")
 	$(PY) export.py ckpt_path=$(CKPT) $(ARGS)
+
+notebook: ckpt install  ## JupyterLab on notebooks/explore.ipynb, with CKPT (installs the notebook extra once)
+	test -x $(VENV)/bin/jupyter-lab || $(PY) -m pip install -e ".[notebook]"
+	CVAE_CKPT=$(if $(filter pretrained,$(CKPT)),pretrained,$(abspath $(CKPT))) $(VENV)/bin/jupyter-lab notebooks/explore.ipynb
 
 DEMO ?= logs/demo
 PORT ?= 8000
-demo: install web $(CLASSIFIER)  ## the "pick a digit" page for CKPT in $(DEMO), served on localhost:$(PORT)
+demo: ckpt install web  ## the "pick a digit" page for CKPT in $(DEMO), served on localhost:$(PORT)
 	$(PY) export.py ckpt_path=$(CKPT) out=$(DEMO) page=true $(ARGS)
 	@echo "the page: http://127.0.0.1:$(PORT)/  (a static folder: $(DEMO); Ctrl-C stops the server)"
 	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory $(DEMO)

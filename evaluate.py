@@ -11,12 +11,14 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import rich
 from omegaconf import DictConfig
 
 from cvae_lightning.errors import check_bool, check_int, one_line_errors
 from cvae_lightning.evaluation.scores import sample_scores, write_report
 from cvae_lightning.harness import checkpoints
 from cvae_lightning.harness.config import build
+from cvae_lightning.harness.runs import config_tree
 from cvae_lightning.harness.training import build_group
 from cvae_lightning.model.data import BINARIZE, load_split
 
@@ -35,6 +37,7 @@ def evaluate(cfg: DictConfig) -> dict:
     module = checkpoints.load_module(cfg.ckpt_path, weights=cfg.weights)
     classifier = checkpoints.load_classifier(cfg.classifier_path)
     trained_on = checkpoints.data_config(checkpoints.read(cfg.ckpt_path))
+    rich.print(config_tree(cfg))  # as train.py's, once the values and files are known good
     binarize = trained_on.get("binarize", "none")
     datamodule = build(cfg.data, "data", binarize=binarize)
 

@@ -18,6 +18,7 @@ _PUBLIC = {
     "Classifier": "cvae_lightning.evaluation.classifier",
     "Error": "cvae_lightning.errors",
     "load_checkpoint": "cvae_lightning.harness.checkpoints",
+    "pretrained": "cvae_lightning.harness.checkpoints",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -291,17 +291,20 @@ def test_the_projector_is_skipped_without_tensorboard(tmp_path, data_dir):
 
 @pytest.mark.slow  # 40 steps of the default model, then three test passes
 @pytest.mark.parametrize(
-    "target, tested",
+    "target, warmup, tested",
     [
-        ("cvae_lightning.callbacks.averaging.EMA", "average"),
+        ("cvae_lightning.callbacks.averaging.EMA", "callbacks.ema.warmup=1", "average"),  # no warmup
         # the negative control: Lightning's own reloads the trained weights for the test after the fit
-        ("lightning.pytorch.callbacks.EMAWeightAveraging", "trained"),
+        ("lightning.pytorch.callbacks.EMAWeightAveraging", "~callbacks.ema.warmup", "trained"),
     ],
 )
-def test_the_ema_callback_checkpoints_and_tests_the_weights_average(target, tested, tmp_path, data_dir):
+def test_the_ema_callback_checkpoints_and_tests_the_weights_average(
+    target, warmup, tested, tmp_path, data_dir
+):
     cfg = composed(
         "callbacks=[checkpointing,ema]",
         f"callbacks.ema._target_={target}",
+        warmup,
         "callbacks.ema.decay=0.99",  # far behind the trained weights after 40 steps
         "callbacks.ema.update_every_n_steps=1",
         "+callbacks.test_nll._target_=cvae_lightning.callbacks.metrics.NLLCurve",
@@ -337,16 +340,23 @@ def test_the_ema_callback_checkpoints_and_tests_the_weights_average(target, test
     assert curve[-1]["nll"] == pytest.approx(nll, rel=1e-6)
 
 
-def test_the_weights_average_is_debiased_the_closed_form_of_an_ema_started_at_zero():
+def test_the_weights_average_warms_up_a_short_runs_average_is_of_its_last_steps():
     from torch.optim.swa_utils import AveragedModel
 
-    from cvae_lightning.callbacks.averaging import debiased_ema
+    from cvae_lightning.callbacks.averaging import warmup_ema
 
-    decay, seen = 0.9, [3.0, -1.0, 4.0, 1.0, 5.0]
-    weight = torch.nn.Parameter(torch.zeros(()))
-    average = AveragedModel(torch.nn.ParameterList([weight]), avg_fn=debiased_ema(decay))
-    for n, value in enumerate(seen, 1):
-        weight.data.fill_(value)
-        average.update_parameters(torch.nn.ParameterList([weight]))
-        expected = sum((1 - decay) * decay ** (n - i) * w for i, w in enumerate(seen[:n], 1)) / (1 - decay**n)
-        assert average.module[0].item() == pytest.approx(expected, rel=1e-6)
+    def average_of(seen, warmup):
+        weight = torch.nn.Parameter(torch.zeros(()))
+        average = AveragedModel(torch.nn.ParameterList([weight]), avg_fn=warmup_ema(0.995, warmup))
+        for value in seen:
+            weight.data.fill_(value)
+            average.update_parameters(torch.nn.ParameterList([weight]))
+        return average.module[0].item()
+
+    # a 1-epoch run (43 updates): the weights moved from 0 to 1 over its last 10 updates
+    short = [0.0] * 33 + [1.0] * 10
+    assert average_of(short, warmup=10) > 0.75
+    assert average_of(short, warmup=1) < 0.1  # warmup=1: the plain EMA, still near its first weights
+    # a long run: the decay reaches 0.995, the average spans about the last 200 updates
+    long = [0.0] * 5000 + [1.0] * 200
+    assert average_of(long, warmup=10) == pytest.approx(1 - 0.995**200, rel=1e-3)

@@ -159,8 +159,9 @@ def test_debug_overfit_memorizes_one_batch_and_validates_every_25_steps(tmp_path
     # memorized, not learnt: a run on a fresh batch every step ends with train/nelbo close to val/nelbo
     assert train[-1] < 0.85 * val[-1].value, (train[-1], val[-1].value)
     assert [e.step for e in val] == [24, 49, 74, 99, 124, 149]  # the callbacks monitoring it had it
-    assert results(tmp_path)["best_checkpoint"] == str(tmp_path / "checkpoints" / "epoch_149.ckpt")
-    assert (tmp_path / "checkpoints" / "epoch_149.ckpt").is_file()
+    # the best by val/nelbo (memorizing, the held-out batch may get worse again: the weights average follows)
+    best = tmp_path / "checkpoints" / f"epoch_{min(val, key=lambda e: e.value).step:03d}.ckpt"
+    assert results(tmp_path)["best_checkpoint"] == str(best) and best.is_file()
 
 
 @pytest.mark.slow

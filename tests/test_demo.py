@@ -2,6 +2,7 @@
 one-line refusals, and the "pick a digit" page in a real browser (Debian's Chromium, headless, through
 Playwright), judged by the project's classifier on the pixels the page drew."""
 
+import hashlib
 import json
 import shutil
 
@@ -89,7 +90,9 @@ def test_export_py_writes_the_graphs_and_what_a_client_needs(tiny_checkpoints, t
     assert card["model"] == "CVAE" and card["conditional"] and card["latent_dim"] == 2
     assert card["labels"] == list(range(10)) and card["image_shape"] == [1, 28, 28]
     assert card["graphs"]["sampler"]["inputs"] == ["digit", "noise", "temperature"]
-    assert card["checkpoint"] == str(ckpt)
+    # the file's name and hash only: no path of this machine in a folder that is sent or served
+    assert card["checkpoint"] == {"file": ckpt.name, "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    assert str(ckpt.parent) not in (tmp_path / "model" / "model.json").read_text()
     assert max(card["max_abs_difference_vs_pytorch"].values()) <= 1e-4
     assert card["metrics"]["accuracy_t1"]["value"] is None  # no judge given: said, not invented
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [

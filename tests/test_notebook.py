@@ -19,9 +19,11 @@ def test_notebook_ships_without_outputs():
 
 
 @pytest.mark.slow
-def test_notebook_runs_top_to_bottom_with_a_tiny_model(tmp_path):
+@pytest.mark.parametrize("ckpt", ["latent2", None], ids=["a tiny latent-2 model", "the shipped model"])
+def test_notebook_runs_top_to_bottom(ckpt, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NOTEBOOK_TRAIN_STEPS": "5", "MPLBACKEND": "Agg"}
     env.pop("CVAE_CKPT", None)
+    env |= {"CVAE_CKPT": ckpt} if ckpt else {}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbmake", str(NOTEBOOK)],
         capture_output=True,

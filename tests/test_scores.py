@@ -3,6 +3,7 @@ classifier-FID, CAS, and evaluate.py's files, added test metrics and errors; che
 apart and loaded through one module."""
 
 import json
+import re
 
 import lightning as L
 import pytest
@@ -188,7 +189,11 @@ def test_evaluate_script_writes_metrics_beside_the_checkpoint(tiny_checkpoints, 
     table = (ckpt.parent / "metrics.md").read_text()
     assert "| test -ELBO (nats/image) |" in table and "IWAE k=5 |" in table
     assert (ckpt.parent / "confusion_matrix.png").stat().st_size > 1000
-    assert "conditional accuracy T=1" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "conditional accuracy T=1" in shown.out
+    # the config tree as train.py's, and the test pass's progress bar: batches, time spent • time left
+    assert "CONFIG" in shown.out and "ckpt_path:" in shown.out
+    assert re.search(r"Testing .* 1/1 \d+:\d\d:\d\d • \d+:\d\d:\d\d", shown.out), shown.out[-2000:]
 
 
 class MeanPixel(L.Callback):
@@ -237,6 +242,7 @@ def test_evaluate_script_errors_are_one_line(tiny_checkpoints, tmp_path):
     assert f"classifier_path={tmp_path}/no.ckpt is not allowed: no file there" in missing
     assert "make classifier" in missing
     assert "ckpt_path is required" in entry_error("evaluate.py")
+    assert entry_error("evaluate.py").endswith("or ckpt_path=pretrained (the shipped model)")
     cas = entry_error(
         "evaluate.py",
         f"ckpt_path={tiny_checkpoints['cvae']}",

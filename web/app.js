@@ -297,7 +297,7 @@ function describe(card) {
     parts.push(`samples read as the requested digit ${(100 * accuracy.value).toFixed(1)}% of the time at T=1 (${accuracy.samples.toLocaleString("en")} samples, the project's classifier)`);
   }
   $("numbers").textContent = parts.join(" · ");
-  $("source").textContent = `From ${card.checkpoint}. Exported graphs match PyTorch to ${Math.max(...Object.values(card.max_abs_difference_vs_pytorch)).toExponential(1)}.`;
+  $("source").textContent = `From ${card.checkpoint.file} (sha256 ${card.checkpoint.sha256.slice(0, 12)}). Exported graphs match PyTorch to ${Math.max(...Object.values(card.max_abs_difference_vs_pytorch)).toExponential(1)}.`;
   if (!card.conditional) $("about").textContent = "A VAE trained on MNIST, running in your browser: it draws digits, but you cannot choose which.";
 }
 

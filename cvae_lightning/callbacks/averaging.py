@@ -11,22 +11,26 @@ from lightning.pytorch.trainer.states import TrainerFn
 from cvae_lightning.harness import compat
 
 
-def debiased_ema(decay: float):
-    """The EMA update, debiased by 1 - decay^n (as Adam's): a short run's average follows its training."""
+def warmup_ema(decay: float, warmup: float):
+    """The EMA update at decay min(decay, (1 + n) / (warmup + n)) after n updates: the average spans about
+    the last (n + warmup) / (warmup - 1) updates until that reaches 1 / (1 - decay), so a short run's
+    average is of its last steps, not of all of them."""
 
     def avg_fn(averaged, current, num_averaged):
-        return averaged + (current - averaged) * ((1 - decay) / (1 - decay ** (num_averaged + 1)))
+        return averaged + (current - averaged) * (
+            1 - min(decay, (1 + num_averaged) / (warmup + num_averaged))
+        )
 
     return avg_fn
 
 
 class EMA(EMAWeightAveraging):
-    """Lightning's EMAWeightAveraging, debiased, whose hooks act only while fitting: after a fit the parent
-    would load the trained weights over a best checkpoint's average for validate and test."""
+    """Lightning's EMAWeightAveraging with a warming-up decay, whose hooks act only while fitting: after a fit
+    the parent would load the trained weights over a best checkpoint's average for validate and test."""
 
-    def __init__(self, *args, decay: float = 0.999, **kwargs):
+    def __init__(self, *args, decay: float = 0.999, warmup: float = 10, **kwargs):
         super().__init__(*args, decay=decay, **kwargs)
-        compat.set_averaging_fn(self, debiased_ema(decay))
+        compat.set_averaging_fn(self, warmup_ema(decay, warmup))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         if trainer.state.fn == TrainerFn.FITTING:  # resuming: both weights back in place

@@ -15,7 +15,7 @@ from cvae_lightning.callbacks.averaging import averaged_weights
 from cvae_lightning.evaluation.generation import evaluating, repeat_digits
 from cvae_lightning.evaluation.scores import conditional_accuracy, read_digits
 from cvae_lightning.harness import files
-from cvae_lightning.harness.checkpoints import load_classifier
+from cvae_lightning.harness.checkpoints import load_classifier, shipped
 from cvae_lightning.harness.loggers import log_image
 from cvae_lightning.harness.process import float32_matmul_precision
 from cvae_lightning.model.data import NUM_CLASSES
@@ -30,7 +30,7 @@ class SampleAccuracy(L.Callback):
     def __init__(
         self, classifier_path, n_per_digit=100, temperatures=(1.0, 0.0), seed=0, misread_per_digit=10
     ):
-        self.classifier_path = Path(classifier_path)
+        self.classifier_path = Path(shipped(classifier_path, ("classifier",)))
         self.n_per_digit, self.temperatures, self.seed = n_per_digit, tuple(temperatures), seed
         self.misread_per_digit = misread_per_digit
         self.classifier = None

@@ -3,6 +3,7 @@ what a client needs, and the web page (web/) that runs them with onnxruntime-web
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -126,8 +127,9 @@ def accuracy_t1(model: CVAE, ckpt_path: Path, classifier_path: Path, n_per_digit
     evaluated = _json(ckpt_path.parent / "metrics.json").get("accuracy", {}).get("T=1")
     if evaluated:
         return {"value": evaluated["overall"], "samples": 10 * 1000, "by": "evaluate.py"}
+    classifier_path = Path(checkpoints.shipped(classifier_path, ("classifier",)))
     if not model.n_labels or not classifier_path.is_file():
-        return {"value": None, "samples": 0, "by": "not measured: a VAE, or no checkpoints/classifier.ckpt"}
+        return {"value": None, "samples": 0, "by": "not measured: a VAE, or no classifier"}
     torch.manual_seed(0)
     labels = repeat_digits(n_per_digit)
     images = draw(model, labels, temperature=1.0)
@@ -139,6 +141,7 @@ def accuracy_t1(model: CVAE, ckpt_path: Path, classifier_path: Path, n_per_digit
 def model_card(model: CVAE, ckpt_path: Path, differences: dict[str, float], accuracy: dict) -> dict:
     """What a client needs: shapes, inputs, the model's measured numbers and where it came from."""
     results = _json(ckpt_path.parent.parent / "results.json").get("metrics", {})
+    evaluated = _json(ckpt_path.parent / "metrics.json").get("test", {})  # the shipped model's
     return {
         "model": "CVAE" if model.n_labels else "VAE",
         "conditional": bool(model.n_labels),
@@ -149,8 +152,9 @@ def model_card(model: CVAE, ckpt_path: Path, differences: dict[str, float], accu
             name: {"file": f"{name}.onnx", "inputs": list(inputs), "outputs": OUTPUTS[name]}
             for name, inputs in example_inputs(model).items()
         },
-        "metrics": {"test_nelbo": results.get("test/nelbo"), "accuracy_t1": accuracy},
-        "checkpoint": str(ckpt_path),
+        "metrics": {"test_nelbo": results.get("test/nelbo", evaluated.get("nelbo")), "accuracy_t1": accuracy},
+        # its name and hash, not where it lies on this machine: the folder is sent to others, or served
+        "checkpoint": {"file": ckpt_path.name, "sha256": hashlib.sha256(ckpt_path.read_bytes()).hexdigest()},
         "max_abs_difference_vs_pytorch": differences,
     }
 
@@ -179,7 +183,7 @@ def assemble_page(site: Path) -> None:
 def export(ckpt_path: str | Path | None, out: Path, classifier_path: Path, page: bool = False) -> dict:
     """`out/model/{sampler,encoder}.onnx` and `model.json`, with `page` the web page around them."""
     model = checkpoints.load_checkpoint(ckpt_path)  # first: it refuses a missing or wrong ckpt_path
-    ckpt_path = Path(ckpt_path)
+    ckpt_path = Path(checkpoints.shipped(ckpt_path, ("cvae",)))
     if page:  # first: a missing npm install is found before the export's seconds
         assemble_page(out)
     model_dir = out / "model"

@@ -26,7 +26,7 @@ CLASSIFIER_BATCH = 128
 # the recipe of `train.py experiment=classifier` (conf/experiment/classifier.yaml, conf/data/mnist.yaml)
 CAS_EPOCHS, CAS_BATCH = 4, 128
 CAS_TRAINER = {"devices": 1, "limit_val_batches": 0} | dict.fromkeys(
-    ("logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary"), False
+    ("logger", "enable_checkpointing", "enable_model_summary"), False
 )
 # metrics.md's first rows, by their key in metrics["test"]
 _TEST_ROWS = (("nelbo", "-ELBO (nats/image)"), ("recon", "reconstruction term"), ("kl", "KL term"))

@@ -28,6 +28,17 @@ KINDS = {
     ),
 }
 WEIGHTS = ("average", "trained")
+# `ckpt_path=pretrained`: the shipped weights of `make pretrained` (docs/pretrained.md), kind -> file
+SHIPPED = Path(__file__).resolve().parents[1] / "pretrained"
+# what a shipped file keeps of a checkpoint: the weights (the average) and what rebuilds the model
+SHIPPED_KEYS = (
+    "state_dict",
+    "hyper_parameters",
+    "datamodule_hyper_parameters",
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -44,8 +55,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cvae", "vae")) -> dict:
     """The Lightning checkpoint at `path` (on CPU, `weights_only`), or a one-line CheckpointError."""
+    path = shipped(path, kinds)
     if not path:
-        raise CheckpointError(f"{key} is required, e.g. {key}=logs/train/runs/<run>/checkpoints/last.ckpt")
+        raise CheckpointError(
+            f"{key} is required, e.g. {key}=logs/train/runs/<run>/checkpoints/last.ckpt, or {key}=pretrained "
+            "(the shipped model)"
+        )
     path, expected = Path(path), f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
     refused = f"{key}={path} is not allowed:"
     if not path.is_file():
@@ -85,6 +100,7 @@ def load_module(
     """The LightningModule at `path` in eval mode, with its `weights`: "average" (callbacks.ema's, the
     state_dict) or "trained" (kept beside it)."""
     check_choice("weights", weights, WEIGHTS)
+    path = shipped(path, kinds)
     checkpoint = read(path, key, kinds)
     found = expect(checkpoint, path, kinds, key)
     if weights == "trained" and "current_model_state" not in checkpoint:
@@ -110,6 +126,31 @@ def load_module(
 def load_checkpoint(path: str | Path, kinds=("cvae", "vae"), key="ckpt_path", map_location="cpu"):
     """The trained CVAE (or VAE) at `path`, in eval mode: `model.sample(labels=torch.tensor([2, 0, 2]))`."""
     return load_module(path, kinds, key, map_location).model
+
+
+def pretrained(map_location="cpu"):
+    """The shipped CVAE (`make pretrained`; docs/pretrained.md), in eval mode."""
+    return load_checkpoint("pretrained", map_location=map_location)
+
+
+def shipped(path, kinds: tuple[str, ...]):
+    """`path`, or for "pretrained" the shipped file of kinds[0]."""
+    return SHIPPED / f"{kinds[0]}.pt" if str(path) == "pretrained" else path
+
+
+def ship(path: str | Path, kind_: str) -> Path:
+    """The checkpoint at `path` as the shipped `kind_` file: its weights (the average) and hyperparameters
+    only, no optimizer, trained weights or absolute paths; written in torch's weights-only format."""
+    checkpoint = read(path, kinds=(kind_,))
+    expect(checkpoint, path, (kind_,))
+    slim = {key: checkpoint[key] for key in SHIPPED_KEYS if key in checkpoint}
+    slim["datamodule_hyper_parameters"] = {
+        k: v for k, v in data_config(checkpoint).items() if not k.endswith("_dir")
+    }
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    files.write_bytes(out := SHIPPED / f"{kind_}.pt", buffer.getbuffer())
+    return out
 
 
 def load_classifier(path: str | Path, map_location="cpu"):

@@ -107,6 +107,47 @@ def _can_create(folder: Path) -> str | None:
     return None
 
 
+class ChecksFirst(Callback):
+    """A run's values (a sweep's: each value it takes) checked before Hydra makes its folder, log or config
+    tree: a refused run leaves nothing in logs/. train() checks each job's again (combinations too)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        """Each value of each discrete sweep (`a=1,2`), the other sweeps at their first value: not every
+        combination, which could be thousands. Other sweeps (Optuna's ranges) keep the base value."""
+        from hydra import compose
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import HydraException
+
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        swept = [o for o in parsed if o.is_sweep_override() and o.is_discrete_sweep()]
+        keys = [{"ADD": "+", "FORCE_ADD": "++"}.get(o.type.name, "") + o.get_key_element() for o in swept]
+        values = [list(o.sweep_string_iterator()) for o in swept]
+        firsts = [f"{key}={v[0]}" for key, v in zip(keys, values, strict=True)]
+        jobs = [firsts] + [
+            [*firsts[:i], f"{keys[i]}={value}", *firsts[i + 1 :]]
+            for i in range(len(swept))
+            for value in values[i][1:]
+        ]
+        try:
+            configs = [compose(config.hydra.job.config_name, overrides=[*fixed, *job]) for job in jobs]
+        except HydraException:  # Hydra's own to report, as it launches
+            configs = [config]
+        for job_config in configs:
+            self._check(job_config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from cvae_lightning.harness.config import build, validate
+
+        validate(config)
+        for key in ("model", "data"):  # their own checks, in a few milliseconds
+            build(config[key], key)
+
+
 class WritableOutputDir(Callback):
     """A run or sweep folder that cannot be made, refused in one line before Hydra fails with a traceback."""
 
