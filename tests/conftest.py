@@ -62,13 +62,3 @@ def short_run(tmp_path_factory, tiny_checkpoints) -> Path:
     classifier = f"callbacks.sample_accuracy.classifier_path={tiny_checkpoints['classifier']}"
     run_entry("train.py", *SHORT_RUN, classifier, output_dir=run_dir)
     return run_dir
-
-
-@pytest.fixture(scope="session")
-def classifier_run(tmp_path_factory, data_dir) -> Path:
-    """The run folder of `python train.py experiment=classifier trainer.max_epochs=2`, run in this process,
-    its checkpoint in it (checkpoints/classifier.ckpt, not the project's): a judge for generated digits."""
-    run_dir = tmp_path_factory.mktemp("classifier_run")
-    checkpoints = f"callbacks.model_checkpoint.dirpath={run_dir / 'checkpoints'}"
-    run_entry("train.py", "experiment=classifier", "trainer.max_epochs=2", checkpoints, output_dir=run_dir)
-    return run_dir

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cvae_lightning import load_checkpoint
-from tests.helpers import SHORT_RUN, assert_ran, read_events, run_entry, run_script
+from tests.helpers import SHORT_RUN, read_events, run_entry
 
 
 def test_cvae_run_writes_checkpoints_and_tensorboard_images(short_run):
@@ -46,20 +46,12 @@ def test_vae_run_and_overrides(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_two_real_epochs_learn(tmp_path, data_dir):
-    """A short real run on the full training set: val -ELBO below 120 nats per image. Without the weights
-    average, which over two epochs still holds the first epoch's weights (val -ELBO 128 against 112)."""
-    result = run_script(
-        "train.py",
-        "trainer.max_epochs=2",
-        "~callbacks.ema",
-        f"hydra.run.dir={tmp_path}",
-        timeout=900,
-        env={"OMP_NUM_THREADS": "2"},
-    )
-    assert_ran(result)
+def test_one_real_epoch_of_the_default_learns(tmp_path, data_dir):
+    """A newcomer's first quick run, `python train.py trainer.max_epochs=1`, on the full training set: val
+    -ELBO at most 135 nats per image (121-122 over 3 seeds, docs/pretrained.md) with the weights average
+    on, which a lagging average (148-150) fails."""
+    run_entry("train.py", "trainer.max_epochs=1", output_dir=tmp_path)
     scalars, _ = read_events(tmp_path)
-    val = [e.value for e in scalars["val/nelbo"]]
-    assert len(val) == 2 and val[1] < val[0]
-    assert val[-1] < 120, val
-    assert scalars["test/nelbo"][-1].value < 120
+    (val,) = [e.value for e in scalars["val/nelbo"]]
+    assert val <= 135, val
+    assert scalars["test/nelbo"][-1].value <= 135
