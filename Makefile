@@ -75,11 +75,16 @@ browser: web  ## Debian's Chromium for the page's tests (root; apt-get), and onn
 	command -v chromium >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
+# test files side by side, one worker a core (each worker and its scripts one thread); a file's tests stay
+# on one worker, in order, sharing their fixtures. PYTEST_WORKERS=0 runs them one after another.
+PYTEST_WORKERS ?= auto
+PYTEST_N := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 test: install  ## the whole suite, slow end-to-end tests included
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(PYTEST_N) $(ARGS)
 
 test-fast: install  ## the maths, every config composing and every one-line error: all but the slow tests
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest $(PYTEST_N) -m "not slow" $(ARGS)
 
 coverage: install  ## the suite under coverage.py, its subprocesses too: line coverage of cvae_lightning/
 	rm -rf logs/coverage && mkdir -p logs/coverage

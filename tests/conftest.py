@@ -3,11 +3,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from tests.helpers import ROOT, SHORT_RUN, run_entry, tiny_module, tiny_trainer
 
 # as the scripts set it: in-process runs find data/ and the classifier under the project, from any cwd
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+# pytest -n (make test): each worker one thread, its scripts too, as processes side by side must be
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):
@@ -22,7 +27,9 @@ def data_dir() -> Path:
     """The project's own data/ (as `make train` leaves it), prepared once: raw files written and verified."""
     from cvae_lightning import MNISTDataModule
 
-    MNISTDataModule(data_dir=str(ROOT / "data")).prepare_data()
+    (ROOT / "data").mkdir(exist_ok=True)
+    with FileLock(ROOT / "data" / ".prepare.lock"):  # pytest -n: one worker writes, the others wait
+        MNISTDataModule(data_dir=str(ROOT / "data")).prepare_data()
     return ROOT / "data"
 
 

@@ -49,8 +49,8 @@ def test_classifier_trains_through_train_py(classifier_run):
     not (ROOT / "checkpoints" / "classifier.ckpt").is_file(), reason="run `make classifier` first"
 )
 def test_the_projects_classifier_reads_real_test_digits_at_98_5_percent_or_more(data_dir):
-    """`make classifier` trains judges at 98.80-99.02% (docs/results.md, "The judges"): a floor below that
-    spread, which a broken recipe or checkpoint falls through."""
+    """`make classifier` trains judges at 98.80-99.02% (docs/results.md, "What the numbers are"): a floor
+    below that spread, which a broken recipe or checkpoint falls through."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     classifier = load_classifier(Path(ROOT / "checkpoints" / "classifier.ckpt"))
     images, labels = load_split(data_dir, train=False)
