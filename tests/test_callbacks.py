@@ -221,6 +221,16 @@ class _ReadsTheFill:
         return x[:, 0, 0, 0].long()
 
 
+def test_sample_accuracy_without_a_classifier_warns_and_logs_nothing(tmp_path, caplog):
+    callback = SampleAccuracy(tmp_path / "missing.ckpt")
+    module = SimpleNamespace(hparams={"n_labels": 10}, device="cpu")
+    with caplog.at_level("WARNING", logger="cvae_lightning.callbacks.metrics"):
+        callback.setup(None, module, "fit")
+    assert callback.classifier is None
+    assert f"no classifier at {tmp_path / 'missing.ckpt'}: samples/accuracy_* not logged" in caplog.text
+    callback.on_validation_epoch_end(SimpleNamespace(sanity_checking=False), module)  # nothing to judge with
+
+
 def test_sample_accuracy_judges_n_per_digit_samples_and_one_image_per_digit_at_the_prior_mean():
     callback = SampleAccuracy("unused.ckpt", n_per_digit=7, temperatures=(1.0, 0.5, 0.0), misread_per_digit=9)
     callback.classifier = _ReadsTheFill()

@@ -186,3 +186,40 @@ def test_make_train_classifier_then_evaluate_and_export_use_the_cvae_run(tmp_pat
         json.loads((tmp_path / "export" / "model" / "model.json").read_text())["checkpoint"]["file"]
         == "last.ckpt"
     )
+
+
+def test_ship_keeps_the_weights_average_and_hyperparameters_and_no_path(
+    tiny_checkpoints, tmp_path, monkeypatch
+):
+    """`make pretrained`'s step from a run's last.ckpt to the shipped file: the optimizer, the trained
+    weights and the data folder stay behind; what is left loads as `ckpt_path=pretrained` does."""
+    monkeypatch.setattr(checkpoints, "SHIPPED", tmp_path)
+    run = torch.load(tiny_checkpoints["cvae"], weights_only=True)
+    out = checkpoints.ship(tiny_checkpoints["cvae"], "cvae")
+    shipped = torch.load(out, weights_only=True)
+    assert out == tmp_path / "cvae.pt" and set(shipped) <= set(checkpoints.SHIPPED_KEYS)
+    assert "optimizer_states" in run and "optimizer_states" not in shipped
+    assert all(torch.equal(shipped["state_dict"][k], v) for k, v in run["state_dict"].items())
+    assert not any(k.endswith("_dir") for k in shipped["datamodule_hyper_parameters"])
+    model = checkpoints.load_checkpoint("pretrained")
+    assert model.sample(labels=torch.tensor([3, 7])).shape == (2, 1, 28, 28)
+
+
+def test_the_installed_command_runs_its_script_with_the_current_folder_as_the_project(tmp_path, monkeypatch):
+    """What `cvae-generate ...` runs (cli.py), in this process: the script beside conf/, its output under
+    the current folder."""
+    from cvae_lightning import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROJECT_ROOT")
+    monkeypatch.setattr(
+        sys, "argv", ["cvae-generate", "ckpt_path=pretrained", "digits=[4]", "n=2", "out=g.png"]
+    )
+    cli.generate()
+    assert (tmp_path / "g.png").is_file() and os.environ["PROJECT_ROOT"] == str(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cvae-train", "model=gan"])
+    with pytest.raises(
+        SystemExit, match="error: model=gan is not allowed: expected one of classifier, cvae, vae"
+    ):
+        cli.train()  # the group check train.py makes first, against the installed conf/
+    assert not (tmp_path / "logs").exists()
