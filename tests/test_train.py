@@ -48,7 +48,7 @@ def test_vae_run_and_overrides(tmp_path, data_dir):
 @pytest.mark.slow
 def test_one_real_epoch_of_the_default_learns(tmp_path, data_dir):
     """A newcomer's first quick run, `python train.py trainer.max_epochs=1`, on the full training set: val
-    -ELBO at most 135 nats per image (121-122 over 3 seeds, docs/pretrained.md) with the weights average
+    -ELBO at most 135 nats per image (121-122 over 3 seeds, docs/results.md) with the weights average
     on, which a lagging average (148-150) fails."""
     run_entry("train.py", "trainer.max_epochs=1", output_dir=tmp_path)
     scalars, _ = read_events(tmp_path)
