@@ -78,7 +78,8 @@ browser: web  ## Debian's Chromium for the page's tests (root; apt-get), and onn
 # test files side by side, one worker a core (each worker and its scripts one thread); a file's tests stay
 # on one worker, in order, sharing their fixtures. PYTEST_WORKERS=0 runs them one after another.
 PYTEST_WORKERS ?= auto
-PYTEST_N := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+# a worker that dies ends the run: restarted, it would wait for a file the scheduler never sends it
+PYTEST_N := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --max-worker-restart=0)
 
 test: install  ## the whole suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_N) $(ARGS)
