@@ -2,6 +2,7 @@
 own reader; a resumed run continues the same run in each; a missing package is one line naming the extra."""
 
 import csv
+import os
 import re
 import signal
 import subprocess
@@ -130,6 +131,7 @@ def test_each_logger_holds_scalars_hyperparameters_and_images(tmp_path, data_dir
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{log_dir}/mlflow.db",
          "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its gunicorn workers in its own group, which the end stops whole
     )  # fmt: skip
     try:
         api = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow"
@@ -138,7 +140,7 @@ def test_each_logger_holds_scalars_hyperparameters_and_images(tmp_path, data_dir
         listed = get_json(f"{api}/artifacts/list?run_id={run.info.run_id}&path=images", server)
         assert generated[0] in [f["path"] for f in listed["files"]]
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 
