@@ -159,7 +159,8 @@ def test_a_kill_mid_write_leaves_the_previous_checkpoint_whole(tmp_path, writer)
             process.wait()
         if writer == "lightning":
             assert target.stat().st_size < whole
-            with pytest.raises((RuntimeError, EOFError)):  # a cut zip, or nothing at all
+            # a cut zip, nothing at all, or (cut where torch seeks) an OSError
+            with pytest.raises((RuntimeError, EOFError, OSError)):
                 torch.load(target, weights_only=True)
             return
         assert files.leftovers(target), "the writer was never caught mid-write"
