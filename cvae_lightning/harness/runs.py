@@ -109,7 +109,11 @@ class ChecksFirst(Callback):
     tree: a refused run leaves nothing in logs/. train() checks each job's again (combinations too)."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        self._check(config)
+        from cvae_lightning.harness.config import build, validate
+
+        validate(config)
+        for key in ("model", "data"):  # their own checks, in a few milliseconds
+            build(config[key], key)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         """Each value of each discrete sweep (`a=1,2`), the other sweeps at their first value: not every
@@ -134,15 +138,7 @@ class ChecksFirst(Callback):
         except HydraException:  # Hydra's own to report, as it launches
             configs = [config]
         for job_config in configs:
-            self._check(job_config)
-
-    @staticmethod
-    def _check(config: DictConfig) -> None:
-        from cvae_lightning.harness.config import build, validate
-
-        validate(config)
-        for key in ("model", "data"):  # their own checks, in a few milliseconds
-            build(config[key], key)
+            self.on_run_start(job_config)
 
 
 class WritableOutputDir(Callback):

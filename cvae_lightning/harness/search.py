@@ -1,6 +1,5 @@
-"""A search that survives an interrupt: `hparams_search=optuna` continues the study in `hydra.sweeper.storage`
-(for hydra_plugins/cvae_lightning_search.py): `n_trials` counts the study's complete trials, where Hydra's
-sweeper would start the budget, job numbers and sampler seed over on every call."""
+"""A search survives an interrupt (hydra_plugins/cvae_lightning_search.py): the study in hydra.sweeper.storage
+goes on, `n_trials` counting its complete trials; Hydra would restart budget, job numbers, sampler seed."""
 
 from __future__ import annotations
 
