@@ -54,8 +54,7 @@ def hydra_args_parser():
 
 
 def log_hparams_session(logger, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-    """A run's HPARAMS row without `TensorBoardLogger.log_hyperparams`'s experiment summary, so that
-    TensorBoard puts the columns that differ between runs first."""
+    """HPARAMS row without log_hyperparams' experiment summary: TensorBoard lists differing columns first."""
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     logger.log_metrics(metrics)
@@ -65,8 +64,7 @@ def log_hparams_session(logger, hparams: dict[str, Any], metrics: dict[str, floa
 
 
 def continue_optuna_sweep(sweeper, n_trials: int, first_job_idx: int, sampler=None) -> None:
-    """The Optuna sweeper's next `sweep()` launches `n_trials` trials, numbered from `first_job_idx`, sampled
-    with `sampler` if given."""
+    """The Optuna sweeper's next `sweep()` launches `n_trials` trials from `first_job_idx`, with `sampler`."""
     impl = sweeper.sweeper  # OptunaSweeper.sweeper: the OptunaSweeperImpl that does the work
     impl.n_trials, impl.job_idx = n_trials, first_job_idx
     if sampler is not None:

@@ -164,8 +164,7 @@ def log_hyperparameters(loggers: list, hparams: dict, metrics: dict[str, float],
 
 
 def close(loggers: list, status: str = "success") -> None:
-    """Everything on disk now (TensorBoard holds events back, and exiting drops them), and the W&B run ended,
-    so that a sweep's next job opens its own."""
+    """Everything on disk now (TensorBoard holds events back, which exiting drops) and the W&B run ended."""
     for logger in loggers:
         logger.finalize(status)
         if isinstance(logger, pl_loggers.WandbLogger) and compat.logger_experiment(logger) is not None:

@@ -75,9 +75,7 @@ class SweepSummary(Callback):
             log.warning(f"no finished runs under {sweep_dir}: no summary written")
             return
         csv_text = io.StringIO(newline="")
-        writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        csv.writer(csv_text).writerows([rows[0].keys(), *(row.values() for row in rows)])
         files.write_text(sweep_dir / "summary.csv", csv_text.getvalue())
         files.write_text(sweep_dir / "summary.md", table := to_markdown(rows))
         log.info(f"sweep summary ({sweep_dir / 'summary.md'}):\n{table}")
@@ -89,8 +87,7 @@ class SweepSummary(Callback):
 
 
 def _can_create(folder: Path) -> str | None:
-    """None if `folder` exists or can be made, else why not; the folders made are removed (Hydra makes its
-    own from a fresh `${now:}`)."""
+    """None if `folder` exists or can be made, else why not; made ones removed (Hydra makes its own)."""
     made = []
     try:
         for path in reversed([folder, *folder.parents]):
@@ -112,7 +109,11 @@ class ChecksFirst(Callback):
     tree: a refused run leaves nothing in logs/. train() checks each job's again (combinations too)."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        self._check(config)
+        from cvae_lightning.harness.config import build, validate
+
+        validate(config)
+        for key in ("model", "data"):  # their own checks, in a few milliseconds
+            build(config[key], key)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         """Each value of each discrete sweep (`a=1,2`), the other sweeps at their first value: not every
@@ -123,29 +124,21 @@ class ChecksFirst(Callback):
 
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        swept = [o for o in parsed if o.is_sweep_override() and o.is_discrete_sweep()]
-        keys = [{"ADD": "+", "FORCE_ADD": "++"}.get(o.type.name, "") + o.get_key_element() for o in swept]
-        values = [list(o.sweep_string_iterator()) for o in swept]
-        firsts = [f"{key}={v[0]}" for key, v in zip(keys, values, strict=True)]
+        swept = [  # each sweep's overrides, `+`/`++` kept (get_key_element has them)
+            [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()]
+            for o in parsed
+            if o.is_sweep_override() and o.is_discrete_sweep()
+        ]
+        firsts = [values[0] for values in swept]
         jobs = [firsts] + [
-            [*firsts[:i], f"{keys[i]}={value}", *firsts[i + 1 :]]
-            for i in range(len(swept))
-            for value in values[i][1:]
+            [*firsts[:i], value, *firsts[i + 1 :]] for i, values in enumerate(swept) for value in values[1:]
         ]
         try:
             configs = [compose(config.hydra.job.config_name, overrides=[*fixed, *job]) for job in jobs]
         except HydraException:  # Hydra's own to report, as it launches
             configs = [config]
         for job_config in configs:
-            self._check(job_config)
-
-    @staticmethod
-    def _check(config: DictConfig) -> None:
-        from cvae_lightning.harness.config import build, validate
-
-        validate(config)
-        for key in ("model", "data"):  # their own checks, in a few milliseconds
-            build(config[key], key)
+            self.on_run_start(job_config)
 
 
 class WritableOutputDir(Callback):
@@ -206,8 +199,7 @@ def plain_text(tree: Tree) -> str:
 
 
 class ConfigTree(Callback):
-    """The config as a tree at the start of every job (rank zero), and in its config_tree.log; unless
-    `extras.print_config=false`."""
+    """Each job's config tree (rank zero) printed and in config_tree.log unless extras.print_config=false."""
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         enabled = OmegaConf.select(config, "extras.print_config", default=True)

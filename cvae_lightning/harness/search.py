@@ -1,6 +1,5 @@
-"""A search that survives an interrupt: `hparams_search=optuna` continues the study in `hydra.sweeper.storage`
-(for hydra_plugins/cvae_lightning_search.py): `n_trials` counts the study's complete trials, where Hydra's
-sweeper would start the budget, job numbers and sampler seed over on every call."""
+"""A search survives an interrupt (hydra_plugins/cvae_lightning_search.py): the study in hydra.sweeper.storage
+goes on, `n_trials` counting its complete trials; Hydra would restart budget, job numbers, sampler seed."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cvae_lightning.errors import ConfigError, check_int, first_line
+from cvae_lightning.harness.runs import _can_create
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,9 @@ def open_storage(url):
         raise refused(first_line(error)) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise refused(f"{folder} is not a folder") from None
-        except OSError as error:
-            raise refused(f"{folder} cannot be created ({error.strerror or error})") from None
+        if why := _can_create(folder):
+            raise refused(why)
+        folder.mkdir(parents=True, exist_ok=True)
     try:
         return optuna.storages.get_storage(url)
     except Exception as error:  # an unknown scheme, a file that is not a database, a server not there
@@ -98,10 +95,9 @@ def continue_study(sweeper, config: DictConfig, arguments: list[str]) -> bool:
 
     swept = config.hydra.sweeper
     check_int("hydra.sweeper.n_trials", swept.n_trials, low=1)  # 0: no best trial, and a traceback
-    if swept.storage is None or swept.study_name is None:
-        return True  # a study in memory, or under a fresh generated name: nothing earlier to continue
-    if (study := stored_study(open_storage(swept.storage), swept)) is None:
-        return True
+    named = swept.storage is not None and swept.study_name is not None  # not in memory, nor a fresh name
+    if not named or (study := stored_study(open_storage(swept.storage), swept)) is None:
+        return True  # nothing earlier to continue
     check_search_space(study, swept, arguments)
     where = f"study '{study.study_name}' in {swept.storage}"
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -62,25 +62,22 @@ def request_problem(config: DictConfig, nodes: list[dict[str, str]]) -> str | No
                 f"trainer.{key}={value!r} is not allowed with hydra/launcher=slurm: expected an integer >= 1"
             )
     launcher = config.hydra.launcher
-    where = f"the nodes of {launcher.get('partition') or 'the default partition'}"
     if not nodes:
         return f"hydra.launcher.partition={launcher.get('partition')} is not allowed: SLURM has no such one"
+    not_allowed = f"is not allowed: the nodes of {launcher.get('partition') or 'the default partition'}"
     tasks, cpus, gpus = launcher.tasks_per_node, launcher.cpus_per_task, launcher.get("gpus_per_node")
     if not (fit := [n for n in nodes if int(n["cpus"]) >= tasks * cpus]):
-        most = max(int(n["cpus"]) for n in nodes)
         return (
-            f"hydra.launcher.cpus_per_task={cpus} x tasks_per_node={tasks} (trainer.devices) is not allowed: "
-            f"{where} have at most {most} CPUs"
+            f"hydra.launcher.cpus_per_task={cpus} x tasks_per_node={tasks} (trainer.devices) {not_allowed} "
+            f"have at most {max(int(n['cpus']) for n in nodes)} CPUs"
         )
     if not (fit := [n for n in fit if int(n["memory"]) >= (launcher.get("mem_gb") or 0) * 1024]):
         most = max(int(n["memory"]) for n in nodes) // 1024
-        return f"hydra.launcher.mem_gb={launcher.mem_gb} is not allowed: {where} have at most {most} GB"
+        return f"hydra.launcher.mem_gb={launcher.mem_gb} {not_allowed} have at most {most} GB"
     if not (fit := [n for n in fit if not gpus or "gpu" in n["gres"]]):
-        return f"hydra.launcher.gpus_per_node={gpus} is not allowed: {where} have no GPUs (gres)"
+        return f"hydra.launcher.gpus_per_node={gpus} {not_allowed} have no GPUs (gres)"
     if launcher.nodes > len(fit):
-        return (
-            f"trainer.num_nodes={launcher.nodes} is not allowed: {where} that fit the request are {len(fit)}"
-        )
+        return f"trainer.num_nodes={launcher.nodes} {not_allowed} that fit the request are {len(fit)}"
     return None
 
 

@@ -18,7 +18,6 @@ from cvae_lightning.callbacks.resume import CheckpointOnInterrupt
 from cvae_lightning.errors import Error, Interrupted, WriteError
 from cvae_lightning.harness import checkpoints, compat, files, loggers, slurm
 from cvae_lightning.harness.config import build, validate
-from cvae_lightning.harness.loggers import build_loggers
 from cvae_lightning.harness.process import in_multirun, one_job_per_ddp_launch, process_settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ def _train(cfg: DictConfig) -> float | None:
         cfg.trainer,
         "trainer",
         callbacks=build_group(cfg.get("callbacks"), "callbacks"),
-        logger=build_loggers(cfg.get("logger"), cfg.paths.output_dir, step if ckpt_path else None),
+        logger=loggers.build_loggers(cfg.get("logger"), cfg.paths.output_dir, step if ckpt_path else None),
         plugins=plugins or None,
     )
     batch, processes = cfg.data.batch_size, trainer.world_size
