@@ -215,13 +215,13 @@ def test_each_script_ends_a_project_error_with_its_one_line_and_a_non_zero_exit(
 
 
 def test_a_run_dir_is_checked_without_leaving_folders_behind(tmp_path):
-    from cvae_lightning.harness.runs import _can_create
+    from cvae_lightning.harness.runs import can_create
 
-    assert _can_create(tmp_path / "a" / "b" / "c") is None
+    assert can_create(tmp_path / "a" / "b" / "c") is None
     assert list(tmp_path.iterdir()) == []  # Hydra makes it moments later, from its own ${now:}
     (tmp_path / "file").write_text("")
-    assert _can_create(tmp_path / "file" / "run") == f"{tmp_path}/file is not a folder"
-    assert _can_create(tmp_path / "file") == f"{tmp_path}/file is not a folder"
+    assert can_create(tmp_path / "file" / "run") == f"{tmp_path}/file is not a folder"
+    assert can_create(tmp_path / "file") == f"{tmp_path}/file is not a folder"
 
 
 def test_a_sweep_jobs_folder_name_says_what_it_is_and_fits_a_file_system():

@@ -141,6 +141,10 @@ def test_train_checks_values_before_hydra_writes_anything():
         OmegaConf.update(sweep, "hydra.overrides.task", ["model.latent_dim=2,0", "seed=1,2", "+extras.x=1,2"])
         with pytest.raises(SystemExit, match="^error: model.latent_dim=0 is not allowed"):
             ChecksFirst().on_multirun_start(config=sweep)
+        # `++`: once the check's own overrides doubled it into `++++`, Hydra's to refuse, and it passed
+        OmegaConf.update(sweep, "hydra.overrides.task", ["++model.latent_dim=2,0"])
+        with pytest.raises(SystemExit, match="^error: model.latent_dim=0 is not allowed"):
+            ChecksFirst().on_multirun_start(config=sweep)
         OmegaConf.update(sweep, "hydra.overrides.task", ["model.latent_dim=2,4", "seed=1,2"])
         ChecksFirst().on_multirun_start(config=sweep)  # nothing refused
 

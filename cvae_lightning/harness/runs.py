@@ -86,7 +86,7 @@ class SweepSummary(Callback):
             )
 
 
-def _can_create(folder: Path) -> str | None:
+def can_create(folder: Path) -> str | None:
     """None if `folder` exists or can be made, else why not; made ones removed (Hydra makes its own)."""
     made = []
     try:
@@ -152,7 +152,7 @@ class WritableOutputDir(Callback):
 
     @staticmethod
     def _check(folder: str, key: str) -> None:
-        if why := _can_create(Path(folder).absolute()):
+        if why := can_create(Path(folder).absolute()):
             raise ConfigError(
                 f"{key}={folder} is not allowed: {why}; expected a folder this user can write "
                 "(set paths.log_dir, or the folder itself)"

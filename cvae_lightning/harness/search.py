@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cvae_lightning.errors import ConfigError, check_int, first_line
-from cvae_lightning.harness.runs import _can_create
+from cvae_lightning.harness.runs import can_create
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def open_storage(url):
         raise refused(first_line(error)) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).parent
-        if why := _can_create(folder):
+        if why := can_create(folder):
             raise refused(why)
         folder.mkdir(parents=True, exist_ok=True)
     try:
