@@ -185,8 +185,7 @@ def markdown(metrics: dict, title: str = "") -> str:
 
 def write_report(metrics: dict, out_dir: str | Path, title: str = "") -> list[Path]:
     """metrics.json, metrics.md and (CVAE) confusion_matrix.png in out_dir; returns the paths written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # made by the first write, which refuses in one line where it cannot
     written = [out_dir / "metrics.json", out_dir / "metrics.md"]
     files.write_text(written[0], json.dumps(metrics, indent=2) + "\n")
     files.write_text(written[1], markdown(metrics, title))
