@@ -61,10 +61,6 @@ def classifier_fid(classifier: Classifier, real: Tensor, fake: Tensor, batch_siz
     return fid.compute().item()
 
 
-def label_counts(labels: Tensor) -> list[int]:
-    return torch.bincount(labels, minlength=NUM_CLASSES).tolist()
-
-
 def _test_accuracy(classifier: Classifier, images: Tensor, labels: Tensor) -> dict[str, object]:
     accuracy = conditional_accuracy(read_digits(classifier, images), labels)
     return {"overall": accuracy["overall"], "per_digit": accuracy["per_digit"]}
@@ -126,7 +122,7 @@ def sample_scores(
     if cas and not model.n_labels:
         metrics["cas"] = {"skipped": f"not defined for a VAE: {CAS_NOT_DEFINED}"}
     elif cas:
-        counts = label_counts(train_labels)
+        counts = torch.bincount(train_labels, minlength=NUM_CLASSES).tolist()
         metrics["cas"] = classification_accuracy_score(
             model, test_images, test_labels, counts, classifier, cas_epochs, binarize=binarize, seed=seed
         )
