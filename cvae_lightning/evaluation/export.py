@@ -93,7 +93,7 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
                 str(path),
                 input_names=list(args),
                 output_names=OUTPUTS[name],
-                dynamic_shapes=(shapes,),  # forward(*inputs)
+                dynamic_shapes=(shapes,),  # one entry: forward's *inputs
                 **EXPORT_OPTIONS,
             )
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
