@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
@@ -12,14 +12,12 @@ from cvae_lightning.harness import compat
 
 
 def warmup_ema(decay: float, warmup: float):
-    """The EMA update at decay min(decay, (1 + n) / (warmup + n)) after n updates: the average spans about
-    the last (n + warmup) / (warmup - 1) updates until that reaches 1 / (1 - decay), so a short run's
-    average is of its last steps, not of all of them."""
+    """The EMA update at decay min(decay, (1 + n) / (warmup + n)) after n updates, so a short run's average is
+    of its last steps, not of all of them (the span: conf/callbacks/ema.yaml)."""
 
     def avg_fn(averaged, current, num_averaged):
-        return averaged + (current - averaged) * (
-            1 - min(decay, (1 + num_averaged) / (warmup + num_averaged))
-        )
+        weight = 1 - min(decay, (1 + num_averaged) / (warmup + num_averaged))
+        return averaged + (current - averaged) * weight
 
     return avg_fn
 
@@ -44,17 +42,16 @@ class EMA(EMAWeightAveraging):
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_validation_epoch_end(trainer, pl_module)
 
-    @contextmanager
-    def averaged(self, pl_module) -> Iterator[None]:
-        """The average in `pl_module` for the block, the trained weights back after it."""
-        compat.swap_averaged_weights(self, pl_module)
-        try:
-            yield
-        finally:
-            compat.swap_averaged_weights(self, pl_module)
 
-
-def averaged_weights(trainer, pl_module) -> AbstractContextManager:
-    """A context with the EMA callback's average in `pl_module`, or an empty one without the callback."""
+@contextmanager
+def averaged_weights(trainer, pl_module) -> Iterator[None]:
+    """The EMA callback's average (if any) in `pl_module` for the block, the trained weights back after it."""
     ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
-    return ema.averaged(pl_module) if ema else nullcontext()
+    if ema is None:
+        yield
+        return
+    compat.swap_averaged_weights(ema, pl_module)
+    try:
+        yield
+    finally:
+        compat.swap_averaged_weights(ema, pl_module)

@@ -138,9 +138,6 @@ class LatentProjector(L.Callback):
         x, labels = _validation_batch(trainer, self.n_images)
         with evaluating(pl_module):
             mu = pl_module.model.encode(x.to(pl_module.device), labels)[0]
-        shown = {
-            "metadata": labels.tolist(),
-            "label_img": x.float().cpu(),
-            "global_step": trainer.global_step,
-        }
-        writer.add_embedding(mu.float().cpu(), **shown, tag=self.tag)
+        writer.add_embedding(
+            mu.float().cpu(), labels.tolist(), x.float().cpu(), global_step=trainer.global_step, tag=self.tag
+        )

@@ -27,11 +27,9 @@ class SampleAccuracy(L.Callback):
     """`samples/accuracy_T<temperature>` (`_mu`: T=0) of fixed-noise samples as the classifier reads them, and
     `samples/misread_T1`, up to `misread_per_digit` misread a digit; CVAE only, warns without a classifier."""
 
-    def __init__(
-        self, classifier_path, n_per_digit=100, temperatures=(1.0, 0.0), seed=0, misread_per_digit=10
-    ):
+    def __init__(self, classifier_path, n_per_digit=100, temperatures=(1.0, 0.0), misread_per_digit=10):
         self.classifier_path = Path(shipped(classifier_path, ("classifier",)))
-        self.n_per_digit, self.temperatures, self.seed = n_per_digit, tuple(temperatures), seed
+        self.n_per_digit, self.temperatures = n_per_digit, tuple(temperatures)
         self.misread_per_digit = misread_per_digit
         self.classifier = None
 
@@ -48,7 +46,7 @@ class SampleAccuracy(L.Callback):
         if self.classifier is None or trainer.sanity_checking:
             return
         model, judge = pl_module.model, self.classifier.to(pl_module.device)
-        noise = model.noise(NUM_CLASSES * self.n_per_digit, seed=self.seed)
+        noise = model.noise(NUM_CLASSES * self.n_per_digit, seed=0)  # the same every epoch
         labels = repeat_digits(self.n_per_digit)
         with evaluating(pl_module):
             for temperature in self.temperatures:

@@ -20,48 +20,41 @@ from cvae_lightning.harness import checkpoints, compat, slurm
 log = logging.getLogger(__name__)
 
 
-def rng_states() -> dict[str, torch.Tensor]:
-    """torch (CPU, CUDA), numpy and python RNG states, as tensors that `weights_only` loading accepts."""
-    version, state, gauss = random.getstate()
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
-        "numpy_rest": torch.tensor([np_pos, np_has_gauss, np_gauss], dtype=torch.float64),
-        "python": torch.tensor(state, dtype=torch.int64),
-        "python_rest": torch.tensor([version, float("nan") if gauss is None else gauss], dtype=torch.float64),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    return states
-
-
-def set_rng_states(states: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(states["torch"])
-    pos, has_gauss, gauss = states["numpy_rest"].tolist()
-    keys = states["numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), gauss))
-    version, gauss = states["python_rest"].tolist()
-    random.setstate((int(version), tuple(states["python"].tolist()), None if np.isnan(gauss) else gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(states["cuda"]))
-
-
 class RNGStateCheckpoint(L.Callback):
     """The RNG states in every checkpoint, restored after the resume-time sanity check has drawn its own."""
 
     _to_restore: dict[str, torch.Tensor] | None = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return rng_states()
+        """torch (CPU, CUDA), numpy and python RNG states, as tensors that `weights_only` loading accepts."""
+        version, state, gauss = random.getstate()
+        _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        states = {
+            "torch": torch.get_rng_state(),
+            "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "numpy_rest": torch.tensor([np_pos, np_has_gauss, np_gauss], dtype=torch.float64),
+            "python": torch.tensor(state, dtype=torch.int64),
+            "python_rest": torch.tensor([version, np.nan if gauss is None else gauss], dtype=torch.float64),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        return states
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         self._to_restore = state_dict
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._to_restore is not None:
-            set_rng_states(self._to_restore)
-            self._to_restore = None
+        if self._to_restore is None:
+            return
+        states, self._to_restore = self._to_restore, None
+        torch.set_rng_state(states["torch"])
+        pos, has_gauss, gauss = states["numpy_rest"].tolist()
+        keys = states["numpy_keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), gauss))
+        version, gauss = states["python_rest"].tolist()
+        random.setstate((int(version), tuple(states["python"].tolist()), None if np.isnan(gauss) else gauss))
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(states["cuda"]))
 
 
 class CheckpointOnInterrupt(Checkpoint):

@@ -20,12 +20,11 @@ from cvae_lightning.harness import checkpoints, files
 from cvae_lightning.model.cvae import CVAE
 from cvae_lightning.model.data import IMAGE_SHAPE, NUM_CLASSES
 
-OPSET = 18
 # what the page needs of onnxruntime-web (the WebAssembly build): copied from web/node_modules
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 WEB = Path(__file__).resolve().parents[2] / "web"  # the repository's web/, beside the package
 OUTPUTS = {"sampler": ["images"], "encoder": ["mean", "style"]}
-EXPORT_OPTIONS = {"opset_version": OPSET, "external_data": False, "dynamo": True, "verbose": False}
+EXPORT_OPTIONS = {"opset_version": 18, "external_data": False, "dynamo": True, "verbose": False}
 
 
 class _Graph(nn.Module):
@@ -36,40 +35,27 @@ class _Graph(nn.Module):
         self.model = model
         self.register_buffer("one_hot", torch.eye(max(model.n_labels, 1)))
 
+    def condition(self, digit: tuple[Tensor, ...]) -> Tensor | None:
+        return self.one_hot[digit[0]] if digit else None  # a VAE's graphs take no digit
+
 
 class Sampler(_Graph):
     """(digit, noise, temperature) -> images in [0, 1]: `model.sample` as one graph."""
 
-    def forward(self, digit: Tensor, noise: Tensor, temperature: Tensor) -> Tensor:
-        return self.images(self.one_hot[digit], noise, temperature)
-
-    def images(self, y: Tensor | None, noise: Tensor, temperature: Tensor) -> Tensor:
+    def forward(self, *inputs: Tensor) -> Tensor:
+        *digit, noise, temperature = inputs
+        y = self.condition(digit)
         return torch.sigmoid(self.model.decode(self.model.from_noise(noise, y, temperature), y))
-
-
-class UnconditionalSampler(Sampler):
-    """The VAE's: (noise, temperature) -> images."""
-
-    def forward(self, noise: Tensor, temperature: Tensor) -> Tensor:
-        return self.images(None, noise, temperature)
 
 
 class Encoder(_Graph):
     """(image, digit) -> (mean of Q(z|x,y), style = `model.to_noise(mean)`, which the sampler takes)."""
 
-    def forward(self, image: Tensor, digit: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mean_and_style(image, self.one_hot[digit])
-
-    def mean_and_style(self, image: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        image, *digit = inputs
+        y = self.condition(digit)
         mean = self.model.encode(image, y)[0]
         return mean, self.model.to_noise(mean, y)
-
-
-class UnconditionalEncoder(Encoder):
-    """The VAE's: image -> (mean, style = mean: its prior is N(0, I))."""
-
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mean_and_style(image, None)
 
 
 def example_inputs(model: CVAE, n: int = 20, seed: int = 0) -> dict[str, dict[str, Tensor]]:
@@ -92,15 +78,13 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
         logging.getLogger(name).setLevel(logging.WARNING)
     model = model.float().eval().cpu()
     inputs = example_inputs(model)
-    sampler, encoder = (Sampler, Encoder) if model.n_labels else (UnconditionalSampler, UnconditionalEncoder)
-    graphs = {"sampler": sampler(model), "encoder": encoder(model)}
+    graphs = {"sampler": Sampler(model).eval(), "encoder": Encoder(model).eval()}
+    batch = torch.export.Dim("batch", min=1)
     differences = {}
     for name, module in graphs.items():
         args = inputs[name]
-        batch = torch.export.Dim("batch", min=1)
         shapes = tuple({0: batch} if value.dim() else None for value in args.values())
         path = out_dir / f"{name}.onnx"
-        module.eval()
         with warnings.catch_warnings():  # the exporter's notes on how it named the batch axis
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -109,7 +93,7 @@ def export_onnx(model: CVAE, out_dir: Path) -> dict[str, float]:
                 str(path),
                 input_names=list(args),
                 output_names=OUTPUTS[name],
-                dynamic_shapes=shapes,
+                dynamic_shapes=(shapes,),  # one entry: forward's *inputs
                 **EXPORT_OPTIONS,
             )
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -74,7 +74,7 @@ def latent_interpolation(model, digits: Sequence[int], steps: int, temperature: 
 def label_interpolation(model, digits: Sequence[int], steps: int, rows: int = 1, temperature: float = 1.0):
     """For each of `rows` fixed z, `steps` images from digits[0] to digits[1] to ... (mixing one-hot y)."""
     one_hot = F.one_hot(torch.tensor(list(digits)), NUM_CLASSES).float()
-    mixed = torch.cat([lerp(a[None], b[None], steps) for a, b in zip(one_hot[:-1], one_hot[1:], strict=True)])
+    mixed = lerp(one_hot[:-1], one_hot[1:], steps)
     rows = [
         model.sample(labels=mixed, temperature=temperature, noise=model.noise(1).expand(len(mixed), -1))
         for _ in range(rows)

@@ -61,10 +61,6 @@ def classifier_fid(classifier: Classifier, real: Tensor, fake: Tensor, batch_siz
     return fid.compute().item()
 
 
-def label_counts(labels: Tensor) -> list[int]:
-    return torch.bincount(labels, minlength=NUM_CLASSES).tolist()
-
-
 def _test_accuracy(classifier: Classifier, images: Tensor, labels: Tensor) -> dict[str, object]:
     accuracy = conditional_accuracy(read_digits(classifier, images), labels)
     return {"overall": accuracy["overall"], "per_digit": accuracy["per_digit"]}
@@ -118,17 +114,15 @@ def sample_scores(
     cas_epochs: int = CAS_EPOCHS,
     train_labels: Tensor | None = None,
 ) -> dict:
-    """Conditional accuracy (CVAE) and classifier-FID at each temperature; with `cas` the CAS."""
+    """Conditional accuracy (CVAE), classifier-FID at each temperature; `cas`: CAS at train_labels' counts."""
     check_bool("eval.cas", cas)
     check_int("eval.cas_epochs", cas_epochs, 1)
-    if cas and train_labels is None:
-        raise ValueError("cas=True needs train_labels: CAS generates as many of each digit as they hold")
     torch.manual_seed(seed)
     metrics: dict = {}
     if cas and not model.n_labels:
         metrics["cas"] = {"skipped": f"not defined for a VAE: {CAS_NOT_DEFINED}"}
     elif cas:
-        counts = label_counts(train_labels)
+        counts = torch.bincount(train_labels, minlength=NUM_CLASSES).tolist()
         metrics["cas"] = classification_accuracy_score(
             model, test_images, test_labels, counts, classifier, cas_epochs, binarize=binarize, seed=seed
         )
@@ -187,8 +181,7 @@ def markdown(metrics: dict, title: str = "") -> str:
 
 def write_report(metrics: dict, out_dir: str | Path, title: str = "") -> list[Path]:
     """metrics.json, metrics.md and (CVAE) confusion_matrix.png in out_dir; returns the paths written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # made by the first write, which refuses in one line where it cannot
     written = [out_dir / "metrics.json", out_dir / "metrics.md"]
     files.write_text(written[0], json.dumps(metrics, indent=2) + "\n")
     files.write_text(written[1], markdown(metrics, title))
