@@ -86,8 +86,10 @@ def build(node, key: str, **kwargs):
     try:
         built = instantiate(node, **kwargs)
         return built() if isinstance(built, functools.partial) else built
-    except InstantiationException as error:
-        cause = error.__cause__
+    except Error:  # a partial's own (a ConfigError is a ValueError too)
+        raise
+    except (InstantiationException, *refused) as error:  # Hydra's wraps the object's, a partial's is bare
+        cause = error.__cause__ if isinstance(error, InstantiationException) else error
         if isinstance(cause, Error):
             raise cause from None
         if isinstance(cause, refused):
@@ -95,10 +97,6 @@ def build(node, key: str, **kwargs):
         if cause is None or isinstance(cause, ImportError | AttributeError):  # no such `_target_`
             raise ConfigError(f"{key}: {first_line(error).split(', set env var')[0]}") from None
         raise
-    except Error:
-        raise
-    except refused as error:  # raised by a partial's call
-        raise ConfigError(f"{key}: {first_line(error)}") from None
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:
