@@ -1,8 +1,7 @@
 """Conditional VAE (and VAE) on MNIST with PyTorch Lightning, Hydra and TensorBoard.
 
 The names below import on first use, so `import cvae_lightning` costs nothing (train.py catches SLURM's
-signal before torch loads).
-"""
+signal before torch loads)."""
 
 from importlib import import_module
 

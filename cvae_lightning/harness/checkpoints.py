@@ -27,7 +27,6 @@ KINDS = {
         "`make classifier` (checkpoints/classifier.ckpt)",
     ),
 }
-WEIGHTS = ("average", "trained")
 # `ckpt_path=pretrained`: the shipped weights of `make pretrained` (docs/pretrained.md), kind -> file
 SHIPPED = Path(__file__).resolve().parents[1] / "pretrained"
 # what a shipped file keeps of a checkpoint: the weights (the average) and what rebuilds the model
@@ -88,7 +87,7 @@ def load_module(
     path: str | Path, kinds=("cvae", "vae"), key="ckpt_path", map_location="cpu", weights="average"
 ):
     """The LightningModule at `path` in eval mode, with callbacks.ema's "average" or its "trained" weights."""
-    check_choice("weights", weights, WEIGHTS)
+    check_choice("weights", weights, ("average", "trained"))
     path = shipped(path, kinds)
     checkpoint = read(path, key, kinds)
     found = kind(checkpoint)
