@@ -41,8 +41,7 @@ SHIPPED_KEYS = (
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """The Trainer's checkpoint writer: each file whole or not at all, a full disk in one line; remote URLs
-    keep Lightning's writer (a put is atomic)."""
+    """The Trainer's writer: each file whole or not at all (files.write_bytes); a remote put already is."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         if storage_options is not None or "://" in str(path):
@@ -53,8 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] | None = None) -> dict:
-    """The Lightning checkpoint at `path` (on CPU, `weights_only`), of one of `kinds` if given, or a one-line
-    CheckpointError."""
+    """The checkpoint at `path` (on CPU, `weights_only`), of one of `kinds` if given, or a CheckpointError."""
     asked = kinds or ("cvae",)  # no kinds: any, and "pretrained" is the shipped CVAE
     path = shipped(path, asked)
     if not path:

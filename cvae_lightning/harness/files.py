@@ -58,7 +58,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def why_not_written(path: Path, error: OSError, needed: int) -> str:
-    name = errno.errorcode.get(error.errno, "") if error.errno else ""
+    name = errno.errorcode.get(error.errno, "")
     reason = f"{error.strerror or error}" + (f" ({name})" if name else "")
     folder = next((p for p in path.parents if p.exists()), path.parent)  # the folder may be what failed
     try:
