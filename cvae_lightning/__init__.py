@@ -1,13 +1,7 @@
 """Conditional VAE (and VAE) on MNIST with PyTorch Lightning, Hydra and TensorBoard.
 
-model/       what is trained: the CVAE's maths, its networks and prior, the LightningModule, the MNIST data
-evaluation/  how it is judged and used: the classifier, sampling and scores, ONNX export
-callbacks/   what a run logs and keeps while it trains (Lightning callbacks)
-harness/     how a run is composed, launched, checkpointed and resumed (Hydra, SLURM, loggers, files)
-
 The names below import on first use, so `import cvae_lightning` costs nothing (train.py catches SLURM's
-signal before torch loads).
-"""
+signal before torch loads)."""
 
 from importlib import import_module
 

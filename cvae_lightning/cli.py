@@ -1,6 +1,5 @@
-"""The installed commands: cvae-train, cvae-evaluate, cvae-generate and cvae-export run train.py,
-evaluate.py, generate.py and export.py (installed beside conf/ as the `cvae_lightning_scripts` package) with
-the current folder as the project root: its logs/, data/ and checkpoints/."""
+"""The installed cvae-train, cvae-evaluate, cvae-generate and cvae-export: train.py etc. (installed beside
+conf/ as `cvae_lightning_scripts`) run with the current folder as the project root (logs/, data/, ...)."""
 
 import os
 import sys

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,7 @@ def check_bool(key: str, value: Any) -> bool:
     return value
 
 
-def check_choice(key: str, value: Any, choices: Iterable[Any]) -> Any:
-    choices = tuple(choices)
+def check_choice(key: str, value: Any, choices: Collection[Any]) -> Any:
     ok = isinstance(value, str | bool) and value in choices
     check(key, value, ok, "one of " + ", ".join(map(str, choices)))
     return value

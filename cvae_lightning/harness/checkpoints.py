@@ -27,7 +27,6 @@ KINDS = {
         "`make classifier` (checkpoints/classifier.ckpt)",
     ),
 }
-WEIGHTS = ("average", "trained")
 # `ckpt_path=pretrained`: the shipped weights of `make pretrained` (docs/pretrained.md), kind -> file
 SHIPPED = Path(__file__).resolve().parents[1] / "pretrained"
 # what a shipped file keeps of a checkpoint: the weights (the average) and what rebuilds the model
@@ -42,8 +41,7 @@ SHIPPED_KEYS = (
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """The Trainer's checkpoint writer: each file whole or not at all, a full disk in one line; remote URLs
-    keep Lightning's writer (a put is atomic)."""
+    """The Trainer's writer: each file whole or not at all (files.write_bytes); a remote put already is."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         if storage_options is not None or "://" in str(path):
@@ -53,15 +51,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         files.write_bytes(path, buffer.getbuffer())
 
 
-def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cvae", "vae")) -> dict:
-    """The Lightning checkpoint at `path` (on CPU, `weights_only`), or a one-line CheckpointError."""
-    path = shipped(path, kinds)
+def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] | None = None) -> dict:
+    """The checkpoint at `path` (on CPU, `weights_only`), of one of `kinds` if given, or a CheckpointError."""
+    asked = kinds or ("cvae",)  # no kinds: any, and "pretrained" is the shipped CVAE
+    path = shipped(path, asked)
     if not path:
-        raise CheckpointError(
-            f"{key} is required, e.g. {key}=logs/train/runs/<run>/checkpoints/last.ckpt, or {key}=pretrained "
-            "(the shipped model)"
-        )
-    path, expected = Path(path), f"expected a checkpoint written by {KINDS[kinds[0]][1]}"
+        raise CheckpointError(f"{key} is required, e.g. {key}={RUN}, or {key}=pretrained (the shipped model)")
+    path, expected = Path(path), f"expected a checkpoint written by {KINDS[asked[0]][1]}"
     refused = f"{key}={path} is not allowed:"
     if not path.is_file():
         raise CheckpointError(f"{refused} no file there; {expected}")
@@ -72,6 +68,8 @@ def read(path: str | Path, key: str = "ckpt_path", kinds: tuple[str, ...] = ("cv
         raise CheckpointError(f"{refused} not a readable checkpoint ({reason}); {expected}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{refused} not a Lightning checkpoint (no state_dict); {expected}")
+    if kinds and (found := kind(checkpoint)) not in kinds:
+        raise CheckpointError(f"{refused} it is a {found} checkpoint, not a {' or '.join(kinds)}; {expected}")
     return checkpoint
 
 
@@ -83,26 +81,14 @@ def kind(checkpoint: dict[str, Any]) -> str:
     return "classifier" if "feature_dim" in hparams else "unknown"
 
 
-def expect(checkpoint: dict, path: str | Path, kinds: tuple[str, ...], key: str = "ckpt_path") -> str:
-    """The checkpoint's kind, which must be one of `kinds`."""
-    found = kind(checkpoint)
-    if found not in kinds:
-        raise CheckpointError(
-            f"{key}={path} is not allowed: it is a {found} checkpoint, not a {' or '.join(kinds)}; "
-            f"expected one written by {KINDS[kinds[0]][1]}"
-        )
-    return found
-
-
 def load_module(
     path: str | Path, kinds=("cvae", "vae"), key="ckpt_path", map_location="cpu", weights="average"
 ):
-    """The LightningModule at `path` in eval mode, with its `weights`: "average" (callbacks.ema's, the
-    state_dict) or "trained" (kept beside it)."""
-    check_choice("weights", weights, WEIGHTS)
+    """The LightningModule at `path` in eval mode, with callbacks.ema's "average" or its "trained" weights."""
+    check_choice("weights", weights, ("average", "trained"))
     path = shipped(path, kinds)
     checkpoint = read(path, key, kinds)
-    found = expect(checkpoint, path, kinds, key)
+    found = kind(checkpoint)
     if weights == "trained" and "current_model_state" not in checkpoint:
         raise CheckpointError(
             f"weights=trained is not allowed for {key}={path}: it holds one set of weights (its run "
@@ -139,17 +125,13 @@ def shipped(path, kinds: tuple[str, ...]):
 
 
 def ship(path: str | Path, kind_: str) -> Path:
-    """The checkpoint at `path` as the shipped `kind_` file: its weights (the average) and hyperparameters
-    only, no optimizer, trained weights or absolute paths; written in torch's weights-only format."""
+    """`path` as the shipped `kind_` file: its weights (the average) and hyperparameters, no `*_dir` paths."""
     checkpoint = read(path, kinds=(kind_,))
-    expect(checkpoint, path, (kind_,))
     slim = {key: checkpoint[key] for key in SHIPPED_KEYS if key in checkpoint}
     slim["datamodule_hyper_parameters"] = {
         k: v for k, v in data_config(checkpoint).items() if not k.endswith("_dir")
     }
-    buffer = io.BytesIO()
-    torch.save(slim, buffer)
-    files.write_bytes(out := SHIPPED / f"{kind_}.pt", buffer.getbuffer())
+    AtomicCheckpointIO().save_checkpoint(slim, out := SHIPPED / f"{kind_}.pt")
     return out
 
 
@@ -168,20 +150,20 @@ def resume_point(
 ) -> tuple[Path | None, int]:
     """The checkpoint a run starts from and its step: `ckpt_path` (`last`: the run dir's); a job SLURM
     requeued (`restarts` > 0) continues from its last.ckpt unasked, or from the newest intact one."""
-    folder = Path(output_dir) / "checkpoints"
-    last = folder / "last.ckpt"
+    if ckpt_path not in (None, "last"):
+        return Path(ckpt_path), read(ckpt_path, kinds=(kind_,))["global_step"]
     if ckpt_path is None and not restarts:
         return None, 0
-    if ckpt_path is not None and ckpt_path != "last":
-        checkpoint = read(ckpt_path, kinds=(kind_,))
-        expect(checkpoint, ckpt_path, (kind_,))
-        return Path(ckpt_path), checkpoint["global_step"]
+    folder = Path(output_dir) / "checkpoints"
+    last = folder / "last.ckpt"
     checkpoint, problem = _checked(last, kind_)
     if checkpoint is not None:
-        if restarts and ckpt_path is None:
+        if ckpt_path is None:
             log.info(f"requeued by SLURM (restart {restarts}): resuming from {last}")
         return last, checkpoint["global_step"]
-    other, step = newest_intact(folder, kind_)
+    # the newest intact one beside it (the most steps)
+    intact = [(c["global_step"], p) for p in sorted(folder.glob("*.ckpt")) if (c := _checked(p, kind_)[0])]
+    step, other = max(intact, key=lambda found: found[0], default=(0, None))
     if ckpt_path == "last":  # a person asked: say which file to pass, and let them choose
         hint = (
             f"resume from {other.name} beside it (step {step}; the steps since are lost) with "
@@ -203,23 +185,14 @@ def resume_point(
     return other, step
 
 
-def newest_intact(folder: Path, kind_: str) -> tuple[Path | None, int]:
-    """The intact `kind_` checkpoint in `folder` with the most steps, and its step; or (None, 0)."""
-    intact = [(c["global_step"], p) for p in sorted(folder.glob("*.ckpt")) if (c := _checked(p, kind_)[0])]
-    step, path = max(intact, key=lambda found: found[0], default=(0, None))
-    return path, step
-
-
 def _checked(path: Path, kind_: str) -> tuple[dict[str, Any] | None, str | None]:
     """(the checkpoint, None) if `path` reads as a `kind_` one, else (None, what is wrong)."""
     if not path.is_file():
         return None, f"no checkpoint at {path}"
     try:
-        checkpoint = read(path, kinds=(kind_,))
-        expect(checkpoint, path, (kind_,))
+        return read(path, kinds=(kind_,)), None
     except CheckpointError as error:  # "<key>=<path> is not allowed: <what>; expected ...": keep <what>
         return None, f"{path}: {str(error).split(' is not allowed: ', 1)[1].split('; expected')[0]}"
-    return checkpoint, None
 
 
 def model_kind(module) -> str:

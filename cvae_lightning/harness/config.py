@@ -1,5 +1,4 @@
-"""Start-of-run checks no single object makes (values Lightning accepts silently, or refuses in many lines),
-and `build`, which turns a library's refusal of a value into one line."""
+"""Start-of-run checks no single object makes, and `build`, which turns a library's refusal into one line."""
 
 from __future__ import annotations
 
@@ -39,8 +38,24 @@ def validate(cfg: DictConfig) -> None:
         ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in max_time.values())
         check("trainer.max_time", max_time, ok, "null, DD:HH:MM:SS (e.g. 00:02:00:00) or {hours: 2}")
     _check_devices(cfg)
-    _check_model_fits_callbacks(cfg)
-    _check_early_stopping_validates(cfg)
+    callbacks = {name: callback for name, callback in (cfg.get("callbacks") or {}).items() if callback}
+    if str(_select(cfg, "model._target_") or "").endswith(".Classifier") and any(
+        str(callback.get("_target_", "")).startswith(GENERATIVE_CALLBACKS) for callback in callbacks.values()
+    ):
+        raise ConfigError(
+            "model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
+            " (or `make classifier`), which also sets its checkpoint and callbacks"
+        )
+    # EarlyStopping on a val/ metric with no validation fails after the first epoch, in many lines
+    if _select(cfg, "data.val_size") != 0 and _select(cfg, "trainer.limit_val_batches") != 0:
+        return
+    for name, callback in callbacks.items():
+        monitor = str(callback.get("monitor"))
+        if str(callback.get("_target_")).endswith(".EarlyStopping") and monitor.startswith("val/"):
+            raise ConfigError(
+                f"callbacks.{name} is not allowed without validation (data.val_size=0 or "
+                f"trainer.limit_val_batches=0): it monitors {monitor}; expected a validation set or no {name}"
+            )
 
 
 def _check_devices(cfg: DictConfig) -> None:
@@ -61,33 +76,8 @@ def _check_devices(cfg: DictConfig) -> None:
         raise refuse("trainer.devices", devices, allowed)
 
 
-def _check_model_fits_callbacks(cfg: DictConfig) -> None:
-    if not str(_select(cfg, "model._target_") or "").endswith(".Classifier"):
-        return
-    targets = [str(c.get("_target_", "")) for c in (cfg.get("callbacks") or {}).values() if c]
-    if any(target.startswith(GENERATIVE_CALLBACKS) for target in targets):
-        raise ConfigError(
-            "model=classifier is not allowed alone: train it with `python train.py experiment=classifier`"
-            " (or `make classifier`), which also sets its checkpoint and callbacks"
-        )
-
-
-def _check_early_stopping_validates(cfg: DictConfig) -> None:
-    """EarlyStopping on a val/ metric with no validation fails after the first epoch, in many lines."""
-    if _select(cfg, "data.val_size") != 0 and _select(cfg, "trainer.limit_val_batches") != 0:
-        return
-    for name, callback in (cfg.get("callbacks") or {}).items():
-        monitor = str((callback or {}).get("monitor"))
-        if str((callback or {}).get("_target_")).endswith(".EarlyStopping") and monitor.startswith("val/"):
-            raise ConfigError(
-                f"callbacks.{name} is not allowed without validation (data.val_size=0 or "
-                f"trainer.limit_val_batches=0): it monitors {monitor}; expected a validation set or no {name}"
-            )
-
-
 def build(node, key: str, **kwargs):
-    """`hydra.utils.instantiate(node, **kwargs)`, a `_partial_` node called at once, with the object's own
-    one-line error, or the library's first line named by `key`, in place of Hydra's traceback."""
+    """`instantiate(node, **kwargs)` (a `_partial_` called at once), its refusal as one line naming `key`."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -96,8 +86,10 @@ def build(node, key: str, **kwargs):
     try:
         built = instantiate(node, **kwargs)
         return built() if isinstance(built, functools.partial) else built
-    except InstantiationException as error:
-        cause = error.__cause__
+    except Error:  # a partial's own (a ConfigError is a ValueError too)
+        raise
+    except (InstantiationException, *refused) as error:  # Hydra's wraps the object's, a partial's is bare
+        cause = error.__cause__ if isinstance(error, InstantiationException) else error
         if isinstance(cause, Error):
             raise cause from None
         if isinstance(cause, refused):
@@ -105,10 +97,6 @@ def build(node, key: str, **kwargs):
         if cause is None or isinstance(cause, ImportError | AttributeError):  # no such `_target_`
             raise ConfigError(f"{key}: {first_line(error).split(', set env var')[0]}") from None
         raise
-    except Error:
-        raise
-    except refused as error:  # raised by a partial's call
-        raise ConfigError(f"{key}: {first_line(error)}") from None
 
 
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:

@@ -1,5 +1,4 @@
-"""Files a reader sees whole or not at all: a kill or a full disk leaves the old file or the new one, never a
-part (a synced temporary file renamed over the target; docs/design.md)."""
+"""Files a reader sees whole or not at all: a synced temporary file renamed over it (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -20,25 +19,23 @@ def leftovers(path: Path) -> list[Path]:
 
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
     """`path` holds `data` whole, or is as it was and a one-line WriteError says why."""
-    path, tmp = Path(path), None
+    path = Path(path)
+    # hidden, ending in .tmp: no reader takes it for the file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for old in leftovers(path):
             old.unlink(missing_ok=True)
-        # hidden, ending in .tmp: no reader takes it for the file
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
         # 0o666: the user's umask applies, as with open() (mkstemp would give 0600)
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        tmp = None
         _fsync_folder(path.parent)
     except BaseException as error:
-        if tmp is not None:
-            with suppress(OSError):  # first: the free space reported is then what is left without it
-                tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # first: the free space reported is then what is left without it
+            tmp.unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise WriteError(why_not_written(path, error, len(data))) from None
         raise
@@ -61,7 +58,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def why_not_written(path: Path, error: OSError, needed: int) -> str:
-    name = errno.errorcode.get(error.errno, "") if error.errno else ""
+    name = errno.errorcode.get(error.errno, "")
     reason = f"{error.strerror or error}" + (f" ({name})" if name else "")
     folder = next((p for p in path.parents if p.exists()), path.parent)  # the folder may be what failed
     try:

@@ -11,7 +11,6 @@ import torch
 
 from cvae_lightning.errors import check_bool, check_choice
 
-MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
 DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -37,7 +36,7 @@ def nvml_available() -> bool:
 def process_settings(flush_denormal: bool, matmul_precision: str):
     """conf/train.yaml's `flush_denormal` and `matmul_precision` while training."""
     check_bool("flush_denormal", flush_denormal)
-    check_choice("matmul_precision", matmul_precision, MATMUL_PRECISIONS)
+    check_choice("matmul_precision", matmul_precision, ("highest", "high", "medium"))
     # before any parallel op: OpenMP's threads copy it from this one as they start
     torch.set_flush_denormal(flush_denormal)
     # Lightning switches torch's CUDA check to NVML; without it torch would dlopen it in vain every step
