@@ -1,5 +1,4 @@
-"""The prior p(z|y) (`conf/model/prior/*.yaml`); `forward(y)` is its Gaussian part, which the KL per dimension
-is taken against (all the KL where `closed_form_kl`)."""
+"""Priors p(z|y) (conf/model/prior/); `forward(y)` is the Gaussian part the KL per dimension is against."""
 
 from __future__ import annotations
 
