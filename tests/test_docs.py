@@ -17,6 +17,7 @@ here, and why.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
 import subprocess
@@ -223,7 +224,13 @@ def test_documented_command_composes(shown, mypkg, run_dir):
     if words[0] != "make":
         check_script(words[0], words[1:], run_dir)
         return
-    dry = subprocess.run(["make", "-n", *words[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # not the suite's own make's variables (`make test ARGS=-x` would hand its ARGS to every line)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "CKPT")
+    }
+    dry = subprocess.run(
+        ["make", "-n", *words[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert dry.returncode == 0, dry.stderr
     for line in dry.stdout.splitlines():  # what make runs: train.py ... with ARGS, composed too
         for run in commands(line):
