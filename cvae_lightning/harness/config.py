@@ -47,11 +47,11 @@ def validate(cfg: DictConfig) -> None:
             " (or `make classifier`), which also sets its checkpoint and callbacks"
         )
     # EarlyStopping on a val/ metric with no validation fails after the first epoch, in many lines
-    if _select(cfg, "data.val_size") != 0 and _select(cfg, "trainer.limit_val_batches") != 0:
-        return
+    validates = _select(cfg, "data.val_size") != 0 and _select(cfg, "trainer.limit_val_batches") != 0
     for name, callback in callbacks.items():
         monitor = str(callback.get("monitor"))
-        if str(callback.get("_target_")).endswith(".EarlyStopping") and monitor.startswith("val/"):
+        early_stopping = str(callback.get("_target_")).endswith(".EarlyStopping")
+        if not validates and early_stopping and monitor.startswith("val/"):
             raise ConfigError(
                 f"callbacks.{name} is not allowed without validation (data.val_size=0 or "
                 f"trainer.limit_val_batches=0): it monitors {monitor}; expected a validation set or no {name}"
