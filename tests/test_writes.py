@@ -141,9 +141,12 @@ def test_a_kill_mid_write_leaves_the_previous_checkpoint_whole(tmp_path, writer)
     file over the target, leaves it unreadable, so the test can fail."""
     with tmpfs(tmp_path / "disk", 300_000_000) as disk:
         target = disk / "last.ckpt"
+        system_temp = tmp_path / "system-temp"  # fsspec's temporary file, which a kill leaves behind
+        system_temp.mkdir()
         process = subprocess.Popen(
             [sys.executable, "-c", KILLED_WRITER, writer, str(target)],
             cwd=ROOT,
+            env={**os.environ, "TMPDIR": str(system_temp)},
             stdout=subprocess.PIPE,
             text=True,
         )
