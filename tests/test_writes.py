@@ -337,3 +337,14 @@ def test_train_py_names_the_intact_checkpoint_and_resumes_from_it(tmp_path, unin
     run_entry("train.py", *RUN, "trainer.max_epochs=4", *suggested.split())
     assert json.loads((run / "results.json").read_text())["steps"] == 80
     assert torch.load(last, weights_only=True)["global_step"] == 80  # last.ckpt whole again
+
+
+def test_make_install_on_a_disk_too_small_is_one_line_before_anything_is_written(tmp_path):
+    with tmpfs(tmp_path / "small", 1_000_000) as small:
+        made = subprocess.run(
+            ["make", "-s", "install", f"VENV={small}/.venv"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert made.returncode != 0
+        assert made.stdout.startswith(f"error: VENV={small}/.venv is not allowed: 0 GB free on its disk;")
+        assert made.stdout.count("\n") == 1
+        assert list(small.iterdir()) == []
