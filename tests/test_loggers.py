@@ -265,20 +265,23 @@ def test_many_leaves_out_a_logger_whose_package_is_missing(tmp_path, monkeypatch
 
 def test_mlflow_keeps_a_params_first_value_where_a_resumed_run_changed_it(tmp_path):
     """A run resumed with, say, more epochs: MLflow would refuse the new trainer.max_epochs (and lose the
-    final metrics with it); the param keeps its first value, with a warning, and the rest is logged."""
-    from lightning.pytorch.loggers import MLFlowLogger
+    final metrics with it); the param keeps its first value, with a warning, and the rest is logged. A logger
+    after it in the list still gets the new value."""
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 
     from cvae_lightning.harness import loggers
 
     logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     logger.log_hyperparams({"trainer.max_epochs": 20})
+    after = CSVLogger(tmp_path / "csv")
     with mock.patch.object(loggers.log, "warning") as warning:
         hparams = {"trainer.max_epochs": 30, "seed": 42}
-        loggers.log_hyperparameters([logger], hparams, {"hparams/test/nelbo": 97.0}, 9)
+        loggers.log_hyperparameters([logger, after], hparams, {"hparams/test/nelbo": 97.0}, 9)
     run = logger.experiment.get_run(logger.run_id)
     assert run.data.params == {"trainer.max_epochs": "20", "seed": "42"}
     assert run.data.metrics == {"hparams/test/nelbo": 97.0}
     warning.assert_called_once_with("MLflow keeps the first value of a param: trainer.max_epochs not changed")
+    assert after.experiment.hparams == hparams
 
 
 def test_logger_choices_compose():

@@ -154,12 +154,13 @@ def log_hyperparameters(loggers: list, hparams: dict, metrics: dict[str, float],
         if isinstance(logger, pl_loggers.TensorBoardLogger):
             compat.log_hparams_session(logger, hparams, metrics)
             continue
+        given = hparams
         if isinstance(logger, pl_loggers.MLFlowLogger):  # MLflow refuses to change a logged param
             logged = logger.experiment.get_run(logger.run_id).data.params
             if kept := {k for k, v in hparams.items() if k in logged and logged[k] != str(v)}:
                 log.warning(f"MLflow keeps the first value of a param: {', '.join(sorted(kept))} not changed")
-            hparams = {k: v for k, v in hparams.items() if k not in kept}
-        logger.log_hyperparams(hparams)
+            given = {k: v for k, v in hparams.items() if k not in kept}
+        logger.log_hyperparams(given)
         logger.log_metrics(metrics, step=step)
 
 
