@@ -75,7 +75,7 @@ def build_loggers(group: DictConfig | None, output_dir: str, resume_step: int | 
 def _continuing(cls: type, entry: dict, output_dir: str, step: int | None) -> dict:
     """The arguments that make a `cls` logger continue the run it logged before the checkpoint."""
     if issubclass(cls, pl_loggers.TensorBoardLogger | CSVLogger):
-        return {"purge_step": step + 1} if step is not None else {}
+        return {"purge_step": step} if step is not None else {}
     if issubclass(cls, pl_loggers.WandbLogger):  # same id, same W&B run: its files say which
         previous = _wandb_run_id(entry.get("save_dir") or output_dir) if step is not None else None
         resume = {"id": previous, "resume": "allow"} if previous else {}
