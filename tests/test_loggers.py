@@ -231,6 +231,7 @@ def test_a_resumed_run_continues_the_same_run_in_each_logger(whole_run, sig):
     # a checkpoint is written before its step's scalars: a kill between the two loses that step's points
     unlogged = checkpoint_step - 1
     for logger in ("tensorboard", "csv"):
+        assert logged[logger].keys() == expected[logger].keys(), logger
         for key, points in expected[logger].items():
             assert logged[logger][key] in (points, [p for p in points if p[0] != unlogged]), (logger, key)
     for key, points in expected["mlflow"].items():
